@@ -1,0 +1,1 @@
+//! netpol-enforcer: watch → store → engine → dataplane.

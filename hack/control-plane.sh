@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# Provide etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kubectl of a
+# pinned Kubernetes version, and print the directory that holds them.
+#
+#   hack/control-plane.sh            # prints the bin directory (builds once, then instant)
+#   NETPOL_CONTROL_PLANE_DIR=/opt/k8s/bin hack/control-plane.sh   # use prebuilt binaries
+#
+# Order of sources:
+#   1. $NETPOL_CONTROL_PLANE_DIR, when set (must hold all five binaries);
+#   2. the cache, ${NETPOL_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/netpol-conformance}/control-plane/<version>;
+#   3. a build from the Go modules (k8s.io/kubernetes with every staging module replaced by
+#      the matching v0.X.Y; etcd from go.etcd.io/etcd/server/v3), written into the cache;
+#   4. with NETPOL_DOWNLOAD=1, the official release binaries (where the internet is reachable).
+#
+# Versions known to build here with Go 1.26: Kubernetes v1.37.2 with etcd v3.6.16.
+set -euo pipefail
+
+K8S_VERSION="${NETPOL_K8S_VERSION:-v1.37.2}"
+ETCD_VERSION="${NETPOL_ETCD_VERSION:-v3.6.16}"
+BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl)
+
+log() { printf 'control-plane: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+have_all() {
+  local dir=$1 b
+  for b in "${BINARIES[@]}"; do [[ -x "$dir/$b" ]] || return 1; done
+}
+
+if [[ -n "${NETPOL_CONTROL_PLANE_DIR:-}" ]]; then
+  have_all "$NETPOL_CONTROL_PLANE_DIR" ||
+    die "NETPOL_CONTROL_PLANE_DIR=$NETPOL_CONTROL_PLANE_DIR lacks one of: ${BINARIES[*]}"
+  printf '%s\n' "$NETPOL_CONTROL_PLANE_DIR"
+  exit 0
+fi
+
+cache_root="${NETPOL_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/netpol-conformance}"
+bin_dir="$cache_root/control-plane/k8s-$K8S_VERSION-etcd-$ETCD_VERSION"
+if have_all "$bin_dir"; then
+  printf '%s\n' "$bin_dir"
+  exit 0
+fi
+
+mkdir -p "$cache_root/control-plane"
+# One builder at a time: a second caller waits and then finds the cache filled.
+exec 9>"$cache_root/control-plane/.lock"
+flock 9
+if have_all "$bin_dir"; then
+  printf '%s\n' "$bin_dir"
+  exit 0
+fi
+
+staging="$(mktemp -d "$cache_root/control-plane/.build.XXXXXX")"
+trap 'rm -rf "$staging"' EXIT
+mkdir -p "$staging/bin"
+
+download_release() {
+  local arch base
+  arch="$(go env GOARCH 2>/dev/null || echo amd64)"
+  base="https://dl.k8s.io/release/$K8S_VERSION/bin/linux/$arch"
+  for b in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+    curl -fsSL --retry 3 -o "$staging/bin/$b" "$base/$b"
+  done
+  curl -fsSL --retry 3 "https://github.com/etcd-io/etcd/releases/download/$ETCD_VERSION/etcd-$ETCD_VERSION-linux-$arch.tar.gz" |
+    tar -xz -C "$staging/bin" --strip-components=1 "etcd-$ETCD_VERSION-linux-$arch/etcd"
+  chmod +x "$staging/bin/"*
+}
+
+build_from_modules() {
+  command -v go >/dev/null || die "go is not installed; install Go or set NETPOL_CONTROL_PLANE_DIR"
+  local minor="v0.${K8S_VERSION#v1.}"
+  export CGO_ENABLED=0 GOFLAGS=-mod=mod GOTOOLCHAIN=local
+
+  log "building Kubernetes $K8S_VERSION from its Go modules (staging modules at $minor); this takes a while once"
+  local k8s="$staging/k8s"
+  mkdir -p "$k8s"
+  # The staging modules are the `replace k8s.io/x => ./staging/src/k8s.io/x` lines of
+  # k8s.io/kubernetes' own go.mod; each becomes a require of the published v0.X.Y.
+  local gomod
+  gomod="$(cd "$k8s" && go mod download -json "k8s.io/kubernetes@$K8S_VERSION" |
+    sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",$/\1/p')"
+  [[ -f "$gomod" ]] || die "could not download k8s.io/kubernetes@$K8S_VERSION"
+  local mods
+  mods="$(sed -n 's#^[[:space:]]*\(k8s\.io/[a-z0-9-]*\) => \./staging/src/.*#\1#p' "$gomod")"
+  [[ -n "$mods" ]] || die "no staging modules found in $gomod"
+  {
+    printf 'module netpol.local/control-plane-build\n\ngo 1.24\n\nrequire k8s.io/kubernetes %s\n\n' "$K8S_VERSION"
+    for m in $mods; do printf 'replace %s => %s %s\n' "$m" "$m" "$minor"; done
+  } >"$k8s/go.mod"
+  printf 'package tools\n\nimport (\n\t_ "k8s.io/kubernetes/cmd/kube-apiserver/app"\n)\n' >"$k8s/tools.go"
+  (cd "$k8s" && go mod tidy >/dev/null)
+  local ldflags="-s -w"
+  local major="${K8S_VERSION#v}"; major="${major%%.*}"
+  local kminor="${K8S_VERSION#v*.}"; kminor="${kminor%%.*}"
+  local pkg
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ldflags+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=$major -X $pkg.gitMinor=$kminor"
+    ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+  done
+  (cd "$k8s" && go build -trimpath -ldflags "$ldflags" -o "$staging/bin/" \
+    k8s.io/kubernetes/cmd/kube-apiserver \
+    k8s.io/kubernetes/cmd/kube-controller-manager \
+    k8s.io/kubernetes/cmd/kube-scheduler \
+    k8s.io/kubernetes/cmd/kubectl)
+
+  log "building etcd $ETCD_VERSION from go.etcd.io/etcd/server/v3"
+  local etcd="$staging/etcd"
+  mkdir -p "$etcd"
+  printf 'module netpol.local/etcd-build\n\ngo 1.24\n\nrequire go.etcd.io/etcd/server/v3 %s\n' "$ETCD_VERSION" >"$etcd/go.mod"
+  printf 'package tools\n\nimport _ "go.etcd.io/etcd/server/v3/etcdmain"\n' >"$etcd/tools.go"
+  (cd "$etcd" && go mod tidy >/dev/null && go build -trimpath -ldflags "-s -w" -o "$staging/bin/etcd" go.etcd.io/etcd/server/v3)
+}
+
+if [[ "${NETPOL_DOWNLOAD:-0}" == 1 ]]; then
+  download_release
+else
+  build_from_modules
+fi
+have_all "$staging/bin" || die "build finished without all of: ${BINARIES[*]}"
+rm -rf "$bin_dir"
+mv "$staging/bin" "$bin_dir"
+log "cached in $bin_dir"
+printf '%s\n' "$bin_dir"

@@ -1,0 +1,2 @@
+//! The local cluster: etcd and the Kubernetes control plane on loopback, nodes and pods as
+//! network namespaces, one node agent per node.
