@@ -1,0 +1,1 @@
+//! netpol-conformance: case → plan → cluster → probe → reachability → report.
