@@ -1,1 +1,3 @@
 //! netpol-enforcer: watch → store → engine → dataplane.
+
+pub mod flow;
