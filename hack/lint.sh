@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Lint the repository's scripts and workflows; exits non-zero on any finding.
+#
+#   hack/lint.sh
+#
+# - shellcheck on every shell script under hack/ and plugin/ (by extension .sh or a sh/bash
+#   shebang) and on .ci/run when it exists;
+# - actionlint on .github/workflows/*.yml (installed on first use by hack/install-actionlint.sh
+#   into a cache outside the repository; actionlint also runs shellcheck on `run:` blocks).
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+log() { printf 'lint: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+command -v shellcheck >/dev/null 2>&1 ||
+  die "shellcheck is not installed (Debian/Ubuntu: apt-get install shellcheck)"
+
+is_shell_script() {
+  local f=$1 first
+  [[ "$f" == *.sh ]] && return 0
+  IFS= read -r first <"$f" || true
+  [[ "$first" =~ ^#!(/usr/bin/env[[:space:]]+|/bin/|/usr/bin/)(ba)?sh([[:space:]]|$) ]]
+}
+
+scripts=()
+while IFS= read -r -d '' f; do
+  if is_shell_script "$f"; then
+    scripts+=("$f")
+  fi
+done < <(find hack plugin -type f -not -path '*/testdata/*' -print0 2>/dev/null | sort -z)
+if [[ -f .ci/run ]]; then
+  scripts+=(.ci/run)
+fi
+[[ ${#scripts[@]} -gt 0 ]] || die "found no shell scripts under hack/ or plugin/; is $root the repository?"
+
+failed=0
+log "shellcheck on ${#scripts[@]} scripts: ${scripts[*]}"
+if ! shellcheck --external-sources --source-path=SCRIPTDIR "${scripts[@]}"; then
+  log "shellcheck reported findings (above)"
+  failed=1
+fi
+
+workflows=()
+while IFS= read -r -d '' f; do
+  workflows+=("$f")
+done < <(find .github/workflows -maxdepth 1 -type f \( -name '*.yml' -o -name '*.yaml' \) -print0 2>/dev/null | sort -z)
+if [[ ${#workflows[@]} -eq 0 ]]; then
+  log "no workflows under .github/workflows; skipping actionlint"
+else
+  actionlint="$("$root/hack/install-actionlint.sh")" || die "could not provide actionlint"
+  log "actionlint on ${#workflows[@]} workflows: ${workflows[*]}"
+  if ! "$actionlint" -shellcheck "$(command -v shellcheck)" "${workflows[@]}"; then
+    log "actionlint reported findings (above)"
+    failed=1
+  fi
+fi
+
+if [[ $failed -ne 0 ]]; then
+  die "lint failed"
+fi
+log "ok"
