@@ -1,3 +1,4 @@
 //! netpol-enforcer: watch → store → engine → dataplane.
 
 pub mod flow;
+pub mod packet;
