@@ -48,7 +48,9 @@ need() {
 kctx() { "$KUBECTL" --context "kind-$KIND_CLUSTER_NAME" "$@"; }
 
 cluster_exists() {
-  "$KIND" get clusters 2>/dev/null | grep -qxF "$KIND_CLUSTER_NAME"
+  local clusters
+  clusters="$("$KIND" get clusters 2>/dev/null)" || die "'$KIND get clusters' failed; is docker running?"
+  grep -qxF "$KIND_CLUSTER_NAME" <<<"$clusters"
 }
 
 npa_crd_urls() {
