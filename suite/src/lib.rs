@@ -1,1 +1,13 @@
-//! netpol-conformance: case → plan → cluster → probe → reachability → report.
+//! netpol-conformance: a NetworkPolicy, AdminNetworkPolicy and ClusterNetworkPolicy conformance suite.
+//!
+//! Data flows one way: [`case`] (the YAML table, validated) → [`plan`] (pure: steps and expected
+//! reachability) → a [`backend`] (realizes worlds and policies, probes) → [`reachability`] (expected,
+//! observed, comparison) → [`report`] (terminal, JUnit, Sonobuoy). [`harness`] ties them together
+//! behind the libtest-style command line shared by `netpol-conformance run` and
+//! `cargo test --test conformance`.
+
+pub mod case;
+pub mod plan;
+pub mod reachability;
+pub mod render;
+pub mod world;
