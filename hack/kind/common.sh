@@ -15,7 +15,7 @@
 : "${SONOBUOY:=sonobuoy}"
 
 # Policy implementations.
-: "${CALICO_VERSION:=v3.30.0}"
+: "${CALICO_VERSION:=v3.30.2}"
 : "${CILIUM_VERSION:=1.18.0}"
 # kindnet from kind >= v0.24 embeds a NetworkPolicy implementation. This older kindnetd has
 # none; kube-network-policies' and network-policy-api's CI pin it for the same reason.
