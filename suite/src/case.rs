@@ -563,7 +563,7 @@ impl Checker<'_> {
                 format!("{kind} is {want_api}, not `{api}`"),
             ));
         }
-        if source == Source::Npa && kind != "ClusterNetworkPolicy" {
+        if source == Source::Npa && kind.contains("AdminNetworkPolicy") {
             return Err(self.err(
                 format!("{field}.kind"),
                 "npa cases are written as ClusterNetworkPolicy and rendered for v1alpha1",
@@ -1042,10 +1042,10 @@ mod tests {
   world: npa
   steps:
     - create:
-        - apiVersion: networking.k8s.io/v1
-          kind: NetworkPolicy
-          metadata: {name: p, namespace: gryffindor}
-          spec: {podSelector: {}}
+        - apiVersion: policy.networking.k8s.io/v1alpha1
+          kind: AdminNetworkPolicy
+          metadata: {name: p}
+          spec: {priority: 1, subject: {namespaces: {}}}
     - probe:
         pairs: [gryffindor/0 -> ravenclaw/0 TCP/80 allowed]
 "#;

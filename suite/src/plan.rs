@@ -279,7 +279,7 @@ fn plan_steps(
                     ) {
                         tiers.insert(name.to_string(), tier.to_string());
                     }
-                    if v1alpha1 {
+                    if v1alpha1 && o.get("kind").and_then(Value::as_str) == Some("ClusterNetworkPolicy") {
                         render::cnp_to_v1alpha1(o).map_err(|e| render_err(index, e))
                     } else {
                         Ok(o.clone())
@@ -450,7 +450,7 @@ pub fn plans_json(plans: &[Plan]) -> Value {
 pub fn plan_json(cases: &[Case]) -> Value {
     match plan_all(cases) {
         Ok(plans) => plans_json(&plans),
-        Err(e) => json!({ "error": e.to_string() }),
+        Err(e) => json!({ "error": error_chain(&e) }),
     }
 }
 
@@ -510,6 +510,18 @@ fn plan_json_one(plan: &Plan) -> Value {
         "api_version": plan.api_version.map(ApiVersion::as_str),
         "steps": steps,
     })
+}
+
+/// An error with its causes, `: `-separated.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 /// The expected-denied pairs of a probe, as `from->to` strings in model order.
