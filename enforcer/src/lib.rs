@@ -2,3 +2,5 @@
 
 pub mod flow;
 pub mod packet;
+pub mod engine;
+pub mod store;

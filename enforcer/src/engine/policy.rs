@@ -1,0 +1,804 @@
+//! Policies compiled from their API objects into the form [`super::decide`] evaluates.
+//!
+//! Compiling happens once, when the writer applies an object; each compiled policy is shared by
+//! every snapshot until the object changes. Everything that can be resolved without knowing the
+//! pods (selectors, CIDRs, port ranges, defaults) is resolved here; named ports are kept as names
+//! because they resolve on the destination pod of each connection.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use netpol_api::{v1alpha1, v1alpha2};
+
+use super::selector::Selector;
+use crate::flow::{Flow, Protocol};
+
+/// Which way a rule looks: ingress rules judge sources, egress rules destinations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// Traffic arriving at the subject pod.
+    Ingress,
+    /// Traffic leaving the subject pod.
+    Egress,
+}
+
+impl Direction {
+    /// Index for per-direction arrays.
+    pub(crate) fn idx(self) -> usize {
+        match self {
+            Direction::Ingress => 0,
+            Direction::Egress => 1,
+        }
+    }
+
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Ingress => "ingress",
+            Direction::Egress => "egress",
+        }
+    }
+}
+
+/// The API kind a compiled policy came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PolicyKind {
+    /// `networking.k8s.io/v1` NetworkPolicy.
+    NetworkPolicy,
+    /// `policy.networking.k8s.io/v1alpha1` AdminNetworkPolicy.
+    AdminNetworkPolicy,
+    /// `policy.networking.k8s.io/v1alpha1` BaselineAdminNetworkPolicy.
+    BaselineAdminNetworkPolicy,
+    /// `policy.networking.k8s.io/v1alpha2` ClusterNetworkPolicy.
+    ClusterNetworkPolicy,
+}
+
+impl PolicyKind {
+    /// The kind's name as the API spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PolicyKind::NetworkPolicy => "NetworkPolicy",
+            PolicyKind::AdminNetworkPolicy => "AdminNetworkPolicy",
+            PolicyKind::BaselineAdminNetworkPolicy => "BaselineAdminNetworkPolicy",
+            PolicyKind::ClusterNetworkPolicy => "ClusterNetworkPolicy",
+        }
+    }
+}
+
+/// Names a policy object.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PolicyRef {
+    /// API kind.
+    pub kind: PolicyKind,
+    /// Namespace (NetworkPolicy only).
+    pub namespace: Option<Arc<str>>,
+    /// Object name.
+    pub name: Arc<str>,
+}
+
+impl std::fmt::Display for PolicyRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.namespace {
+            Some(ns) => write!(f, "{} {}/{}", self.kind.as_str(), ns, self.name),
+            None => write!(f, "{} {}", self.kind.as_str(), self.name),
+        }
+    }
+}
+
+/// A range of destination ports, optionally of one protocol, or a named container port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PortSpec {
+    /// `start..=end` of `protocol` (any protocol when `None`).
+    Range {
+        /// Protocol the range applies to.
+        protocol: Option<Protocol>,
+        /// First port.
+        start: u16,
+        /// Last port (inclusive).
+        end: u16,
+    },
+    /// A container port name on the destination pod; the container port's number and protocol
+    /// must equal the connection's, and `protocol` (if set) must too.
+    Named {
+        /// The container port name.
+        name: String,
+        /// The protocol the rule requires, if it names one.
+        protocol: Option<Protocol>,
+    },
+    /// Matches nothing (an unparseable port in the API object).
+    Nothing,
+}
+
+/// The destination ports a rule applies to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PortMatch {
+    /// Every port of every protocol (no `ports`/`protocols` given).
+    Any,
+    /// Any of these.
+    List(Vec<PortSpec>),
+}
+
+/// A container port of a pod, as named ports resolve against it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerPort {
+    /// Port name, if any.
+    pub name: Option<String>,
+    /// Port number.
+    pub port: u16,
+    /// Protocol.
+    pub protocol: Protocol,
+}
+
+impl PortMatch {
+    /// Whether the connection's destination port matches. `dst_ports` are the container ports of
+    /// the destination pod (empty when the destination is not a pod).
+    pub fn matches(&self, flow: &Flow, dst_ports: &[ContainerPort]) -> bool {
+        match self {
+            PortMatch::Any => true,
+            PortMatch::List(specs) => specs.iter().any(|s| match s {
+                PortSpec::Range {
+                    protocol,
+                    start,
+                    end,
+                } => {
+                    protocol.is_none_or(|p| p == flow.protocol)
+                        && (*start..=*end).contains(&flow.dst_port)
+                }
+                PortSpec::Named { name, protocol } => {
+                    protocol.is_none_or(|p| p == flow.protocol)
+                        && dst_ports.iter().any(|cp| {
+                            cp.name.as_deref() == Some(name.as_str())
+                                && cp.port == flow.dst_port
+                                && cp.protocol == flow.protocol
+                        })
+                }
+                PortSpec::Nothing => false,
+            }),
+        }
+    }
+}
+
+/// Which namespaces a pod peer may live in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NamespaceMatch {
+    /// Only the named namespace (a NetworkPolicy `podSelector`-only peer: the policy's own).
+    Named(Arc<str>),
+    /// Namespaces whose labels match.
+    Selector(Selector),
+}
+
+/// The other end of a connection, as a rule sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Peer {
+    /// Everything, including addresses outside the cluster (an empty NetworkPolicy `from`/`to`).
+    All,
+    /// Non-host-network pods in matching namespaces whose labels match `pods`.
+    Pods {
+        /// Namespace constraint.
+        namespaces: NamespaceMatch,
+        /// Pod label selector.
+        pods: Selector,
+    },
+    /// Addresses of nodes whose labels match.
+    Nodes(Selector),
+    /// Addresses inside `cidr` and outside every `except`.
+    Network {
+        /// The block.
+        cidr: IpNet,
+        /// Holes in the block.
+        except: Vec<IpNet>,
+    },
+    /// Matches nothing: `domainNames` (not implemented; an Accept rule then matches nothing,
+    /// which is the fail-closed reading) or a peer that failed to compile.
+    Nothing,
+}
+
+impl Peer {
+    /// Whether an address (no pod, no node) matches.
+    pub(crate) fn matches_ip(&self, ip: IpAddr) -> bool {
+        match self {
+            Peer::All => true,
+            Peer::Network { cidr, except } => {
+                cidr.contains(&ip) && !except.iter().any(|e| e.contains(&ip))
+            }
+            _ => false,
+        }
+    }
+}
+
+/// What an admin or baseline rule does with a matching connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    /// Accept (v1alpha1 `Allow`, v1alpha2 `Accept`).
+    Accept,
+    /// Drop.
+    Deny,
+    /// Skip the rest of the tier.
+    Pass,
+}
+
+impl Action {
+    /// Name as v1alpha2 spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Accept => "Accept",
+            Action::Deny => "Deny",
+            Action::Pass => "Pass",
+        }
+    }
+}
+
+/// One rule of an admin or baseline policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterRule {
+    /// Rule name, or `#<index>` when the rule has none.
+    pub name: Arc<str>,
+    /// The action.
+    pub action: Action,
+    /// Peers (any of them).
+    pub peers: Vec<Peer>,
+    /// Destination ports.
+    pub ports: PortMatch,
+}
+
+/// The subject of an admin or baseline policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Subject {
+    /// Every non-host-network pod in matching namespaces.
+    Namespaces(Selector),
+    /// Pods matching both selectors.
+    Pods {
+        /// Namespace selector.
+        namespaces: Selector,
+        /// Pod selector.
+        pods: Selector,
+    },
+}
+
+impl Subject {
+    /// The namespace selector part.
+    pub fn namespaces(&self) -> &Selector {
+        match self {
+            Subject::Namespaces(s) => s,
+            Subject::Pods { namespaces, .. } => namespaces,
+        }
+    }
+
+    /// The pod selector part (everything for `Namespaces`).
+    pub fn pods(&self) -> Option<&Selector> {
+        match self {
+            Subject::Namespaces(_) => None,
+            Subject::Pods { pods, .. } => Some(pods),
+        }
+    }
+}
+
+/// Whether a cluster policy sits before or after NetworkPolicy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ClusterTier {
+    /// Before NetworkPolicy (ANP, CNP `tier: Admin`).
+    Admin,
+    /// After NetworkPolicy (BANP, CNP `tier: Baseline`).
+    Baseline,
+}
+
+/// The priority a BaselineAdminNetworkPolicy sorts at among Baseline-tier ClusterNetworkPolicies:
+/// the value the project's ANP/BANP → CNP mapping gives BANP `default`.
+pub const BANP_PRIORITY: i32 = 10;
+
+/// An AdminNetworkPolicy, BaselineAdminNetworkPolicy or ClusterNetworkPolicy, compiled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterPolicy {
+    /// The object.
+    pub id: PolicyRef,
+    /// Tier.
+    pub tier: ClusterTier,
+    /// Priority inside the tier (lower first).
+    pub priority: i32,
+    /// Subject.
+    pub subject: Subject,
+    /// Rules per direction (`[ingress, egress]`), in order.
+    pub rules: [Vec<ClusterRule>; 2],
+}
+
+impl ClusterPolicy {
+    /// Total order of evaluation inside a tier: priority, then name, then kind.
+    pub fn order_key(&self) -> (i32, &str, PolicyKind) {
+        (self.priority, &self.id.name, self.id.kind)
+    }
+}
+
+/// One ingress or egress rule of a NetworkPolicy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetpolRule {
+    /// Peers (any of them).
+    pub peers: Vec<Peer>,
+    /// Ports.
+    pub ports: PortMatch,
+}
+
+/// A NetworkPolicy, compiled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Netpol {
+    /// The object.
+    pub id: PolicyRef,
+    /// Its namespace.
+    pub namespace: Arc<str>,
+    /// Selected pods inside the namespace.
+    pub pod_selector: Selector,
+    /// Rules per direction; `None` when `policyTypes` does not include the direction (the policy
+    /// then neither isolates nor allows in that direction).
+    pub rules: [Option<Vec<NetpolRule>>; 2],
+}
+
+fn protocol_from_str(s: Option<&str>) -> Option<Protocol> {
+    match s.unwrap_or("TCP") {
+        "TCP" => Some(Protocol::Tcp),
+        "UDP" => Some(Protocol::Udp),
+        "SCTP" => Some(Protocol::Sctp),
+        _ => None,
+    }
+}
+
+fn api_protocol(p: netpol_api::Protocol) -> Protocol {
+    match p {
+        netpol_api::Protocol::Tcp => Protocol::Tcp,
+        netpol_api::Protocol::Udp => Protocol::Udp,
+        netpol_api::Protocol::Sctp => Protocol::Sctp,
+    }
+}
+
+fn port_u16(p: i32) -> Option<u16> {
+    u16::try_from(p).ok().filter(|p| *p != 0)
+}
+
+fn range(protocol: Option<Protocol>, start: i32, end: i32) -> PortSpec {
+    match (port_u16(start), port_u16(end)) {
+        (Some(start), Some(end)) if start <= end => PortSpec::Range {
+            protocol,
+            start,
+            end,
+        },
+        _ => PortSpec::Nothing,
+    }
+}
+
+fn parse_cidr(s: &str) -> Option<IpNet> {
+    s.parse::<IpNet>().ok().map(|n| n.trunc())
+}
+
+fn network_peer(cidr: &str, except: &[String]) -> Peer {
+    let Some(cidr) = parse_cidr(cidr) else {
+        return Peer::Nothing;
+    };
+    let mut holes = Vec::with_capacity(except.len());
+    for e in except {
+        match parse_cidr(e) {
+            Some(n) => holes.push(n),
+            // An unparseable hole would otherwise widen the block: drop the whole peer.
+            None => return Peer::Nothing,
+        }
+    }
+    Peer::Network {
+        cidr,
+        except: holes,
+    }
+}
+
+fn np_port(p: &NetworkPolicyPort) -> PortSpec {
+    let Some(protocol) = protocol_from_str(p.protocol.as_deref()) else {
+        return PortSpec::Nothing;
+    };
+    match &p.port {
+        None => PortSpec::Range {
+            protocol: Some(protocol),
+            start: 1,
+            end: u16::MAX,
+        },
+        Some(IntOrString::Int(n)) => range(Some(protocol), *n, p.end_port.unwrap_or(*n)),
+        Some(IntOrString::String(name)) => match name.parse::<i32>() {
+            Ok(n) => range(Some(protocol), n, p.end_port.unwrap_or(n)),
+            Err(_) => PortSpec::Named {
+                name: name.clone(),
+                protocol: Some(protocol),
+            },
+        },
+    }
+}
+
+fn np_peer(policy_ns: &Arc<str>, p: &NetworkPolicyPeer) -> Peer {
+    if let Some(block) = &p.ip_block {
+        return network_peer(&block.cidr, block.except.as_deref().unwrap_or_default());
+    }
+    match (&p.namespace_selector, &p.pod_selector) {
+        (None, None) => Peer::Nothing,
+        (None, Some(pods)) => Peer::Pods {
+            namespaces: NamespaceMatch::Named(policy_ns.clone()),
+            pods: Selector::compile(pods),
+        },
+        (Some(ns), pods) => Peer::Pods {
+            namespaces: NamespaceMatch::Selector(Selector::compile(ns)),
+            pods: Selector::compile_opt(pods.as_ref()),
+        },
+    }
+}
+
+fn np_rule(
+    policy_ns: &Arc<str>,
+    peers: Option<&Vec<NetworkPolicyPeer>>,
+    ports: Option<&Vec<NetworkPolicyPort>>,
+) -> NetpolRule {
+    let peers = match peers {
+        None => vec![Peer::All],
+        Some(p) if p.is_empty() => vec![Peer::All],
+        Some(p) => p.iter().map(|p| np_peer(policy_ns, p)).collect(),
+    };
+    let ports = match ports {
+        None => PortMatch::Any,
+        Some(p) if p.is_empty() => PortMatch::Any,
+        Some(p) => PortMatch::List(p.iter().map(np_port).collect()),
+    };
+    NetpolRule { peers, ports }
+}
+
+/// Compiles a NetworkPolicy. Default `policyTypes`: Ingress, plus Egress when egress rules exist.
+pub fn compile_netpol(np: &NetworkPolicy) -> Netpol {
+    let namespace: Arc<str> = np.metadata.namespace.as_deref().unwrap_or("default").into();
+    let name: Arc<str> = np.metadata.name.as_deref().unwrap_or_default().into();
+    let spec = np.spec.clone().unwrap_or_default();
+    let types: Vec<String> = spec.policy_types.clone().unwrap_or_else(|| {
+        let mut t = vec!["Ingress".to_string()];
+        if spec.egress.as_ref().is_some_and(|e| !e.is_empty()) {
+            t.push("Egress".to_string());
+        }
+        t
+    });
+    let ingress = types.iter().any(|t| t == "Ingress").then(|| {
+        spec.ingress
+            .iter()
+            .flatten()
+            .map(|r| np_rule(&namespace, r.from.as_ref(), r.ports.as_ref()))
+            .collect()
+    });
+    let egress = types.iter().any(|t| t == "Egress").then(|| {
+        spec.egress
+            .iter()
+            .flatten()
+            .map(|r| np_rule(&namespace, r.to.as_ref(), r.ports.as_ref()))
+            .collect()
+    });
+    Netpol {
+        id: PolicyRef {
+            kind: PolicyKind::NetworkPolicy,
+            namespace: Some(namespace.clone()),
+            name,
+        },
+        namespace,
+        pod_selector: Selector::compile_opt(spec.pod_selector.as_ref()),
+        rules: [ingress, egress],
+    }
+}
+
+fn rule_name(name: Option<&String>, index: usize) -> Arc<str> {
+    match name {
+        Some(n) if !n.is_empty() => n.as_str().into(),
+        _ => format!("#{index}").into(),
+    }
+}
+
+fn namespaced_pod(p: &v1alpha1::NamespacedPod) -> Peer {
+    Peer::Pods {
+        namespaces: NamespaceMatch::Selector(Selector::compile(&p.namespace_selector)),
+        pods: Selector::compile(&p.pod_selector),
+    }
+}
+
+fn namespaces_peer(s: &LabelSelector) -> Peer {
+    Peer::Pods {
+        namespaces: NamespaceMatch::Selector(Selector::compile(s)),
+        pods: Selector::everything(),
+    }
+}
+
+/// Peers of one "exactly one of" peer object; several fields set (which the CRD forbids) or none
+/// compile to [`Peer::Nothing`] for that object.
+fn union_peers(
+    namespaces: Option<&LabelSelector>,
+    pods: Option<&v1alpha1::NamespacedPod>,
+    nodes: Option<&LabelSelector>,
+    networks: Option<&Vec<String>>,
+    domain_names: Option<&Vec<String>>,
+) -> Vec<Peer> {
+    let set = [
+        namespaces.is_some(),
+        pods.is_some(),
+        nodes.is_some(),
+        networks.is_some(),
+        domain_names.is_some(),
+    ];
+    if set.iter().filter(|s| **s).count() != 1 {
+        return vec![Peer::Nothing];
+    }
+    if let Some(s) = namespaces {
+        return vec![namespaces_peer(s)];
+    }
+    if let Some(p) = pods {
+        return vec![namespaced_pod(p)];
+    }
+    if let Some(s) = nodes {
+        return vec![Peer::Nodes(Selector::compile(s))];
+    }
+    if let Some(n) = networks {
+        return n.iter().map(|c| network_peer(c, &[])).collect();
+    }
+    vec![Peer::Nothing]
+}
+
+fn subject_v1(s: &v1alpha1::AdminNetworkPolicySubject) -> Subject {
+    match (&s.namespaces, &s.pods) {
+        (Some(ns), None) => Subject::Namespaces(Selector::compile(ns)),
+        (None, Some(p)) => Subject::Pods {
+            namespaces: Selector::compile(&p.namespace_selector),
+            pods: Selector::compile(&p.pod_selector),
+        },
+        _ => Subject::Namespaces(Selector::nothing()),
+    }
+}
+
+fn v1alpha1_ports(ports: Option<&Vec<v1alpha1::AdminNetworkPolicyPort>>) -> PortMatch {
+    let Some(ports) = ports else {
+        return PortMatch::Any;
+    };
+    PortMatch::List(
+        ports
+            .iter()
+            .map(|p| match (&p.port_number, &p.named_port, &p.port_range) {
+                (Some(n), None, None) => range(Some(api_protocol(n.protocol)), n.port, n.port),
+                (None, Some(name), None) => PortSpec::Named {
+                    name: name.clone(),
+                    protocol: None,
+                },
+                (None, None, Some(r)) => range(Some(api_protocol(r.protocol)), r.start, r.end),
+                _ => PortSpec::Nothing,
+            })
+            .collect(),
+    )
+}
+
+fn v1alpha1_action(a: v1alpha1::AdminNetworkPolicyRuleAction) -> Action {
+    match a {
+        v1alpha1::AdminNetworkPolicyRuleAction::Allow => Action::Accept,
+        v1alpha1::AdminNetworkPolicyRuleAction::Deny => Action::Deny,
+        v1alpha1::AdminNetworkPolicyRuleAction::Pass => Action::Pass,
+    }
+}
+
+fn banp_action(a: v1alpha1::BaselineAdminNetworkPolicyRuleAction) -> Action {
+    match a {
+        v1alpha1::BaselineAdminNetworkPolicyRuleAction::Allow => Action::Accept,
+        v1alpha1::BaselineAdminNetworkPolicyRuleAction::Deny => Action::Deny,
+    }
+}
+
+fn ingress_peers(peers: &[v1alpha1::AdminNetworkPolicyIngressPeer]) -> Vec<Peer> {
+    peers
+        .iter()
+        .flat_map(|p| union_peers(p.namespaces.as_ref(), p.pods.as_ref(), None, None, None))
+        .collect()
+}
+
+/// Compiles an AdminNetworkPolicy.
+pub fn compile_anp(anp: &v1alpha1::AdminNetworkPolicy) -> ClusterPolicy {
+    let spec = &anp.spec;
+    let ingress = spec
+        .ingress
+        .iter()
+        .enumerate()
+        .map(|(i, r)| ClusterRule {
+            name: rule_name(r.name.as_ref(), i),
+            action: v1alpha1_action(r.action),
+            peers: ingress_peers(&r.from),
+            ports: v1alpha1_ports(r.ports.as_ref()),
+        })
+        .collect();
+    let egress = spec
+        .egress
+        .iter()
+        .enumerate()
+        .map(|(i, r)| ClusterRule {
+            name: rule_name(r.name.as_ref(), i),
+            action: v1alpha1_action(r.action),
+            peers: r
+                .to
+                .iter()
+                .flat_map(|p| {
+                    union_peers(
+                        p.namespaces.as_ref(),
+                        p.pods.as_ref(),
+                        p.nodes.as_ref(),
+                        p.networks.as_ref(),
+                        p.domain_names.as_ref(),
+                    )
+                })
+                .collect(),
+            ports: v1alpha1_ports(r.ports.as_ref()),
+        })
+        .collect();
+    ClusterPolicy {
+        id: PolicyRef {
+            kind: PolicyKind::AdminNetworkPolicy,
+            namespace: None,
+            name: anp.metadata.name.as_deref().unwrap_or_default().into(),
+        },
+        tier: ClusterTier::Admin,
+        priority: spec.priority,
+        subject: subject_v1(&spec.subject),
+        rules: [ingress, egress],
+    }
+}
+
+/// Compiles a BaselineAdminNetworkPolicy (sorted at [`BANP_PRIORITY`] in the Baseline tier).
+pub fn compile_banp(banp: &v1alpha1::BaselineAdminNetworkPolicy) -> ClusterPolicy {
+    let spec = &banp.spec;
+    let ingress = spec
+        .ingress
+        .iter()
+        .enumerate()
+        .map(|(i, r)| ClusterRule {
+            name: rule_name(r.name.as_ref(), i),
+            action: banp_action(r.action),
+            peers: ingress_peers(&r.from),
+            ports: v1alpha1_ports(r.ports.as_ref()),
+        })
+        .collect();
+    let egress = spec
+        .egress
+        .iter()
+        .enumerate()
+        .map(|(i, r)| ClusterRule {
+            name: rule_name(r.name.as_ref(), i),
+            action: banp_action(r.action),
+            peers: r
+                .to
+                .iter()
+                .flat_map(|p| {
+                    union_peers(
+                        p.namespaces.as_ref(),
+                        p.pods.as_ref(),
+                        p.nodes.as_ref(),
+                        p.networks.as_ref(),
+                        None,
+                    )
+                })
+                .collect(),
+            ports: v1alpha1_ports(r.ports.as_ref()),
+        })
+        .collect();
+    ClusterPolicy {
+        id: PolicyRef {
+            kind: PolicyKind::BaselineAdminNetworkPolicy,
+            namespace: None,
+            name: banp.metadata.name.as_deref().unwrap_or_default().into(),
+        },
+        tier: ClusterTier::Baseline,
+        priority: BANP_PRIORITY,
+        subject: subject_v1(&spec.subject),
+        rules: [ingress, egress],
+    }
+}
+
+fn v1alpha2_ports(protocols: Option<&Vec<v1alpha2::ClusterNetworkPolicyProtocol>>) -> PortMatch {
+    let Some(protocols) = protocols else {
+        return PortMatch::Any;
+    };
+    let one = |protocol: Protocol, ports: &v1alpha2::ProtocolPorts| match &ports.destination_port {
+        None => PortSpec::Range {
+            protocol: Some(protocol),
+            start: 1,
+            end: u16::MAX,
+        },
+        Some(v1alpha2::Port {
+            number: Some(n),
+            range: None,
+        }) => range(Some(protocol), *n, *n),
+        Some(v1alpha2::Port {
+            number: None,
+            range: Some(r),
+        }) => range(Some(protocol), r.start, r.end),
+        Some(_) => PortSpec::Nothing,
+    };
+    PortMatch::List(
+        protocols
+            .iter()
+            .map(
+                |p| match (&p.tcp, &p.udp, &p.sctp, &p.destination_named_port) {
+                    (Some(t), None, None, None) => one(Protocol::Tcp, t),
+                    (None, Some(u), None, None) => one(Protocol::Udp, u),
+                    (None, None, Some(s), None) => one(Protocol::Sctp, s),
+                    (None, None, None, Some(name)) => PortSpec::Named {
+                        name: name.clone(),
+                        protocol: None,
+                    },
+                    _ => PortSpec::Nothing,
+                },
+            )
+            .collect(),
+    )
+}
+
+fn v1alpha2_action(a: v1alpha2::ClusterNetworkPolicyRuleAction) -> Action {
+    match a {
+        v1alpha2::ClusterNetworkPolicyRuleAction::Accept => Action::Accept,
+        v1alpha2::ClusterNetworkPolicyRuleAction::Deny => Action::Deny,
+        v1alpha2::ClusterNetworkPolicyRuleAction::Pass => Action::Pass,
+    }
+}
+
+/// Compiles a ClusterNetworkPolicy.
+pub fn compile_cnp(cnp: &v1alpha2::ClusterNetworkPolicy) -> ClusterPolicy {
+    let spec = &cnp.spec;
+    let subject = match (&spec.subject.namespaces, &spec.subject.pods) {
+        (Some(ns), None) => Subject::Namespaces(Selector::compile(ns)),
+        (None, Some(p)) => Subject::Pods {
+            namespaces: Selector::compile(&p.namespace_selector),
+            pods: Selector::compile(&p.pod_selector),
+        },
+        _ => Subject::Namespaces(Selector::nothing()),
+    };
+    let ingress = spec
+        .ingress
+        .iter()
+        .enumerate()
+        .map(|(i, r)| ClusterRule {
+            name: rule_name(r.name.as_ref(), i),
+            action: v1alpha2_action(r.action),
+            peers: r
+                .from
+                .iter()
+                .flat_map(|p| union_peers(p.namespaces.as_ref(), p.pods.as_ref(), None, None, None))
+                .collect(),
+            ports: v1alpha2_ports(r.protocols.as_ref()),
+        })
+        .collect();
+    let egress = spec
+        .egress
+        .iter()
+        .enumerate()
+        .map(|(i, r)| ClusterRule {
+            name: rule_name(r.name.as_ref(), i),
+            action: v1alpha2_action(r.action),
+            peers: r
+                .to
+                .iter()
+                .flat_map(|p| {
+                    union_peers(
+                        p.namespaces.as_ref(),
+                        p.pods.as_ref(),
+                        p.nodes.as_ref(),
+                        p.networks.as_ref(),
+                        p.domain_names.as_ref(),
+                    )
+                })
+                .collect(),
+            ports: v1alpha2_ports(r.protocols.as_ref()),
+        })
+        .collect();
+    ClusterPolicy {
+        id: PolicyRef {
+            kind: PolicyKind::ClusterNetworkPolicy,
+            namespace: None,
+            name: cnp.metadata.name.as_deref().unwrap_or_default().into(),
+        },
+        tier: match spec.tier {
+            v1alpha2::Tier::Admin => ClusterTier::Admin,
+            v1alpha2::Tier::Baseline => ClusterTier::Baseline,
+        },
+        priority: spec.priority,
+        subject,
+        rules: [ingress, egress],
+    }
+}

@@ -1,0 +1,688 @@
+//! The policy store: one writer applies watch events and publishes immutable [`Snapshot`]s;
+//! any number of readers (packet workers) take the current snapshot without blocking each other.
+//!
+//! # Data flow
+//!
+//! [`Writer::apply`] turns each Kubernetes object into a trimmed record (a pod keeps only its
+//! labels, IPs, host-network flag and named container ports) or a compiled policy
+//! ([`crate::engine::policy`]), so neither the writer nor any snapshot holds whole API objects.
+//! [`Writer::publish`] builds a new [`Snapshot`] from those records when something changed and
+//! swaps it in; readers holding the previous one keep using it until they drop it.
+//!
+//! # The index
+//!
+//! A snapshot answers, for a pod, "which policies select you, in evaluation order" without
+//! looking at the policies that do not:
+//!
+//! - **Subject index, precomputed per pod.** When a snapshot is built, each policy's subject is
+//!   resolved to pods once: candidate namespaces come from a `label=value → namespaces` index
+//!   when the namespace selector requires such a pair (else every namespace), candidate pods from
+//!   a per-namespace `label=value → pods` index when the pod selector requires one (else every
+//!   pod of the namespace); each candidate is then checked against the full selectors. The
+//!   policy's id is appended to the pod's list for each direction in which it has rules. Admin
+//!   and baseline policies are visited in evaluation order (priority, name, kind), so every
+//!   per-pod list is already sorted. NetworkPolicies are resolved the same way inside their own
+//!   namespace; the pod's per-direction isolation flags are stored with the list.
+//! - **Address index.** `IP → pod` for pods that are not host-networked and not finished, and
+//!   `IP → node` for node addresses (host-network pods share their node's address and are
+//!   reached as the node).
+//!
+//! A verdict therefore costs two hash lookups plus the rules of the policies that select the two
+//! pods involved; the number of policies selecting other pods does not enter. Rebuilding costs
+//! O(pods + namespaces + Σ candidates per policy), paid by the writer, never by a reader.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::{Arc, RwLock};
+
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use netpol_api::{v1alpha1, v1alpha2};
+
+use crate::engine::policy::{
+    ClusterPolicy, ClusterTier, ContainerPort, Direction, Netpol, compile_anp, compile_banp,
+    compile_cnp, compile_netpol,
+};
+use crate::engine::selector::{Labels, Selector};
+use crate::flow::Protocol;
+
+/// A Kubernetes object the store understands.
+#[derive(Debug, Clone)]
+pub enum Object {
+    /// A pod.
+    Pod(Box<Pod>),
+    /// A namespace.
+    Namespace(Box<Namespace>),
+    /// A node.
+    Node(Box<Node>),
+    /// A NetworkPolicy.
+    NetworkPolicy(Box<NetworkPolicy>),
+    /// An AdminNetworkPolicy.
+    AdminNetworkPolicy(Box<v1alpha1::AdminNetworkPolicy>),
+    /// A BaselineAdminNetworkPolicy.
+    BaselineAdminNetworkPolicy(Box<v1alpha1::BaselineAdminNetworkPolicy>),
+    /// A ClusterNetworkPolicy.
+    ClusterNetworkPolicy(Box<v1alpha2::ClusterNetworkPolicy>),
+}
+
+/// The kinds the store holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    /// Pods.
+    Pod,
+    /// Namespaces.
+    Namespace,
+    /// Nodes.
+    Node,
+    /// NetworkPolicies.
+    NetworkPolicy,
+    /// AdminNetworkPolicies.
+    AdminNetworkPolicy,
+    /// BaselineAdminNetworkPolicies.
+    BaselineAdminNetworkPolicy,
+    /// ClusterNetworkPolicies.
+    ClusterNetworkPolicy,
+}
+
+impl Object {
+    /// The object's kind.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Object::Pod(_) => Kind::Pod,
+            Object::Namespace(_) => Kind::Namespace,
+            Object::Node(_) => Kind::Node,
+            Object::NetworkPolicy(_) => Kind::NetworkPolicy,
+            Object::AdminNetworkPolicy(_) => Kind::AdminNetworkPolicy,
+            Object::BaselineAdminNetworkPolicy(_) => Kind::BaselineAdminNetworkPolicy,
+            Object::ClusterNetworkPolicy(_) => Kind::ClusterNetworkPolicy,
+        }
+    }
+
+    fn key(&self) -> Key {
+        let meta = match self {
+            Object::Pod(o) => &o.metadata,
+            Object::Namespace(o) => &o.metadata,
+            Object::Node(o) => &o.metadata,
+            Object::NetworkPolicy(o) => &o.metadata,
+            Object::AdminNetworkPolicy(o) => &o.metadata,
+            Object::BaselineAdminNetworkPolicy(o) => &o.metadata,
+            Object::ClusterNetworkPolicy(o) => &o.metadata,
+        };
+        Key {
+            namespace: meta.namespace.clone(),
+            name: meta.name.clone().unwrap_or_default(),
+        }
+    }
+}
+
+/// A change to feed the writer.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// The object was created or changed.
+    Apply(Object),
+    /// The object was deleted.
+    Delete(Object),
+    /// The complete current set of one kind (after a list or relist): objects of that kind not in
+    /// the set are forgotten.
+    Replace(Kind, Vec<Object>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct Key {
+    namespace: Option<String>,
+    name: String,
+}
+
+/// What the store keeps of a pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodRecord {
+    /// Namespace name.
+    pub namespace: Arc<str>,
+    /// Pod name.
+    pub name: Arc<str>,
+    /// Labels.
+    pub labels: Labels,
+    /// `status.podIPs` (or `status.podIP`).
+    pub ips: Vec<IpAddr>,
+    /// `spec.hostNetwork`.
+    pub host_network: bool,
+    /// Phase Succeeded or Failed: its IPs may already belong to another pod.
+    pub finished: bool,
+    /// Container ports (named ones matter; all are kept small).
+    pub ports: Vec<ContainerPort>,
+}
+
+impl PodRecord {
+    /// Trims a pod to what verdicts need.
+    pub fn from_pod(pod: &Pod) -> Self {
+        let status = pod.status.as_ref();
+        let mut ips: Vec<IpAddr> = status
+            .and_then(|s| s.pod_ips.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p.ip.parse().ok())
+            .collect();
+        if ips.is_empty()
+            && let Some(ip) = status
+                .and_then(|s| s.pod_ip.as_ref())
+                .and_then(|ip| ip.parse().ok())
+        {
+            ips.push(ip);
+        }
+        let phase = status.and_then(|s| s.phase.as_deref());
+        let spec = pod.spec.as_ref();
+        let ports = spec
+            .into_iter()
+            .flat_map(|s| {
+                s.containers
+                    .iter()
+                    .chain(s.init_containers.iter().flatten())
+            })
+            .flat_map(|c| c.ports.iter().flatten())
+            .filter_map(|p| {
+                let protocol = match p.protocol.as_deref().unwrap_or("TCP") {
+                    "TCP" => Protocol::Tcp,
+                    "UDP" => Protocol::Udp,
+                    "SCTP" => Protocol::Sctp,
+                    _ => return None,
+                };
+                Some(ContainerPort {
+                    name: p.name.clone(),
+                    port: u16::try_from(p.container_port).ok()?,
+                    protocol,
+                })
+            })
+            .collect();
+        PodRecord {
+            namespace: pod
+                .metadata
+                .namespace
+                .as_deref()
+                .unwrap_or("default")
+                .into(),
+            name: pod.metadata.name.as_deref().unwrap_or_default().into(),
+            labels: pod.metadata.labels.clone().unwrap_or_default(),
+            ips,
+            host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
+            finished: matches!(phase, Some("Succeeded" | "Failed")),
+            ports,
+        }
+    }
+}
+
+/// What the store keeps of a node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRecord {
+    /// Node name.
+    pub name: Arc<str>,
+    /// Labels.
+    pub labels: Labels,
+    /// Addresses from `status.addresses` that are IPs.
+    pub addresses: Vec<IpAddr>,
+}
+
+impl NodeRecord {
+    /// Trims a node to its name, labels and IP addresses.
+    pub fn from_node(node: &Node) -> Self {
+        NodeRecord {
+            name: node.metadata.name.as_deref().unwrap_or_default().into(),
+            labels: node.metadata.labels.clone().unwrap_or_default(),
+            addresses: node
+                .status
+                .as_ref()
+                .and_then(|s| s.addresses.as_ref())
+                .into_iter()
+                .flatten()
+                .filter_map(|a| a.address.parse().ok())
+                .collect(),
+        }
+    }
+}
+
+/// A namespace as the snapshot holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamespaceEntry {
+    /// Name.
+    pub name: Arc<str>,
+    /// Labels (empty for a namespace the store has not seen yet but pods refer to).
+    pub labels: Labels,
+}
+
+/// A pod as the snapshot holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodEntry {
+    /// The pod's record.
+    pub record: Arc<PodRecord>,
+    /// Index of its namespace in [`Snapshot::namespaces`].
+    pub namespace: u32,
+}
+
+/// The policies selecting one pod, per direction, in evaluation order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodPolicies {
+    /// Indices into [`Snapshot::admin`], `[ingress, egress]`.
+    pub admin: [Box<[u32]>; 2],
+    /// Indices into [`Snapshot::baseline`], `[ingress, egress]`.
+    pub baseline: [Box<[u32]>; 2],
+    /// Indices into [`Snapshot::netpols`] of NetworkPolicies isolating the pod, `[ingress, egress]`.
+    pub netpols: [Box<[u32]>; 2],
+}
+
+/// Where an address leads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// A pod (index into [`Snapshot::pods`]).
+    Pod(u32),
+    /// A node (index into [`Snapshot::nodes`]).
+    Node(u32),
+}
+
+/// An immutable view of the cluster and its policies, indexed for [`crate::engine::decide`].
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Increments with every published snapshot.
+    pub generation: u64,
+    /// Namespaces.
+    pub namespaces: Vec<NamespaceEntry>,
+    /// Pods (all, including host-network and finished ones).
+    pub pods: Vec<PodEntry>,
+    /// Nodes.
+    pub nodes: Vec<NodeRecord>,
+    /// Admin-tier policies in evaluation order.
+    pub admin: Vec<Arc<ClusterPolicy>>,
+    /// Baseline-tier policies in evaluation order.
+    pub baseline: Vec<Arc<ClusterPolicy>>,
+    /// NetworkPolicies.
+    pub netpols: Vec<Arc<Netpol>>,
+    /// Per pod (parallel to `pods`): the policies selecting it.
+    pub selected: Vec<PodPolicies>,
+    by_ip: HashMap<IpAddr, Endpoint>,
+    ns_by_name: HashMap<Arc<str>, u32>,
+    pod_by_name: HashMap<(Arc<str>, Arc<str>), u32>,
+}
+
+impl Snapshot {
+    /// Where an address leads, if it is a pod's or a node's.
+    pub fn endpoint(&self, ip: IpAddr) -> Option<Endpoint> {
+        self.by_ip.get(&ip).copied()
+    }
+
+    /// A namespace by name.
+    pub fn namespace(&self, name: &str) -> Option<&NamespaceEntry> {
+        self.ns_by_name
+            .get(name)
+            .map(|i| &self.namespaces[*i as usize])
+    }
+
+    /// A pod's index by namespace and name.
+    pub fn pod_index(&self, namespace: &str, name: &str) -> Option<u32> {
+        self.pod_by_name
+            .get(&(Arc::from(namespace), Arc::from(name)))
+            .copied()
+    }
+
+    /// Builds a snapshot directly from objects (for tests, benchmarks and one-shot tools).
+    pub fn from_objects(
+        pods: Vec<Pod>,
+        namespaces: Vec<Namespace>,
+        nodes: Vec<Node>,
+        netpols: Vec<NetworkPolicy>,
+        anps: Vec<v1alpha1::AdminNetworkPolicy>,
+        banps: Vec<v1alpha1::BaselineAdminNetworkPolicy>,
+        cnps: Vec<v1alpha2::ClusterNetworkPolicy>,
+    ) -> Snapshot {
+        let mut state = State::default();
+        let objects = namespaces
+            .into_iter()
+            .map(|o| Object::Namespace(Box::new(o)))
+            .chain(pods.into_iter().map(|o| Object::Pod(Box::new(o))))
+            .chain(nodes.into_iter().map(|o| Object::Node(Box::new(o))))
+            .chain(
+                netpols
+                    .into_iter()
+                    .map(|o| Object::NetworkPolicy(Box::new(o))),
+            )
+            .chain(
+                anps.into_iter()
+                    .map(|o| Object::AdminNetworkPolicy(Box::new(o))),
+            )
+            .chain(
+                banps
+                    .into_iter()
+                    .map(|o| Object::BaselineAdminNetworkPolicy(Box::new(o))),
+            )
+            .chain(
+                cnps.into_iter()
+                    .map(|o| Object::ClusterNetworkPolicy(Box::new(o))),
+            );
+        for o in objects {
+            state.apply(o);
+        }
+        state.build(1)
+    }
+}
+
+/// The writer's own state: trimmed records and compiled policies, keyed by object.
+#[derive(Debug, Default)]
+struct State {
+    pods: BTreeMap<Key, Arc<PodRecord>>,
+    namespaces: BTreeMap<String, Labels>,
+    nodes: BTreeMap<String, Arc<NodeRecord>>,
+    netpols: BTreeMap<Key, Arc<Netpol>>,
+    anps: BTreeMap<String, Arc<ClusterPolicy>>,
+    banps: BTreeMap<String, Arc<ClusterPolicy>>,
+    cnps: BTreeMap<String, Arc<ClusterPolicy>>,
+}
+
+impl State {
+    fn apply(&mut self, object: Object) {
+        let key = object.key();
+        match object {
+            Object::Pod(p) => {
+                self.pods.insert(key, Arc::new(PodRecord::from_pod(&p)));
+            }
+            Object::Namespace(n) => {
+                self.namespaces
+                    .insert(key.name, n.metadata.labels.clone().unwrap_or_default());
+            }
+            Object::Node(n) => {
+                self.nodes
+                    .insert(key.name, Arc::new(NodeRecord::from_node(&n)));
+            }
+            Object::NetworkPolicy(np) => {
+                self.netpols.insert(key, Arc::new(compile_netpol(&np)));
+            }
+            Object::AdminNetworkPolicy(p) => {
+                self.anps.insert(key.name, Arc::new(compile_anp(&p)));
+            }
+            Object::BaselineAdminNetworkPolicy(p) => {
+                self.banps.insert(key.name, Arc::new(compile_banp(&p)));
+            }
+            Object::ClusterNetworkPolicy(p) => {
+                self.cnps.insert(key.name, Arc::new(compile_cnp(&p)));
+            }
+        }
+    }
+
+    fn delete(&mut self, kind: Kind, key: &Key) {
+        match kind {
+            Kind::Pod => drop(self.pods.remove(key)),
+            Kind::Namespace => drop(self.namespaces.remove(&key.name)),
+            Kind::Node => drop(self.nodes.remove(&key.name)),
+            Kind::NetworkPolicy => drop(self.netpols.remove(key)),
+            Kind::AdminNetworkPolicy => drop(self.anps.remove(&key.name)),
+            Kind::BaselineAdminNetworkPolicy => drop(self.banps.remove(&key.name)),
+            Kind::ClusterNetworkPolicy => drop(self.cnps.remove(&key.name)),
+        }
+    }
+
+    fn clear(&mut self, kind: Kind) {
+        match kind {
+            Kind::Pod => self.pods.clear(),
+            Kind::Namespace => self.namespaces.clear(),
+            Kind::Node => self.nodes.clear(),
+            Kind::NetworkPolicy => self.netpols.clear(),
+            Kind::AdminNetworkPolicy => self.anps.clear(),
+            Kind::BaselineAdminNetworkPolicy => self.banps.clear(),
+            Kind::ClusterNetworkPolicy => self.cnps.clear(),
+        }
+    }
+
+    fn build(&self, generation: u64) -> Snapshot {
+        let mut snap = Snapshot {
+            generation,
+            ..Default::default()
+        };
+
+        // Namespaces, with placeholders for namespaces only pods mention.
+        for (name, labels) in &self.namespaces {
+            let name: Arc<str> = name.as_str().into();
+            snap.ns_by_name
+                .insert(name.clone(), snap.namespaces.len() as u32);
+            snap.namespaces.push(NamespaceEntry {
+                name,
+                labels: labels.clone(),
+            });
+        }
+        let mut ns_pods: Vec<Vec<u32>> = vec![Vec::new(); snap.namespaces.len()];
+        for record in self.pods.values() {
+            let ns = match snap.ns_by_name.get(&record.namespace) {
+                Some(i) => *i,
+                None => {
+                    let i = snap.namespaces.len() as u32;
+                    snap.ns_by_name.insert(record.namespace.clone(), i);
+                    snap.namespaces.push(NamespaceEntry {
+                        name: record.namespace.clone(),
+                        labels: Labels::new(),
+                    });
+                    ns_pods.push(Vec::new());
+                    i
+                }
+            };
+            let idx = snap.pods.len() as u32;
+            snap.pod_by_name
+                .insert((record.namespace.clone(), record.name.clone()), idx);
+            if !record.host_network && !record.finished {
+                ns_pods[ns as usize].push(idx);
+                for ip in &record.ips {
+                    snap.by_ip.insert(*ip, Endpoint::Pod(idx));
+                }
+            }
+            snap.pods.push(PodEntry {
+                record: record.clone(),
+                namespace: ns,
+            });
+        }
+        for node in self.nodes.values() {
+            let idx = snap.nodes.len() as u32;
+            for ip in &node.addresses {
+                // A pod IP wins over a node address (they never legitimately coincide).
+                snap.by_ip.entry(*ip).or_insert(Endpoint::Node(idx));
+            }
+            snap.nodes.push((**node).clone());
+        }
+
+        // Label indexes used to resolve subjects.
+        let mut ns_by_label: HashMap<(&str, &str), Vec<u32>> = HashMap::new();
+        for (i, ns) in snap.namespaces.iter().enumerate() {
+            for (k, v) in &ns.labels {
+                ns_by_label
+                    .entry((k.as_str(), v.as_str()))
+                    .or_default()
+                    .push(i as u32);
+            }
+        }
+        let mut pods_by_label: Vec<HashMap<(&str, &str), Vec<u32>>> =
+            vec![HashMap::new(); snap.namespaces.len()];
+        for (ns, pods) in ns_pods.iter().enumerate() {
+            for p in pods {
+                for (k, v) in &snap.pods[*p as usize].record.labels {
+                    pods_by_label[ns]
+                        .entry((k.as_str(), v.as_str()))
+                        .or_default()
+                        .push(*p);
+                }
+            }
+        }
+        let all_ns: Vec<u32> = (0..snap.namespaces.len() as u32).collect();
+        let select = |ns_sel: &Selector,
+                      pod_sel: Option<&Selector>,
+                      ns_filter: Option<u32>,
+                      out: &mut Vec<u32>| {
+            out.clear();
+            let namespaces: &[u32] = match (ns_filter, ns_sel.index_key()) {
+                (Some(_), _) => &[],
+                (None, Some(k)) => ns_by_label.get(&k).map(Vec::as_slice).unwrap_or(&[]),
+                (None, None) => &all_ns,
+            };
+            let one = ns_filter.map(|n| [n]);
+            let namespaces = one.as_ref().map(|o| &o[..]).unwrap_or(namespaces);
+            for &ns in namespaces {
+                if ns_filter.is_none() && !ns_sel.matches(&snap.namespaces[ns as usize].labels) {
+                    continue;
+                }
+                let candidates: &[u32] = match pod_sel.and_then(Selector::index_key) {
+                    Some(k) => pods_by_label[ns as usize]
+                        .get(&k)
+                        .map(Vec::as_slice)
+                        .unwrap_or(&[]),
+                    None => &ns_pods[ns as usize],
+                };
+                for &p in candidates {
+                    if pod_sel.is_none_or(|s| s.matches(&snap.pods[p as usize].record.labels)) {
+                        out.push(p);
+                    }
+                }
+            }
+        };
+
+        let mut admin: Vec<Arc<ClusterPolicy>> = Vec::new();
+        let mut baseline: Vec<Arc<ClusterPolicy>> = Vec::new();
+        for p in self
+            .anps
+            .values()
+            .chain(self.banps.values())
+            .chain(self.cnps.values())
+        {
+            match p.tier {
+                ClusterTier::Admin => admin.push(p.clone()),
+                ClusterTier::Baseline => baseline.push(p.clone()),
+            }
+        }
+        admin.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
+        baseline.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
+
+        let mut per_pod: Vec<[[Vec<u32>; 2]; 3]> = vec![Default::default(); snap.pods.len()];
+        let mut scratch = Vec::new();
+        for (tier, list) in [(0usize, &admin), (1, &baseline)] {
+            for (i, p) in list.iter().enumerate() {
+                select(p.subject.namespaces(), p.subject.pods(), None, &mut scratch);
+                for &pod in &scratch {
+                    for d in [Direction::Ingress, Direction::Egress] {
+                        if !p.rules[d.idx()].is_empty() {
+                            per_pod[pod as usize][tier][d.idx()].push(i as u32);
+                        }
+                    }
+                }
+            }
+        }
+        let netpols: Vec<Arc<Netpol>> = self.netpols.values().cloned().collect();
+        for (i, np) in netpols.iter().enumerate() {
+            let Some(&ns) = snap.ns_by_name.get(&np.namespace) else {
+                continue;
+            };
+            select(
+                &Selector::everything(),
+                Some(&np.pod_selector),
+                Some(ns),
+                &mut scratch,
+            );
+            for &pod in &scratch {
+                for d in [Direction::Ingress, Direction::Egress] {
+                    if np.rules[d.idx()].is_some() {
+                        per_pod[pod as usize][2][d.idx()].push(i as u32);
+                    }
+                }
+            }
+        }
+        snap.selected = per_pod
+            .into_iter()
+            .map(|[a, b, n]| {
+                let boxed = |[i, e]: [Vec<u32>; 2]| [i.into_boxed_slice(), e.into_boxed_slice()];
+                PodPolicies {
+                    admin: boxed(a),
+                    baseline: boxed(b),
+                    netpols: boxed(n),
+                }
+            })
+            .collect();
+        snap.admin = admin;
+        snap.baseline = baseline;
+        snap.netpols = netpols;
+        snap
+    }
+}
+
+/// The only writer: applies events and publishes snapshots.
+#[derive(Debug)]
+pub struct Writer {
+    state: State,
+    shared: Arc<RwLock<Arc<Snapshot>>>,
+    generation: u64,
+    dirty: bool,
+}
+
+/// A cheap, cloneable handle to the latest published snapshot.
+#[derive(Debug, Clone)]
+pub struct Reader {
+    shared: Arc<RwLock<Arc<Snapshot>>>,
+}
+
+impl Reader {
+    /// The latest published snapshot. Holding it never blocks the writer.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        // A poisoned lock only means a writer panicked between two statements that cannot leave
+        // the `Arc` half-written; the value inside is still a complete snapshot.
+        self.shared
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+impl Default for Writer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Writer {
+    /// A writer with an empty store; its readers see an empty snapshot (generation 0) until the
+    /// first [`publish`](Writer::publish).
+    pub fn new() -> Self {
+        Writer {
+            state: State::default(),
+            shared: Arc::new(RwLock::new(Arc::new(Snapshot::default()))),
+            generation: 0,
+            dirty: false,
+        }
+    }
+
+    /// A reader of this writer's snapshots.
+    pub fn reader(&self) -> Reader {
+        Reader {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Applies one event to the store. Nothing is visible to readers until [`publish`](Writer::publish).
+    pub fn apply(&mut self, event: Event) {
+        match event {
+            Event::Apply(o) => self.state.apply(o),
+            Event::Delete(o) => self.state.delete(o.kind(), &o.key()),
+            Event::Replace(kind, objects) => {
+                self.state.clear(kind);
+                for o in objects.into_iter().filter(|o| o.kind() == kind) {
+                    self.state.apply(o);
+                }
+            }
+        }
+        self.dirty = true;
+    }
+
+    /// Whether events were applied since the last publish.
+    pub fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+
+    /// Builds and publishes a snapshot if anything changed; returns the current snapshot.
+    pub fn publish(&mut self) -> Arc<Snapshot> {
+        if self.dirty {
+            self.generation += 1;
+            let snap = Arc::new(self.state.build(self.generation));
+            *self.shared.write().unwrap_or_else(|e| e.into_inner()) = snap;
+            self.dirty = false;
+        }
+        self.reader().snapshot()
+    }
+}
