@@ -85,6 +85,9 @@ fn load_plan() -> Vec<Trial> {
     let cases = netpol_conformance::case::load_embedded()
         .unwrap_or_else(|e| panic!("the embedded case table does not load: {e}"));
     let plan = netpol_conformance::plan::plan_json(&cases);
+    if let Some(error) = plan.get("error") {
+        panic!("the embedded case table does not plan: {error}");
+    }
     array(&plan, "cases", "plan")
         .iter()
         .map(|c| {
