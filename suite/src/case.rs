@@ -424,7 +424,9 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), LoadError> {
 }
 
 /// Parses and validates files; ids must be unique across all of them.
-pub fn load_files(files: impl IntoIterator<Item = (String, String)>) -> Result<Vec<Case>, LoadError> {
+pub fn load_files(
+    files: impl IntoIterator<Item = (String, String)>,
+) -> Result<Vec<Case>, LoadError> {
     let mut cases = Vec::new();
     let mut seen: BTreeMap<String, String> = BTreeMap::new();
     for (file, text) in files {
@@ -455,7 +457,10 @@ pub fn load_files(files: impl IntoIterator<Item = (String, String)>) -> Result<V
 pub const POLICY_KINDS: [(&str, &str); 4] = [
     ("NetworkPolicy", "networking.k8s.io/v1"),
     ("AdminNetworkPolicy", "policy.networking.k8s.io/v1alpha1"),
-    ("BaselineAdminNetworkPolicy", "policy.networking.k8s.io/v1alpha1"),
+    (
+        "BaselineAdminNetworkPolicy",
+        "policy.networking.k8s.io/v1alpha1",
+    ),
     ("ClusterNetworkPolicy", "policy.networking.k8s.io/v1alpha2"),
 ];
 
@@ -495,7 +500,12 @@ impl Checker<'_> {
         if self.world.namespace(model).is_some() {
             return Ok(());
         }
-        let known: Vec<_> = self.world.namespaces.iter().map(|n| n.name.as_str()).collect();
+        let known: Vec<_> = self
+            .world
+            .namespaces
+            .iter()
+            .map(|n| n.name.as_str())
+            .collect();
         Err(self.err(
             field,
             format!(
@@ -507,9 +517,8 @@ impl Checker<'_> {
     }
 
     fn pair(&self, field: &str, text: &str) -> Result<(), LoadError> {
-        let (from, to) = parse_pair(text).ok_or_else(|| {
-            self.err(field, format!("`{text}` is not a pair like `x/a -> x/b`"))
-        })?;
+        let (from, to) = parse_pair(text)
+            .ok_or_else(|| self.err(field, format!("`{text}` is not a pair like `x/a -> x/b`")))?;
         self.pod(field, from)?;
         self.pod(field, to)
     }
@@ -554,7 +563,10 @@ impl Checker<'_> {
             let kinds: Vec<_> = POLICY_KINDS.iter().map(|(k, _)| *k).collect();
             return Err(self.err(
                 format!("{field}.kind"),
-                format!("unsupported kind `{kind}` (expected one of {})", kinds.join(", ")),
+                format!(
+                    "unsupported kind `{kind}` (expected one of {})",
+                    kinds.join(", ")
+                ),
             ));
         };
         if api != *want_api {
@@ -570,10 +582,16 @@ impl Checker<'_> {
             ));
         }
         let meta = obj.get("metadata");
-        if meta.and_then(|m| m.get("name")).and_then(Value::as_str).is_none() {
+        if meta
+            .and_then(|m| m.get("name"))
+            .and_then(Value::as_str)
+            .is_none()
+        {
             return Err(self.err(format!("{field}.metadata.name"), "missing"));
         }
-        let ns = meta.and_then(|m| m.get("namespace")).and_then(Value::as_str);
+        let ns = meta
+            .and_then(|m| m.get("namespace"))
+            .and_then(Value::as_str);
         match (kind == "NetworkPolicy", ns) {
             (true, Some(ns)) => self.namespace(&format!("{field}.metadata.namespace"), ns)?,
             (true, None) => {
@@ -639,8 +657,9 @@ impl Checker<'_> {
                     self.namespace(&format!("{field}.namespace"), ns)?;
                 }
                 let ops = Value::Array(p.ops.clone());
-                serde_json::from_value::<json_patch::Patch>(ops.clone())
-                    .map_err(|e| self.err(format!("{field}.ops"), format!("not a JSON Patch: {e}")))?;
+                serde_json::from_value::<json_patch::Patch>(ops.clone()).map_err(|e| {
+                    self.err(format!("{field}.ops"), format!("not a JSON Patch: {e}"))
+                })?;
                 self.placeholders(&field, &ops)?;
             }
             Step::Delete(refs) => {
@@ -864,7 +883,10 @@ pub fn scan_placeholders(s: &str) -> Vec<(std::ops::Range<usize>, Result<Placeho
     let mut rest = 0;
     while let Some(start) = s[rest..].find("${").map(|i| i + rest) {
         let Some(end) = s[start..].find('}').map(|i| i + start) else {
-            out.push((start..s.len(), Err(format!("unterminated placeholder in `{s}`"))));
+            out.push((
+                start..s.len(),
+                Err(format!("unterminated placeholder in `{s}`")),
+            ));
             break;
         };
         out.push((start..end + 1, parse_placeholder(&s[start + 2..end])));
@@ -962,21 +984,36 @@ mod tests {
     fn duplicate_ids_are_rejected() {
         let text = format!("{MINIMAL}{}", MINIMAL.trim_start_matches('\n'));
         let err = load(&text).unwrap_err();
-        assert!(matches!(err, LoadError::DuplicateId { ref id, .. } if id == "deny"), "{err}");
-        assert!(err.to_string().contains("first defined at t.yaml:2"), "{err}");
+        assert!(
+            matches!(err, LoadError::DuplicateId { ref id, .. } if id == "deny"),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("first defined at t.yaml:2"),
+            "{err}"
+        );
     }
 
     #[test]
     fn unknown_placeholder_is_rejected_with_line_and_field() {
-        let text = MINIMAL.replace("spec: {podSelector: {}", "spec: {x: \"${pod-ip:x/a}\", podSelector: {}");
+        let text = MINIMAL.replace(
+            "spec: {podSelector: {}",
+            "spec: {x: \"${pod-ip:x/a}\", podSelector: {}",
+        );
         let err = load(&text).unwrap_err().to_string();
         assert!(err.contains("unknown placeholder `${pod-ip:x/a}`"), "{err}");
-        assert!(err.contains("t.yaml:8: case `deny`: steps[0].create[0]"), "{err}");
+        assert!(
+            err.contains("t.yaml:8: case `deny`: steps[0].create[0]"),
+            "{err}"
+        );
     }
 
     #[test]
     fn placeholder_naming_an_unknown_pod_is_rejected() {
-        let text = MINIMAL.replace("spec: {podSelector: {}", "spec: {x: \"${ip:q/a}\", podSelector: {}");
+        let text = MINIMAL.replace(
+            "spec: {podSelector: {}",
+            "spec: {x: \"${ip:q/a}\", podSelector: {}",
+        );
         let err = load(&text).unwrap_err().to_string();
         assert!(err.contains("unknown pod `q/a`"), "{err}");
     }
@@ -991,14 +1028,18 @@ mod tests {
 
     #[test]
     fn unknown_feature_is_rejected() {
-        let text = MINIMAL.replace("  world: upstream", "  world: upstream\n  features: [Telepathy]");
+        let text = MINIMAL.replace(
+            "  world: upstream",
+            "  world: upstream\n  features: [Telepathy]",
+        );
         let err = load(&text).unwrap_err().to_string();
         assert!(err.contains("Telepathy"), "{err}");
     }
 
     #[test]
     fn placeholders_parse() {
-        let found = find_placeholders("${ns:y} ${cidr:x/b/24} ${host:x/a} ${node-ip:1} ${external-ip}");
+        let found =
+            find_placeholders("${ns:y} ${cidr:x/b/24} ${host:x/a} ${node-ip:1} ${external-ip}");
         let found: Vec<_> = found.into_iter().map(Result::unwrap).collect();
         assert_eq!(
             found,

@@ -6,8 +6,11 @@
 //! behind the libtest-style command line shared by `netpol-conformance run` and
 //! `cargo test --test conformance`.
 
+pub mod backend;
 pub mod case;
 pub mod plan;
 pub mod reachability;
 pub mod render;
+pub mod report;
+pub mod runner;
 pub mod world;

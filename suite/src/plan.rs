@@ -253,23 +253,25 @@ fn plan_steps(
         source,
     };
     for (index, step) in case.steps.iter().enumerate() {
-        let rename = |r: &ObjectRef, tiers: &BTreeMap<String, String>| -> Result<ObjectRef, PlanError> {
-            if !v1alpha1 || r.kind != "ClusterNetworkPolicy" {
-                return Ok(r.clone());
-            }
-            let tier = tiers.get(&r.name).ok_or_else(|| PlanError::UnknownObject {
-                case: case.id.clone(),
-                step: index,
-                kind: r.kind.clone(),
-                name: r.name.clone(),
-            })?;
-            let (kind, name) = render::v1alpha1_identity(tier, &r.name).map_err(|e| render_err(index, e))?;
-            Ok(ObjectRef {
-                kind: kind.to_string(),
-                name,
-                namespace: None,
-            })
-        };
+        let rename =
+            |r: &ObjectRef, tiers: &BTreeMap<String, String>| -> Result<ObjectRef, PlanError> {
+                if !v1alpha1 || r.kind != "ClusterNetworkPolicy" {
+                    return Ok(r.clone());
+                }
+                let tier = tiers.get(&r.name).ok_or_else(|| PlanError::UnknownObject {
+                    case: case.id.clone(),
+                    step: index,
+                    kind: r.kind.clone(),
+                    name: r.name.clone(),
+                })?;
+                let (kind, name) =
+                    render::v1alpha1_identity(tier, &r.name).map_err(|e| render_err(index, e))?;
+                Ok(ObjectRef {
+                    kind: kind.to_string(),
+                    name,
+                    namespace: None,
+                })
+            };
         let mut render_objs = |objs: &[Value]| -> Result<Vec<Value>, PlanError> {
             objs.iter()
                 .map(|o| {
@@ -279,7 +281,9 @@ fn plan_steps(
                     ) {
                         tiers.insert(name.to_string(), tier.to_string());
                     }
-                    if v1alpha1 && o.get("kind").and_then(Value::as_str) == Some("ClusterNetworkPolicy") {
+                    if v1alpha1
+                        && o.get("kind").and_then(Value::as_str) == Some("ClusterNetworkPolicy")
+                    {
                         render::cnp_to_v1alpha1(o).map_err(|e| render_err(index, e))
                     } else {
                         Ok(o.clone())
@@ -305,7 +309,8 @@ fn plan_steps(
                 };
                 let target = rename(&target, &tiers)?;
                 let ops = if v1alpha1 && p.kind == "ClusterNetworkPolicy" {
-                    render::patch_ops_to_v1alpha1(&p.name, &p.ops).map_err(|e| render_err(index, e))?
+                    render::patch_ops_to_v1alpha1(&p.name, &p.ops)
+                        .map_err(|e| render_err(index, e))?
                 } else {
                     p.ops.clone()
                 };
@@ -483,7 +488,11 @@ fn plan_json_one(plan: &Plan) -> Value {
                     v["ops"] = Value::Array(ops.clone());
                 }
                 Action::Delete(refs) => v["objects"] = json!(refs),
-                Action::LabelNamespace { namespace, set, remove } => {
+                Action::LabelNamespace {
+                    namespace,
+                    set,
+                    remove,
+                } => {
                     v["namespace"] = json!(namespace);
                     v["set"] = json!(set);
                     v["remove"] = json!(remove);
@@ -618,16 +627,25 @@ mod tests {
         assert_eq!((probes[0].protocol, probes[0].port), (Protocol::Tcp, 80));
         assert_eq!(probes[0].expected.len(), 2);
         assert_eq!(plans[0].block_rule, BlockRule::TimeoutOnly);
-        let Action::Create(objs) = &plans[0].steps[0].action else { panic!() };
+        let Action::Create(objs) = &plans[0].steps[0].action else {
+            panic!()
+        };
         assert_eq!(objs[0]["kind"], "BaselineAdminNetworkPolicy");
-        let Action::Patch { target, ops } = &plans[0].steps[1].action else { panic!() };
+        let Action::Patch { target, ops } = &plans[0].steps[1].action else {
+            panic!()
+        };
         assert_eq!(target.kind, "BaselineAdminNetworkPolicy");
         assert_eq!(target.name, "default");
         assert_eq!(ops[0]["path"], "/spec/egress/0/action");
-        let Action::Patch { target, .. } = &plans[1].steps[1].action else { panic!() };
+        let Action::Patch { target, .. } = &plans[1].steps[1].action else {
+            panic!()
+        };
         assert_eq!(target.kind, "ClusterNetworkPolicy");
         assert!(plans[0].features().contains(&Feature::Udp));
-        assert_eq!(plans[0].kinds(), BTreeSet::from(["BaselineAdminNetworkPolicy".to_string()]));
+        assert_eq!(
+            plans[0].kinds(),
+            BTreeSet::from(["BaselineAdminNetworkPolicy".to_string()])
+        );
     }
 
     #[test]

@@ -246,9 +246,21 @@ impl fmt::Display for TruthTables<'_> {
             c.passed()
         )?;
         let paint = |s: String| if self.color { colorize(&s) } else { s };
-        writeln!(f, "expected:\n{}", paint(self.expected.render(expected_mark)))?;
-        writeln!(f, "observed:\n{}", paint(self.observed.render(Outcome::mark)))?;
-        write!(f, "comparison:\n{}", paint(c.table.render(Comparison::mark)))
+        writeln!(
+            f,
+            "expected:\n{}",
+            paint(self.expected.render(expected_mark))
+        )?;
+        writeln!(
+            f,
+            "observed:\n{}",
+            paint(self.observed.render(Outcome::mark))
+        )?;
+        write!(
+            f,
+            "comparison:\n{}",
+            paint(c.table.render(Comparison::mark))
+        )
     }
 }
 

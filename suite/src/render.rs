@@ -193,7 +193,10 @@ pub fn patch_ops_to_v1alpha1(what: &str, ops: &[Value]) -> Result<Vec<Value>, Re
 fn path_to_v1alpha1(what: &str, path: &str) -> Result<String, RenderError> {
     let segments: Vec<&str> = path.split('/').collect();
     if segments.iter().any(|s| *s == "tier" || *s == "priority") {
-        return Err(err(what, format!("patching `{path}` has no v1alpha1 equivalent")));
+        return Err(err(
+            what,
+            format!("patching `{path}` has no v1alpha1 equivalent"),
+        ));
     }
     Ok(segments
         .iter()
@@ -274,7 +277,9 @@ pub fn resolve_str(s: &str, ctx: &dyn Resolve) -> Result<String, ResolveError> {
         };
         let placeholder = parsed.map_err(|m| fail(&m))?;
         let value = match &placeholder {
-            Placeholder::Namespace(ns) => ctx.namespace(ns).ok_or_else(|| fail("no such namespace"))?,
+            Placeholder::Namespace(ns) => {
+                ctx.namespace(ns).ok_or_else(|| fail("no such namespace"))?
+            }
             Placeholder::Ip(pod) => ctx
                 .pod_ip(pod)
                 .ok_or_else(|| fail("the pod has no IP"))?

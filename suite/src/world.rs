@@ -376,7 +376,9 @@ mod tests {
         let w = WorldKind::Upstream.model();
         assert_eq!(
             w.pod_names(),
-            ["x/a", "x/b", "x/c", "y/a", "y/b", "y/c", "z/a", "z/b", "z/c"]
+            [
+                "x/a", "x/b", "x/c", "y/a", "y/b", "y/c", "z/a", "z/b", "z/c"
+            ]
         );
         let a = w.pod("x/a").unwrap();
         assert_eq!(a.named_port("serve-81-udp").unwrap().port, 81);
@@ -396,6 +398,13 @@ mod tests {
         assert!(f1.host_network);
         assert_eq!(f1.pod_name, "centaur-1");
         assert_eq!(f1.ports.len(), 6);
-        assert_eq!(w.pod("gryffindor/0").unwrap().named_port("dns").unwrap().port, 53);
+        assert_eq!(
+            w.pod("gryffindor/0")
+                .unwrap()
+                .named_port("dns")
+                .unwrap()
+                .port,
+            53
+        );
     }
 }

@@ -1,0 +1,413 @@
+//! The boundary between the harness and a cluster: objects in, realized names and IPs out; probe
+//! jobs in, outcomes out.
+//!
+//! [`Cluster`] is implemented by the Kubernetes API backend (any CNI, and the local cluster);
+//! [`Prober`] by the exec prober (real clusters) and the netns prober (local cluster). The
+//! in-memory double in [`fake`] serves only the harness's own tests.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::case::{Feature, ObjectRef};
+use crate::reachability::Outcome;
+use crate::render::Resolve;
+use crate::world::{Protocol, World};
+
+/// What the run is pointed at, for reports.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct TargetInfo {
+    /// `local` or the kubeconfig context / server.
+    pub target: String,
+    /// The API server's version (`v1.37.2`).
+    pub kubernetes_version: String,
+    /// The policy implementation, if known (`netpol-enforcer`, `none`, a CNI name).
+    pub implementation: String,
+}
+
+/// What the target can do, decided once before the run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Features the target supports.
+    pub features: BTreeSet<Feature>,
+    /// Features the target lacks, with the reason (e.g. "SCTP is not supported by this kernel").
+    pub missing: BTreeMap<Feature, String>,
+    /// Policy kinds whose API the target serves.
+    pub kinds: BTreeSet<String>,
+}
+
+/// A pod as realized for one trial.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RealizedPod {
+    /// Model name (`x/a`).
+    pub model: String,
+    /// Realized namespace.
+    pub namespace: String,
+    /// Pod name.
+    pub name: String,
+    /// Pod IP (the node's for host-network pods).
+    pub ip: IpAddr,
+    /// Service ClusterIP, where the world has Services.
+    pub service_ip: Option<IpAddr>,
+    /// The container probes are executed in.
+    pub container: String,
+    /// Network namespace path (local cluster only).
+    pub netns: Option<String>,
+}
+
+/// A world as realized for one trial.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RealizedWorld {
+    /// The run's suffix for namespace names.
+    pub suffix: String,
+    /// Model namespace → realized name.
+    pub namespaces: BTreeMap<String, String>,
+    /// Model pod → realized pod.
+    pub pods: BTreeMap<String, RealizedPod>,
+    /// Node InternalIPs, in node order.
+    pub node_ips: Vec<IpAddr>,
+    /// The external host, where the target has one.
+    pub external_ip: Option<IpAddr>,
+}
+
+impl Resolve for RealizedWorld {
+    fn namespace(&self, model: &str) -> Option<String> {
+        self.namespaces.get(model).cloned()
+    }
+    fn pod_ip(&self, model: &str) -> Option<IpAddr> {
+        self.pods.get(model).map(|p| p.ip)
+    }
+    fn node_ip(&self, index: usize) -> Option<IpAddr> {
+        self.node_ips.get(index).copied()
+    }
+    fn external_ip(&self) -> Option<IpAddr> {
+        self.external_ip
+    }
+}
+
+/// One probe to carry out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeJob {
+    /// The source pod.
+    pub from: RealizedPod,
+    /// Destination model name (for reports).
+    pub to_model: String,
+    /// Destination address.
+    pub to_ip: IpAddr,
+    /// Port.
+    pub port: u16,
+    /// Protocol.
+    pub protocol: Protocol,
+    /// Connect timeout.
+    pub timeout: Duration,
+}
+
+impl ProbeJob {
+    /// The command a person can run to repeat this probe by hand.
+    pub fn rerun_command(&self) -> String {
+        let target = std::net::SocketAddr::new(self.to_ip, self.port);
+        match &self.from.netns {
+            Some(netns) => format!(
+                "ip netns exec {} agnhost-like connect {target} --protocol={} --timeout={}s",
+                netns.rsplit('/').next().unwrap_or(netns),
+                self.protocol.lower(),
+                self.timeout.as_secs().max(1)
+            ),
+            None => format!(
+                "kubectl exec {} -c {} -n {} -- /agnhost connect {target} --timeout={}s --protocol={}",
+                self.from.name,
+                self.from.container,
+                self.from.namespace,
+                self.timeout.as_secs().max(1),
+                self.protocol.lower()
+            ),
+        }
+    }
+}
+
+/// A failure of the target or of the transport, never a policy verdict.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The world could not be created or did not become ready.
+    #[error("creating world {world}: {message}")]
+    World {
+        /// Which world.
+        world: String,
+        /// What happened.
+        message: String,
+    },
+    /// An object could not be applied.
+    #[error("{operation} {kind} {name}: {message}")]
+    Object {
+        /// `create`, `update`, `patch`, `delete`.
+        operation: String,
+        /// Kind.
+        kind: String,
+        /// Name.
+        name: String,
+        /// What the API said.
+        message: String,
+    },
+    /// Anything else, named by operation.
+    #[error("{operation}: {message}")]
+    Other {
+        /// The operation.
+        operation: String,
+        /// What happened.
+        message: String,
+    },
+}
+
+/// A cluster the suite creates worlds and policies in.
+pub trait Cluster: Send + Sync {
+    /// What the run is pointed at.
+    fn info(&self) -> TargetInfo;
+    /// What the target can do.
+    fn capabilities(&self) -> Capabilities;
+    /// Creates a world's namespaces, pods and Services and waits until they are ready.
+    /// Namespace names get `suffix`; everything created carries the run's labels.
+    fn create_world(&self, world: &World, suffix: &str) -> Result<RealizedWorld, BackendError>;
+    /// Creates objects (placeholders already resolved, namespaces realized).
+    fn create(&self, objects: &[Value]) -> Result<(), BackendError>;
+    /// Replaces objects.
+    fn update(&self, objects: &[Value]) -> Result<(), BackendError>;
+    /// JSON-patches one object (namespace realized).
+    fn patch(&self, target: &ObjectRef, ops: &[Value]) -> Result<(), BackendError>;
+    /// Deletes objects (namespaces realized); absent objects are not an error.
+    fn delete(&self, targets: &[ObjectRef]) -> Result<(), BackendError>;
+    /// Deletes every NetworkPolicy in these namespaces.
+    fn delete_all_network_policies(&self, namespaces: &[String]) -> Result<(), BackendError>;
+    /// Sets and removes labels on a namespace.
+    fn label_namespace(
+        &self,
+        namespace: &str,
+        set: &BTreeMap<String, String>,
+        remove: &[String],
+    ) -> Result<(), BackendError>;
+    /// Sets and removes labels on a pod.
+    fn label_pod(
+        &self,
+        pod: &RealizedPod,
+        set: &BTreeMap<String, String>,
+        remove: &[String],
+    ) -> Result<(), BackendError>;
+    /// Deletes and recreates pods; returns them as realized again (new IPs).
+    fn recreate_pods(
+        &self,
+        world: &World,
+        realized: &RealizedWorld,
+        pods: &[String],
+    ) -> Result<Vec<RealizedPod>, BackendError>;
+    /// Deletes everything a world's creation made, waiting until it is gone.
+    fn delete_world(&self, realized: &RealizedWorld) -> Result<(), BackendError>;
+    /// Carries out probes, as many at once as the prober allows; one outcome per job, in order.
+    fn probe(&self, jobs: &[ProbeJob]) -> Vec<Outcome>;
+}
+
+pub mod fake {
+    //! An in-memory cluster for the harness's own tests: it records what it is asked to do and
+    //! answers probes from a function the test supplies.
+
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// Decides a probe's outcome from the job and the policies "in the cluster".
+    pub type Oracle = dyn Fn(&ProbeJob, &[Value]) -> Outcome + Send + Sync;
+
+    /// The double.
+    pub struct FakeCluster {
+        /// Capabilities reported.
+        pub caps: Capabilities,
+        /// Policies currently present.
+        pub objects: Mutex<Vec<Value>>,
+        /// Every call, in order (`create_world x`, `create NetworkPolicy deny-all`, …).
+        pub log: Mutex<Vec<String>>,
+        /// How probes answer.
+        pub oracle: Box<Oracle>,
+        /// Make `create_world` fail.
+        pub fail_world: bool,
+    }
+
+    impl FakeCluster {
+        /// A double whose probes answer with `oracle`.
+        pub fn new(oracle: Box<Oracle>) -> Self {
+            FakeCluster {
+                caps: Capabilities {
+                    features: Feature::ALL.into_iter().collect(),
+                    missing: BTreeMap::new(),
+                    kinds: crate::case::POLICY_KINDS
+                        .iter()
+                        .map(|(k, _)| k.to_string())
+                        .collect(),
+                },
+                objects: Mutex::new(Vec::new()),
+                log: Mutex::new(Vec::new()),
+                oracle,
+                fail_world: false,
+            }
+        }
+
+        fn note(&self, s: String) {
+            self.log.lock().expect("log lock").push(s);
+        }
+    }
+
+    fn name_of(o: &Value) -> String {
+        format!(
+            "{} {}",
+            o["kind"].as_str().unwrap_or("?"),
+            o["metadata"]["name"].as_str().unwrap_or("?")
+        )
+    }
+
+    impl Cluster for FakeCluster {
+        fn info(&self) -> TargetInfo {
+            TargetInfo {
+                target: "fake".into(),
+                kubernetes_version: "v0.0.0-fake".into(),
+                implementation: "oracle".into(),
+            }
+        }
+        fn capabilities(&self) -> Capabilities {
+            self.caps.clone()
+        }
+        fn create_world(&self, world: &World, suffix: &str) -> Result<RealizedWorld, BackendError> {
+            self.note(format!("create_world {} {suffix}", world.kind.as_str()));
+            if self.fail_world {
+                return Err(BackendError::World {
+                    world: world.kind.as_str().into(),
+                    message: "pod x/a never became Ready (condition Ready=False)".into(),
+                });
+            }
+            let mut realized = RealizedWorld {
+                suffix: suffix.into(),
+                ..Default::default()
+            };
+            for ns in &world.namespaces {
+                realized
+                    .namespaces
+                    .insert(ns.name.clone(), world.realized_namespace(&ns.name, suffix));
+            }
+            for (i, pod) in world.pods.iter().enumerate() {
+                realized.pods.insert(
+                    pod.model_name(),
+                    RealizedPod {
+                        model: pod.model_name(),
+                        namespace: realized.namespaces[&pod.namespace].clone(),
+                        name: pod.pod_name.clone(),
+                        ip: IpAddr::from([10, 0, 0, i as u8 + 1]),
+                        service_ip: None,
+                        container: "agnhost".into(),
+                        netns: None,
+                    },
+                );
+            }
+            realized.node_ips = vec![IpAddr::from([192, 0, 2, 1])];
+            realized.external_ip = Some(IpAddr::from([192, 0, 2, 100]));
+            Ok(realized)
+        }
+        fn create(&self, objects: &[Value]) -> Result<(), BackendError> {
+            for o in objects {
+                self.note(format!("create {}", name_of(o)));
+                self.objects.lock().expect("objects lock").push(o.clone());
+            }
+            Ok(())
+        }
+        fn update(&self, objects: &[Value]) -> Result<(), BackendError> {
+            let mut present = self.objects.lock().expect("objects lock");
+            for o in objects {
+                self.note(format!("update {}", name_of(o)));
+                present.retain(|p| name_of(p) != name_of(o));
+                present.push(o.clone());
+            }
+            Ok(())
+        }
+        fn patch(&self, target: &ObjectRef, ops: &[Value]) -> Result<(), BackendError> {
+            self.note(format!("patch {} {}", target.kind, target.name));
+            let mut present = self.objects.lock().expect("objects lock");
+            let key = format!("{} {}", target.kind, target.name);
+            let obj = present
+                .iter_mut()
+                .find(|p| name_of(p) == key)
+                .ok_or_else(|| BackendError::Object {
+                    operation: "patch".into(),
+                    kind: target.kind.clone(),
+                    name: target.name.clone(),
+                    message: "not found".into(),
+                })?;
+            let patch: json_patch::Patch = serde_json::from_value(Value::Array(ops.to_vec()))
+                .map_err(|e| BackendError::Other {
+                    operation: "patch".into(),
+                    message: e.to_string(),
+                })?;
+            json_patch::patch(obj, &patch).map_err(|e| BackendError::Object {
+                operation: "patch".into(),
+                kind: target.kind.clone(),
+                name: target.name.clone(),
+                message: e.to_string(),
+            })
+        }
+        fn delete(&self, targets: &[ObjectRef]) -> Result<(), BackendError> {
+            let mut present = self.objects.lock().expect("objects lock");
+            for t in targets {
+                self.note(format!("delete {} {}", t.kind, t.name));
+                present.retain(|p| name_of(p) != format!("{} {}", t.kind, t.name));
+            }
+            Ok(())
+        }
+        fn delete_all_network_policies(&self, namespaces: &[String]) -> Result<(), BackendError> {
+            self.note(format!(
+                "delete_all_network_policies {}",
+                namespaces.join(",")
+            ));
+            self.objects
+                .lock()
+                .expect("objects lock")
+                .retain(|p| p["kind"] != "NetworkPolicy");
+            Ok(())
+        }
+        fn label_namespace(
+            &self,
+            namespace: &str,
+            set: &BTreeMap<String, String>,
+            remove: &[String],
+        ) -> Result<(), BackendError> {
+            self.note(format!("label_namespace {namespace} {set:?} -{remove:?}"));
+            Ok(())
+        }
+        fn label_pod(
+            &self,
+            pod: &RealizedPod,
+            set: &BTreeMap<String, String>,
+            remove: &[String],
+        ) -> Result<(), BackendError> {
+            self.note(format!("label_pod {} {set:?} -{remove:?}", pod.model));
+            Ok(())
+        }
+        fn recreate_pods(
+            &self,
+            _world: &World,
+            realized: &RealizedWorld,
+            pods: &[String],
+        ) -> Result<Vec<RealizedPod>, BackendError> {
+            self.note(format!("recreate_pods {}", pods.join(",")));
+            Ok(pods
+                .iter()
+                .filter_map(|p| realized.pods.get(p).cloned())
+                .collect())
+        }
+        fn delete_world(&self, realized: &RealizedWorld) -> Result<(), BackendError> {
+            self.note(format!("delete_world {}", realized.suffix));
+            self.objects.lock().expect("objects lock").clear();
+            Ok(())
+        }
+        fn probe(&self, jobs: &[ProbeJob]) -> Vec<Outcome> {
+            let present = self.objects.lock().expect("objects lock").clone();
+            jobs.iter().map(|j| (self.oracle)(j, &present)).collect()
+        }
+    }
+}

@@ -1,0 +1,356 @@
+//! One typed run report, several renderers: a summary for people, JUnit (via quick-junit), and
+//! Sonobuoy's results directory with its `done` file and progress updates.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use quick_junit::{NonSuccessKind, Property, Report, TestCase, TestCaseStatus, TestSuite};
+use serde::Serialize;
+
+use crate::backend::TargetInfo;
+
+/// How a trial ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "result")]
+pub enum TrialOutcome {
+    /// Every probe matched its expectation.
+    Passed,
+    /// Policy behaviour differed from the expectation.
+    Failed {
+        /// One line saying what differed.
+        message: String,
+    },
+    /// The run could not judge the case (cluster, API or probe transport fault).
+    Error {
+        /// One line saying what broke.
+        message: String,
+    },
+    /// Not run, with the reason (filtered by a runtime condition, interrupted, …).
+    Skipped {
+        /// Why.
+        reason: String,
+    },
+    /// Not run because the target lacks a feature the case needs.
+    NotSupported {
+        /// Which feature, and why the target lacks it.
+        reason: String,
+    },
+}
+
+impl TrialOutcome {
+    /// A short word: passed, failed, error, skipped, not-supported.
+    pub fn word(&self) -> &'static str {
+        match self {
+            TrialOutcome::Passed => "passed",
+            TrialOutcome::Failed { .. } => "failed",
+            TrialOutcome::Error { .. } => "error",
+            TrialOutcome::Skipped { .. } => "skipped",
+            TrialOutcome::NotSupported { .. } => "not-supported",
+        }
+    }
+}
+
+/// What happened in one probe step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StepReport {
+    /// Index in the case file.
+    pub index: usize,
+    /// The subtest's name, if any.
+    pub name: Option<String>,
+    /// `TCP/80`.
+    pub probe: String,
+    /// `passed`, `failed`, `error` or `skipped: <reason>`.
+    pub result: String,
+    /// Pairs that matched.
+    pub correct: usize,
+    /// Pairs that did not.
+    pub wrong: usize,
+    /// Pairs whose probe failed.
+    pub errors: usize,
+    /// Pairs that were wrong at first and right later (recorded, not hidden).
+    pub flaky: Vec<String>,
+    /// Expected / observed / comparison tables, when the step did not pass.
+    pub tables: Option<String>,
+    /// Commands to repeat the failing probes by hand.
+    pub rerun: Vec<String>,
+}
+
+/// One trial's result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TrialReport {
+    /// Trial name (`upstream::ingress::default-deny-ingress`).
+    pub trial: String,
+    /// The case's upstream name for this rendering.
+    pub name: String,
+    /// JUnit classname: `netpol-conformance.<source>.<area>`.
+    pub classname: String,
+    /// How it ended.
+    pub outcome: TrialOutcome,
+    /// Wall time.
+    pub duration: Duration,
+    /// Probe steps.
+    pub steps: Vec<StepReport>,
+    /// Everything else worth reading (policies applied, waits, cleanup).
+    pub log: String,
+}
+
+impl TrialReport {
+    /// The body shown under a failure or error: the log, then each non-passing step's tables.
+    pub fn details(&self) -> String {
+        let mut out = self.log.clone();
+        for step in &self.steps {
+            let _ = writeln!(
+                out,
+                "step {} {}{}: {} (correct {}, wrong {}, errors {})",
+                step.index,
+                step.probe,
+                step.name
+                    .as_deref()
+                    .map(|n| format!(" \"{n}\""))
+                    .unwrap_or_default(),
+                step.result,
+                step.correct,
+                step.wrong,
+                step.errors
+            );
+            if !step.flaky.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "  flaky (wrong at first, right later): {}",
+                    step.flaky.join(", ")
+                );
+            }
+            if let Some(tables) = &step.tables {
+                out.push_str(tables);
+                out.push('\n');
+            }
+            for cmd in &step.rerun {
+                let _ = writeln!(out, "  rerun: {cmd}");
+            }
+        }
+        out
+    }
+}
+
+/// The whole run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RunReport {
+    /// The suite's version.
+    pub suite_version: String,
+    /// What was tested.
+    pub target: TargetInfo,
+    /// Trials in name order.
+    pub trials: Vec<TrialReport>,
+    /// Why the run stopped early, if it did.
+    pub aborted: Option<String>,
+    /// RFC 3339 start time, for JUnit (left out of golden files).
+    pub started: Option<String>,
+    /// Wall time of the run.
+    pub duration: Duration,
+}
+
+/// Counts by outcome.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    /// Passed trials.
+    pub passed: usize,
+    /// Failed trials.
+    pub failed: usize,
+    /// Errored trials.
+    pub errors: usize,
+    /// Skipped trials.
+    pub skipped: usize,
+    /// Not-supported trials.
+    pub not_supported: usize,
+}
+
+impl RunReport {
+    /// Counts by outcome.
+    pub fn counts(&self) -> Counts {
+        let mut c = Counts::default();
+        for t in &self.trials {
+            match t.outcome {
+                TrialOutcome::Passed => c.passed += 1,
+                TrialOutcome::Failed { .. } => c.failed += 1,
+                TrialOutcome::Error { .. } => c.errors += 1,
+                TrialOutcome::Skipped { .. } => c.skipped += 1,
+                TrialOutcome::NotSupported { .. } => c.not_supported += 1,
+            }
+        }
+        if self.aborted.is_some() {
+            c.errors += 1;
+        }
+        c
+    }
+
+    /// Whether anything failed or errored.
+    pub fn has_failures(&self) -> bool {
+        let c = self.counts();
+        c.failed + c.errors > 0
+    }
+}
+
+/// The JUnit name of the synthetic case that records an early abort.
+pub const ABORT_CASE: &str = "netpol-conformance run";
+
+/// Renders JUnit XML.
+pub fn junit(report: &RunReport) -> String {
+    let mut junit = Report::new("netpol-conformance");
+    let mut suite = TestSuite::new("netpol-conformance");
+    for (name, value) in [
+        ("target", report.target.target.as_str()),
+        (
+            "kubernetes-version",
+            report.target.kubernetes_version.as_str(),
+        ),
+        ("implementation", report.target.implementation.as_str()),
+        ("suite-version", report.suite_version.as_str()),
+    ] {
+        suite.add_property(Property::new(name, value));
+    }
+    for t in &report.trials {
+        let status = match &t.outcome {
+            TrialOutcome::Passed => TestCaseStatus::success(),
+            TrialOutcome::Failed { message } => {
+                let mut s = TestCaseStatus::non_success(NonSuccessKind::Failure);
+                s.set_message(message.as_str());
+                s.set_type("policy mismatch");
+                s.set_description(t.details());
+                s
+            }
+            TrialOutcome::Error { message } => {
+                let mut s = TestCaseStatus::non_success(NonSuccessKind::Error);
+                s.set_message(message.as_str());
+                s.set_type("infrastructure");
+                s.set_description(t.details());
+                s
+            }
+            TrialOutcome::Skipped { reason } | TrialOutcome::NotSupported { reason } => {
+                let mut s = TestCaseStatus::skipped();
+                s.set_message(reason.as_str());
+                s.set_type(t.outcome.word());
+                s
+            }
+        };
+        let mut case = TestCase::new(format!("{}: {}", t.trial, t.name), status);
+        case.set_classname(t.classname.as_str());
+        case.set_time(t.duration);
+        if matches!(t.outcome, TrialOutcome::Passed) && !t.steps.is_empty() {
+            case.set_system_out(t.details());
+        }
+        suite.add_test_case(case);
+    }
+    if let Some(reason) = &report.aborted {
+        let mut s = TestCaseStatus::non_success(NonSuccessKind::Failure);
+        s.set_message(reason.as_str());
+        s.set_type("aborted");
+        let mut case = TestCase::new(ABORT_CASE, s);
+        case.set_classname("netpol-conformance");
+        suite.add_test_case(case);
+    }
+    suite.set_time(report.duration);
+    junit.set_time(report.duration);
+    junit.add_test_suite(suite);
+    junit
+        .to_string()
+        .unwrap_or_else(|e| format!("<!-- rendering JUnit failed: {e} -->\n"))
+}
+
+/// Writes the JUnit file (creating its directory).
+pub fn write_junit(report: &RunReport, path: &Path) -> std::io::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(path, junit(report))
+}
+
+/// Writes Sonobuoy's results: `junit.xml` in `dir`, then `done` naming it (written last, as the
+/// worker uploads whatever `done` points to as soon as it appears).
+pub fn write_sonobuoy(report: &RunReport, dir: &Path) -> std::io::Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    let result = dir.join("junit.xml");
+    write_junit(report, &result)?;
+    let absolute = std::path::absolute(&result)?;
+    let done_tmp = dir.join(".done.tmp");
+    std::fs::write(&done_tmp, absolute.display().to_string())?;
+    std::fs::rename(&done_tmp, dir.join("done"))?;
+    Ok(result)
+}
+
+/// One progress update for Sonobuoy's worker.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Progress {
+    /// Latest message (`PASSED <trial>`).
+    pub msg: String,
+    /// Trials expected.
+    pub total: usize,
+    /// Trials passed so far.
+    pub completed: usize,
+    /// Failed trials so far.
+    pub failures: Vec<String>,
+    /// Errors so far.
+    pub errors: Vec<String>,
+}
+
+/// POSTs a progress update to `localhost:<port>/progress`. Failures are returned, never fatal.
+pub fn post_progress(port: u16, progress: &Progress) -> std::io::Result<()> {
+    let body = serde_json::to_string(progress).map_err(std::io::Error::other)?;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_write_timeout(Some(Duration::from_secs(2)))?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    write!(
+        stream,
+        "POST /progress HTTP/1.1\r\nHost: localhost:{port}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut status = [0u8; 12];
+    std::io::Read::read_exact(&mut stream, &mut status)?;
+    if !status.starts_with(b"HTTP/1.") || status[9] != b'2' {
+        return Err(std::io::Error::other(format!(
+            "progress endpoint answered {}",
+            String::from_utf8_lossy(&status)
+        )));
+    }
+    Ok(())
+}
+
+/// A summary for people: counts, then each failure and error with its first line.
+pub fn summary(report: &RunReport) -> String {
+    let c = report.counts();
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "netpol-conformance {} against {} (Kubernetes {}, {})",
+        report.suite_version,
+        report.target.target,
+        report.target.kubernetes_version,
+        report.target.implementation
+    );
+    for t in &report.trials {
+        match &t.outcome {
+            TrialOutcome::Failed { message } => {
+                let _ = writeln!(out, "  FAILED  {}: {message}", t.trial);
+            }
+            TrialOutcome::Error { message } => {
+                let _ = writeln!(out, "  ERROR   {}: {message}", t.trial);
+            }
+            _ => {}
+        }
+    }
+    if let Some(reason) = &report.aborted {
+        let _ = writeln!(out, "  ABORTED {reason}");
+    }
+    let _ = writeln!(
+        out,
+        "{} passed, {} failed, {} skipped ({} errors, {} not supported)",
+        c.passed,
+        c.failed + c.errors,
+        c.skipped + c.not_supported,
+        c.errors,
+        c.not_supported
+    );
+    out
+}
