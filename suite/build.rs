@@ -10,14 +10,18 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
         let path = entry.path();
         if path.is_dir() {
             collect(&path, out);
-        } else if matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
+        } else if matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml")
+        ) {
             out.push(path);
         }
     }
 }
 
 fn main() {
-    let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let manifest =
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let cases = manifest.join("../cases");
     println!("cargo:rerun-if-changed={}", cases.display());
     let mut files = Vec::new();
@@ -33,10 +37,14 @@ fn main() {
         code.push_str(&format!(
             "    ({:?}, include_str!({:?})),\n",
             rel.display().to_string(),
-            file.canonicalize().expect("case file path").display().to_string()
+            file.canonicalize()
+                .expect("case file path")
+                .display()
+                .to_string()
         ));
     }
     code.push(']');
-    let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("embedded_cases.rs");
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"))
+        .join("embedded_cases.rs");
     std::fs::write(out, code).expect("writing embedded_cases.rs");
 }
