@@ -767,3 +767,112 @@ fn tutorial_is_one_case_in_its_own_world() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// Declared features, read from the case files as written (the plan adds the features its probes imply).
+
+/// Every string key anywhere below `v`, with the value under it.
+fn walk<'a>(v: &'a Value, out: &mut Vec<(&'a str, &'a Value)>) {
+    match v {
+        Value::Object(map) => {
+            for (k, x) in map {
+                out.push((k.as_str(), x));
+                walk(x, out);
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|x| walk(x, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn declared_features_fit_what_each_case_uses() {
+    let mut mismatches = Vec::new();
+    let mut seen = 0;
+    for (path, text) in netpol_conformance::case::embedded_files() {
+        let cases: Vec<Value> = serde_saphyr::from_str(text)
+            .unwrap_or_else(|e| panic!("{path}: not YAML the way the loader reads it: {e}"));
+        for case in &cases {
+            seen += 1;
+            let id = case["id"].as_str().unwrap_or("?");
+            let source = case["source"].as_str().unwrap_or("?");
+            let declared: BTreeSet<&str> = case["features"]
+                .as_array()
+                .map(|f| f.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            let steps = case["steps"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            let mut keys = Vec::new();
+            steps.iter().for_each(|s| walk(s, &mut keys));
+            // Protocols probed: matrix probes name one; pair probes carry `PROTO/port` in each line.
+            let mut probed = BTreeSet::new();
+            for s in steps.iter().filter_map(|s| s.get("probe")) {
+                if let Some(p) = s.get("protocol").and_then(Value::as_str) {
+                    probed.insert(p.to_owned());
+                }
+                for line in s
+                    .get("pairs")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    let proto = line.as_str().and_then(|l| l.split(' ').nth(3));
+                    if let Some(proto) = proto.and_then(|p| p.split('/').next()) {
+                        probed.insert(proto.to_owned());
+                    }
+                }
+            }
+            let only = |p: &str| probed.len() == 1 && probed.contains(p);
+            let named_port = keys.iter().any(|(k, v)| {
+                *k == "destinationNamedPort" || (*k == "port" && v.is_string() && source != "npa")
+            });
+            let mut want: BTreeSet<&str> = BTreeSet::new();
+            match source {
+                "upstream" => {
+                    if probed.contains("UDP") {
+                        want.insert("UDP");
+                    }
+                    if only("SCTP") {
+                        want.insert("SCTP");
+                    }
+                    if named_port {
+                        want.insert("NamedPort");
+                    }
+                    if keys.iter().any(|(k, _)| *k == "ipBlock") {
+                        want.insert("CIDR");
+                    }
+                }
+                "npa" => {
+                    if only("SCTP") {
+                        want.insert("SCTP");
+                    }
+                    if named_port {
+                        want.insert("NamedPort");
+                    }
+                    if keys.iter().any(|(k, _)| *k == "nodes") {
+                        want.insert("EgressNodePeers");
+                    }
+                }
+                _ => {
+                    let external = steps
+                        .iter()
+                        .filter_map(|s| s.get("probe")?.get("pairs")?.as_array())
+                        .flatten()
+                        .any(|l| l.as_str().is_some_and(|l| l.contains("external/")));
+                    if external {
+                        want.insert("ExternalHost");
+                    }
+                }
+            }
+            if declared != want {
+                mismatches.push(format!(
+                    "{path}: {id}: declares {declared:?}, uses {want:?}"
+                ));
+            }
+        }
+    }
+    assert_eq!(seen, 48 + 24 + 1, "cases in the embedded files");
+    assert_no_mismatches("declared features", &mismatches);
+}
