@@ -14,3 +14,4 @@ pub mod render;
 pub mod report;
 pub mod runner;
 pub mod world;
+pub mod kube;
