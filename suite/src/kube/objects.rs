@@ -269,14 +269,14 @@ mod tests {
         let world = WorldKind::Npa.model();
         let g = world.pod("gryffindor/0").unwrap();
         let ss = statefulset("harry-potter", g, 2, "img", false, "r1");
-        let spec = ss.spec.unwrap();
+        let spec = ss.spec;
         let containers = spec.template.spec.unwrap().containers;
         assert_eq!(containers[0].name, "harry-potter-client");
         assert!(containers.iter().any(|c| c.name == "harry-potter-53"
             && c.ports.as_ref().unwrap()[0].name.as_deref() == Some("dns")));
         let f = world.pod("forbidden-forrest/0").unwrap();
         let ss = statefulset("centaur", f, 2, "img", false, "r1");
-        let tmpl = ss.spec.unwrap().template.spec.unwrap();
+        let tmpl = ss.spec.template.spec.unwrap();
         assert_eq!(tmpl.host_network, Some(true));
         let udp = tmpl.containers.iter().find(|c| c.name == "centaur-34347-udp").unwrap();
         assert!(udp.command.as_ref().unwrap().contains(&"--udp-port=34347".to_string()));
