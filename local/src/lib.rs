@@ -52,11 +52,7 @@ pub fn maybe_run_role() -> Option<ExitCode> {
 }
 
 fn run_agent(cfg: AgentConfig) -> anyhow::Result<()> {
-    // HOOK(B2): becomes `agent::run(cfg)` once the agent's entry point lands.
-    anyhow::bail!(
-        "the node agent for {} is not built into this binary yet",
-        cfg.node_name
-    )
+    agent::run(cfg)
 }
 
 /// The external host: the "internet" of egress cases. Serves until the process is killed.

@@ -27,6 +27,13 @@ pub const REGISTER_DEADLINE: Duration = Duration::from_secs(60);
 /// Runs the node agent until SIGTERM or SIGINT. Blocking: builds its own runtime. On exit
 /// pods stay realized (namespaces, links, records) so a restarted agent re-adopts them.
 pub fn run(cfg: AgentConfig) -> anyhow::Result<()> {
+    // Logs go to stderr (the cluster keeps them per agent); RUST_LOG overrides `info`.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -52,7 +59,22 @@ async fn run_async(cfg: AgentConfig) -> anyhow::Result<()> {
         signal(SignalKind::terminate()).context("installing the SIGTERM handler failed")?;
     let mut int =
         signal(SignalKind::interrupt()).context("installing the SIGINT handler failed")?;
+    serve(cfg, async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: stopping, pods stay realized"),
+            _ = int.recv() => tracing::info!("SIGINT: stopping, pods stay realized"),
+        }
+    })
+    .await
+}
 
+/// The agent until `shutdown` completes: registers the node, keeps it alive, realizes its
+/// pods. On shutdown servers stop and pods stay realized (see [`run`]). Must run on a
+/// runtime with the time and I/O drivers.
+pub async fn serve(
+    cfg: AgentConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
     let client = client_from(&cfg.kubeconfig).await?;
     let deadline = tokio::time::Instant::now() + REGISTER_DEADLINE;
     loop {
@@ -71,10 +93,7 @@ async fn run_async(cfg: AgentConfig) -> anyhow::Result<()> {
         .context("loading the agent's pod records failed")?;
     let keep_alive = tokio::spawn(node::keep_alive(client.clone(), cfg.clone()));
     let watch = tokio::spawn(std::sync::Arc::clone(&manager).watch());
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: stopping, pods stay realized"),
-        _ = int.recv() => tracing::info!("SIGINT: stopping, pods stay realized"),
-    }
+    shutdown.await;
     watch.abort();
     keep_alive.abort();
     manager.shutdown().await;
