@@ -69,6 +69,11 @@ pub const BINARIES: [&str; 5] = [
 ];
 /// The service CIDR.
 pub const SERVICE_CIDR: &str = "10.96.0.0/16";
+/// The annotation a CRD in a protected (`*.k8s.io`) group must carry.
+pub const API_APPROVED_ANNOTATION: &str = "api-approved.kubernetes.io";
+/// Its value for the network-policy-api group: where the API was approved.
+pub const API_APPROVED_VALUE: &str =
+    "https://github.com/kubernetes-sigs/network-policy-api/pull/30";
 /// Field manager for server-side apply.
 pub const FIELD_MANAGER: &str = "netpol-local";
 
@@ -528,6 +533,10 @@ impl ControlPlane {
                 ),
                 arg("bind-address", "127.0.0.1"),
                 arg("advertise-address", "127.0.0.1"),
+                // The `kubernetes` Service's endpoints would have to be the loopback
+                // address, which Endpoints validation rejects; nothing here routes to
+                // Services anyway (no kube-proxy).
+                arg("endpoint-reconciler-type", "none"),
                 arg("secure-port", self.apiserver_port),
                 arg("tls-cert-file", p.apiserver_cert.display()),
                 arg("tls-private-key-file", p.apiserver_key.display()),
@@ -951,8 +960,15 @@ async fn client_for(kubeconfig: &Path) -> Result<kube::Client> {
 async fn install_crds(client: &kube::Client) -> Result<()> {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    for crd in netpol_api::crds() {
+    for mut crd in netpol_api::crds() {
         let name = crd.metadata.name.clone().unwrap_or_default();
+        // `*.k8s.io` groups are protected: the apiserver refuses a CRD without this
+        // annotation. Added here if the types' CRDs do not carry it themselves.
+        crd.metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .entry(API_APPROVED_ANNOTATION.to_string())
+            .or_insert_with(|| API_APPROVED_VALUE.to_string());
         api.patch(&name, &params, &Patch::Apply(&crd))
             .await
             .map_err(|source| Error::Kube {

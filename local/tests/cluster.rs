@@ -240,7 +240,7 @@ fn cold_up(ctx: &Ctx) -> Result<(), Failed> {
     }
     *ctx.before.lock().unwrap() = Some(snapshot());
     let started = Instant::now();
-    let c = cluster::up(&ctx.opts()).map_err(|e| format!("up: {e:#}"))?;
+    let c = cluster::up(&ctx.opts()).map_err(|e| format!("up: {:#}", anyhow::Error::from(e)))?;
     let cold = started.elapsed();
     *ctx.times.lock().unwrap() = Some(format!("cold {:.1}s", cold.as_secs_f64()));
     eprintln!("cold up: {:.1}s", cold.as_secs_f64());
@@ -257,7 +257,8 @@ fn cold_up(ctx: &Ctx) -> Result<(), Failed> {
 fn up_again(ctx: &Ctx) -> Result<(), Failed> {
     let first = ctx.cluster()?;
     let started = Instant::now();
-    let again = cluster::up(&ctx.opts()).map_err(|e| format!("second up: {e:#}"))?;
+    let again =
+        cluster::up(&ctx.opts()).map_err(|e| format!("second up: {:#}", anyhow::Error::from(e)))?;
     assert_eq!(again, first, "a second up must return the running cluster");
     assert!(
         started.elapsed() < Duration::from_secs(5),
@@ -573,7 +574,8 @@ fn down_leaves_nothing(ctx: &Ctx) -> Result<(), Failed> {
 fn warm_up_then_down(ctx: &Ctx) -> Result<(), Failed> {
     let before = snapshot();
     let started = Instant::now();
-    let c = cluster::up(&ctx.opts()).map_err(|e| format!("warm up: {e:#}"))?;
+    let c =
+        cluster::up(&ctx.opts()).map_err(|e| format!("warm up: {:#}", anyhow::Error::from(e)))?;
     let warm = started.elapsed();
     eprintln!("warm up: {:.1}s", warm.as_secs_f64());
     if let Some(t) = ctx.times.lock().unwrap().as_mut() {
@@ -600,7 +602,7 @@ fn child_up() -> ExitCode {
             }
         }
         Err(e) => {
-            println!("FAILED {e:#}");
+            println!("FAILED {:#}", anyhow::Error::from(e));
             ExitCode::FAILURE
         }
     }
