@@ -1,6 +1,10 @@
 //! netpol-enforcer: watch → store → engine → dataplane.
 
-pub mod flow;
-pub mod packet;
+pub mod dataplane;
 pub mod engine;
+pub mod flow;
+pub mod http;
+pub mod metrics;
+pub mod packet;
 pub mod store;
+pub mod watch;

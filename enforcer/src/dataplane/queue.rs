@@ -1,0 +1,239 @@
+//! One blocking OS thread per NFQUEUE (nfq 0.2.5 exposes no file descriptor to poll).
+//!
+//! Stopping a thread blocked in `recv(2)`: the stop flag is set, then the thread is sent a signal
+//! whose handler does nothing and is installed without `SA_RESTART`, so `recv` returns `EINTR` and
+//! the loop sees the flag. The signal is repeated until the thread has finished, which covers the
+//! window between checking the flag and entering `recv`.
+
+use std::sync::Arc;
+use std::sync::Once;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use nix::sys::pthread::{Pthread, pthread_kill, pthread_self};
+use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+
+use super::{Config, Error, Flag, Judge, Verdict, flag, is_set, judge_payload, netns, record};
+use crate::metrics::{Metrics, QueueErrorLabels};
+
+/// The signal used to interrupt a blocked `recv`.
+const WAKE: Signal = Signal::SIGUSR2;
+
+extern "C" fn wake(_: nix::libc::c_int) {}
+
+/// Install the no-op `WAKE` handler once per process.
+pub(super) fn install_wake_handler() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let action = SigAction::new(SigHandler::Handler(wake), SaFlags::empty(), SigSet::empty());
+        // SAFETY: the handler is async-signal-safe (it does nothing) and replaces no handler the
+        // program relies on; SIGUSR2 is reserved for this purpose in the enforcer.
+        if let Err(err) = unsafe { sigaction(WAKE, &action) } {
+            tracing::warn!(error = %err, "installing the queue wake-up handler");
+        }
+    });
+}
+
+pub(super) struct Worker {
+    number: u16,
+    stop: Flag,
+    exited: Flag,
+    thread: Pthread,
+    handle: JoinHandle<()>,
+}
+
+/// Sets its flag when dropped: marks a queue thread as gone however it ends (panics included).
+struct ExitGuard(Flag);
+
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+struct Context {
+    number: u16,
+    judge: Arc<dyn Judge>,
+    metrics: Metrics,
+    on_unjudgeable: Verdict,
+    stop: Flag,
+}
+
+impl Worker {
+    /// Spawn the thread, enter the namespace, bind and configure the queue; return once the
+    /// queue is bound (or with the reason it could not be).
+    pub(super) fn spawn(
+        number: u16,
+        config: &Config,
+        judge: Arc<dyn Judge>,
+        metrics: Metrics,
+    ) -> Result<Worker, Error> {
+        let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<Pthread, Error>>(1);
+        let stop = flag();
+        let exited = flag();
+        let exit_guard = ExitGuard(exited.clone());
+        let context = Context {
+            number,
+            judge,
+            metrics,
+            on_unjudgeable: config.on_unjudgeable,
+            stop: stop.clone(),
+        };
+        let netns_path = config.netns.clone();
+        let fail_open = config.rules.fail_open;
+        let max_len = config.queue_max_len;
+        let copy_range = config.copy_range;
+        let handle = std::thread::Builder::new()
+            .name(format!("nfqueue-{number}"))
+            .spawn(move || {
+                let _exit = exit_guard;
+                let opened = (|| {
+                    if let Some(path) = &netns_path {
+                        netns::enter(path)?;
+                    }
+                    open(number, fail_open, max_len, copy_range)
+                })();
+                match opened {
+                    Ok(mut queue) => {
+                        let _ = ready_tx.send(Ok(pthread_self()));
+                        serve(&mut queue, &context);
+                    }
+                    Err(err) => {
+                        let _ = ready_tx.send(Err(err));
+                    }
+                }
+            })
+            .map_err(|_| Error::Thread { queue: number })?;
+        match ready_rx.recv() {
+            Ok(Ok(thread)) => Ok(Worker {
+                number,
+                stop,
+                exited,
+                thread,
+                handle,
+            }),
+            Ok(Err(err)) => {
+                let _ = handle.join();
+                Err(err)
+            }
+            Err(_) => {
+                let _ = handle.join();
+                Err(Error::Thread { queue: number })
+            }
+        }
+    }
+
+    pub(super) fn exited_flag(&self) -> Flag {
+        self.exited.clone()
+    }
+
+    pub(super) fn request_stop(&self) {
+        self.stop.store(true, Ordering::Release);
+    }
+
+    /// Interrupt the thread until it finishes, then join it. Gives up (leaving the thread) at
+    /// `deadline`.
+    pub(super) fn join(self, deadline: Instant) {
+        self.request_stop();
+        while !self.handle.is_finished() {
+            if Instant::now() > deadline {
+                tracing::warn!(queue = self.number, "queue thread did not stop in time");
+                return;
+            }
+            // The thread is not joined yet, so its pthread_t is still valid.
+            let _ = pthread_kill(self.thread, WAKE);
+            std::thread::park_timeout(Duration::from_millis(20));
+        }
+        let _ = self.handle.join();
+    }
+}
+
+fn open(number: u16, fail_open: bool, max_len: u32, copy_range: u16) -> Result<nfq::Queue, Error> {
+    let err = |operation| {
+        move |source| Error::Queue {
+            queue: number,
+            operation,
+            source,
+        }
+    };
+    let mut queue = nfq::Queue::open().map_err(err("open"))?;
+    queue.bind(number).map_err(err("bind"))?;
+    queue
+        .set_copy_range(number, copy_range)
+        .map_err(err("set_copy_range"))?;
+    queue
+        .set_queue_max_len(number, max_len)
+        .map_err(err("set_queue_max_len"))?;
+    queue
+        .set_fail_open(number, fail_open)
+        .map_err(err("set_fail_open"))?;
+    // Whole GSO super-packets are fine: only the headers are copied, and the kernel need not
+    // segment them first.
+    queue
+        .set_recv_gso(number, true)
+        .map_err(err("set_recv_gso"))?;
+    Ok(queue)
+}
+
+fn serve(queue: &mut nfq::Queue, context: &Context) {
+    let mut failures: u32 = 0;
+    while !is_set(&context.stop) {
+        match queue.recv() {
+            Ok(message) => {
+                failures = 0;
+                answer(queue, message, context);
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(err) => {
+                count_error(context, "recv");
+                failures += 1;
+                tracing::warn!(queue = context.number, error = %err, "receiving from queue");
+                if failures > 10 {
+                    // A persistent socket error: back off instead of spinning; stop still works
+                    // because the wake signal interrupts the sleep's successor recv.
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+    }
+    // Packets already handed to us still get verdicts.
+    queue.set_nonblocking(true);
+    while let Ok(message) = queue.recv() {
+        answer(queue, message, context);
+    }
+    if let Err(err) = queue.unbind(context.number) {
+        tracing::debug!(queue = context.number, error = %err, "unbinding queue");
+    }
+}
+
+fn answer(queue: &mut nfq::Queue, mut message: nfq::Message, context: &Context) {
+    let started = Instant::now();
+    let judgement = judge_payload(
+        message.get_payload(),
+        context.judge.as_ref(),
+        context.on_unjudgeable,
+        &context.metrics,
+    );
+    message.set_verdict(match judgement.verdict {
+        Verdict::Accept => nfq::Verdict::Accept,
+        Verdict::Drop => nfq::Verdict::Drop,
+    });
+    if let Err(err) = queue.verdict(message) {
+        count_error(context, "verdict");
+        tracing::warn!(queue = context.number, error = %err, "sending verdict");
+    }
+    record(&context.metrics, judgement, started);
+}
+
+fn count_error(context: &Context, operation: &'static str) {
+    context
+        .metrics
+        .queue_errors
+        .get_or_create(&QueueErrorLabels {
+            queue: context.number,
+            operation,
+        })
+        .inc();
+}

@@ -1,0 +1,308 @@
+//! The netfilter rules that send new connections to the enforcer's queues.
+//!
+//! Where packets are judged (both backends):
+//! - `FORWARD` and `OUTPUT` at filter priority: after DNAT (a Service's backend pod and target
+//!   port are visible) and before SNAT (the source is still the pod). Mangle `POSTROUTING` would
+//!   be too late for our purpose because NAT happens in between on some paths.
+//! - `INPUT`: pod → node traffic, which never reaches `FORWARD`.
+//!
+//! What is queued: only packets of a *new* connection (`ctstate NEW`) carrying TCP, UDP or SCTP.
+//! Established, related and reply packets never leave the kernel. Just before queueing, the
+//! connection gets the *accepted* bit in its conntrack mark: a dropped first packet never
+//! confirms its conntrack entry, so the mark only survives on connections that were accepted
+//! (visible with `conntrack -L --mark`).
+//!
+//! Exempt: loopback (`lo` in `INPUT` and `OUTPUT`); node-local health probes (sockets owned by
+//! the configured uid, root by default, in `OUTPUT`, as kubelet probes are); IPv6 neighbour
+//! discovery and all other ICMP/ICMPv6, because only TCP, UDP and SCTP are queued (the engine's
+//! [`Flow`](crate::flow::Flow) names no other protocol).
+//!
+//! Rules live in chains of our own (`NETPOL-ENFORCER-*` for iptables, table
+//! `inet netpol-enforcer` for nftables), jumped to from the built-in chains, so installing is a
+//! flush-and-refill of our chains and removing touches nothing else.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+/// Which netfilter front end carries the rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// `nft` with the `queue` statement (needs the kernel's `nft_queue`).
+    Nftables,
+    /// `iptables`/`ip6tables` with `-j NFQUEUE` (xt target; works through nft_compat too).
+    Iptables,
+}
+
+impl Backend {
+    /// A short name for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Nftables => "nftables",
+            Backend::Iptables => "iptables",
+        }
+    }
+}
+
+/// An IP family the iptables backend installs rules for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// IPv4 (`iptables`).
+    V4,
+    /// IPv6 (`ip6tables`).
+    V6,
+}
+
+impl Family {
+    fn iptables(self) -> &'static str {
+        match self {
+            Family::V4 => "iptables",
+            Family::V6 => "ip6tables",
+        }
+    }
+    fn restore(self) -> &'static str {
+        match self {
+            Family::V4 => "iptables-restore",
+            Family::V6 => "ip6tables-restore",
+        }
+    }
+}
+
+/// Why rules could not be installed, detected or removed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A command could not be started (binary missing, …).
+    #[error("running {command}")]
+    Spawn {
+        /// The command line.
+        command: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A command exited non-zero.
+    #[error("{command} failed with {status}: {stderr}")]
+    Failed {
+        /// The command line.
+        command: String,
+        /// Its exit status.
+        status: std::process::ExitStatus,
+        /// What it wrote to standard error.
+        stderr: String,
+    },
+}
+
+/// What the rules depend on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleSpec {
+    /// First queue number.
+    pub queue_base: u16,
+    /// Number of queues (≥ 1); connections are spread over them by flow hash.
+    pub queues: u16,
+    /// Accept (instead of drop) when no process listens on the queue.
+    pub fail_open: bool,
+    /// The conntrack mark bit(s) given to accepted connections.
+    pub accept_mark: u32,
+    /// Sockets owned by this uid on the node are not judged in `OUTPUT` (health probes).
+    pub exempt_uid: Option<u32>,
+    /// IP families to cover (iptables backend; nftables covers both in one `inet` table).
+    pub families: Vec<Family>,
+}
+
+/// Our iptables chain names: per hook, plus the shared judging chain.
+pub const CHAIN_INPUT: &str = "NETPOL-ENFORCER-INPUT";
+/// Jumped to from `FORWARD`.
+pub const CHAIN_FORWARD: &str = "NETPOL-ENFORCER-FORWARD";
+/// Jumped to from `OUTPUT`.
+pub const CHAIN_OUTPUT: &str = "NETPOL-ENFORCER-OUTPUT";
+/// Marks and queues; reached only for new TCP/UDP/SCTP connections.
+pub const CHAIN_JUDGE: &str = "NETPOL-ENFORCER-JUDGE";
+/// The nftables table name (family `inet`).
+pub const NFT_TABLE: &str = "netpol-enforcer";
+
+const HOOKS: [(&str, &str); 3] = [
+    ("INPUT", CHAIN_INPUT),
+    ("FORWARD", CHAIN_FORWARD),
+    ("OUTPUT", CHAIN_OUTPUT),
+];
+
+impl RuleSpec {
+    fn last_queue(&self) -> u16 {
+        self.queue_base + self.queues.max(1) - 1
+    }
+
+    /// The `iptables-restore --noflush` input for one family: declaring our chains flushes them,
+    /// so applying it twice leaves one copy.
+    pub fn iptables_restore(&self) -> String {
+        let mut out = String::from("*filter\n");
+        for chain in [CHAIN_INPUT, CHAIN_FORWARD, CHAIN_OUTPUT, CHAIN_JUDGE] {
+            out += &format!(":{chain} - [0:0]\n");
+        }
+        out += &format!("-A {CHAIN_INPUT} -i lo -j RETURN\n");
+        out += &format!("-A {CHAIN_OUTPUT} -o lo -j RETURN\n");
+        if let Some(uid) = self.exempt_uid {
+            out += &format!("-A {CHAIN_OUTPUT} -m owner --uid-owner {uid} -j RETURN\n");
+        }
+        for (_, chain) in HOOKS {
+            out += &format!("-A {chain} -m conntrack ! --ctstate NEW -j RETURN\n");
+            for proto in ["tcp", "udp", "sctp"] {
+                out += &format!("-A {chain} -p {proto} -j {CHAIN_JUDGE}\n");
+            }
+        }
+        let mark = self.accept_mark;
+        out += &format!("-A {CHAIN_JUDGE} -j CONNMARK --set-xmark {mark:#x}/{mark:#x}\n");
+        let target = if self.queues <= 1 {
+            format!("--queue-num {}", self.queue_base)
+        } else {
+            format!("--queue-balance {}:{}", self.queue_base, self.last_queue())
+        };
+        let bypass = if self.fail_open {
+            " --queue-bypass"
+        } else {
+            ""
+        };
+        out += &format!("-A {CHAIN_JUDGE} -j NFQUEUE {target}{bypass}\n");
+        out += "COMMIT\n";
+        out
+    }
+
+    /// The `nft -f -` input: replaces table `inet netpol-enforcer` atomically.
+    pub fn nft_script(&self) -> String {
+        let queue_to = if self.queues <= 1 {
+            self.queue_base.to_string()
+        } else {
+            format!("{}-{}", self.queue_base, self.last_queue())
+        };
+        let flags = if self.fail_open { "flags bypass " } else { "" };
+        let probe_exempt = self
+            .exempt_uid
+            .map(|uid| format!("    meta skuid {uid} return\n"))
+            .unwrap_or_default();
+        let new_only =
+            "    ct state != new return\n    meta l4proto { tcp, udp, sctp } jump judge\n";
+        format!(
+            "table inet {NFT_TABLE} {{}}\n\
+             delete table inet {NFT_TABLE}\n\
+             table inet {NFT_TABLE} {{\n\
+             \x20 chain input {{\n    type filter hook input priority filter; policy accept;\n    iifname \"lo\" return\n{new_only}  }}\n\
+             \x20 chain forward {{\n    type filter hook forward priority filter; policy accept;\n{new_only}  }}\n\
+             \x20 chain output {{\n    type filter hook output priority filter; policy accept;\n    oifname \"lo\" return\n{probe_exempt}{new_only}  }}\n\
+             \x20 chain judge {{\n    ct mark set ct mark or {mark:#x}\n    queue {flags}to {queue_to}\n  }}\n\
+             }}\n",
+            mark = self.accept_mark,
+        )
+    }
+}
+
+fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<(), Error> {
+    let command = format!("{program} {}", args.join(" "));
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| Error::Spawn {
+            command: command.clone(),
+            source,
+        })?;
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(text.as_bytes())
+            .map_err(|source| Error::Spawn {
+                command: command.clone(),
+                source,
+            })?;
+    }
+    let output = child.wait_with_output().map_err(|source| Error::Spawn {
+        command: command.clone(),
+        source,
+    })?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(Error::Failed {
+            command,
+            status: output.status,
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        })
+    }
+}
+
+/// Whether the kernel accepts the nftables `queue` statement: add it in a throwaway table and
+/// delete the table again. Must run inside the target network namespace.
+pub fn nft_queue_supported() -> bool {
+    let table = format!("npe-probe-{}", std::process::id());
+    let script =
+        format!("table inet {table} {{\n  chain probe {{\n    queue flags bypass to 0\n  }}\n}}\n");
+    let supported = run("nft", &["-f", "-"], Some(&script)).is_ok();
+    // The table exists only if the whole script was accepted; nothing to clean otherwise.
+    if supported {
+        let _ = run("nft", &["delete", "table", "inet", &table], None);
+    }
+    supported
+}
+
+/// Pick the backend: nftables where the `queue` statement works, iptables otherwise.
+pub fn detect() -> Backend {
+    if nft_queue_supported() {
+        Backend::Nftables
+    } else {
+        Backend::Iptables
+    }
+}
+
+/// Install (or refresh) the rules. Must run inside the target network namespace.
+pub fn install(backend: Backend, spec: &RuleSpec) -> Result<(), Error> {
+    match backend {
+        Backend::Nftables => run("nft", &["-f", "-"], Some(&spec.nft_script())),
+        Backend::Iptables => {
+            for family in &spec.families {
+                run(
+                    family.restore(),
+                    &["--noflush"],
+                    Some(&spec.iptables_restore()),
+                )?;
+                for (builtin, ours) in HOOKS {
+                    let check = run(family.iptables(), &["-w", "-C", builtin, "-j", ours], None);
+                    if check.is_err() {
+                        run(
+                            family.iptables(),
+                            &["-w", "-I", builtin, "1", "-j", ours],
+                            None,
+                        )?;
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Remove everything [`install`] added, for both backends (whichever is present). Missing rules
+/// are not an error, so this also cleans up after a crash. Must run inside the target namespace.
+pub fn remove(families: &[Family]) -> Result<(), Error> {
+    // nftables: one table; absent is fine.
+    if run("nft", &["list", "table", "inet", NFT_TABLE], None).is_ok() {
+        run("nft", &["delete", "table", "inet", NFT_TABLE], None)?;
+    }
+    for family in families {
+        let ipt = family.iptables();
+        if run(ipt, &["-w", "-n", "-L", CHAIN_JUDGE], None).is_err() {
+            continue;
+        }
+        for (builtin, ours) in HOOKS {
+            // Delete every copy of the jump, however many a crashed run left.
+            while run(ipt, &["-w", "-D", builtin, "-j", ours], None).is_ok() {}
+        }
+        for chain in [CHAIN_INPUT, CHAIN_FORWARD, CHAIN_OUTPUT, CHAIN_JUDGE] {
+            run(ipt, &["-w", "-F", chain], None)?;
+        }
+        for chain in [CHAIN_INPUT, CHAIN_FORWARD, CHAIN_OUTPUT, CHAIN_JUDGE] {
+            run(ipt, &["-w", "-X", chain], None)?;
+        }
+    }
+    Ok(())
+}
