@@ -35,6 +35,8 @@ pub const NETNS_ANNOTATION: &str = "local.netpol-conformance.io/netns";
 pub const SETUP_ATTEMPTS: u32 = 3;
 /// Pause between setup attempts.
 pub const SETUP_RETRY: Duration = Duration::from_millis(500);
+/// After [`SETUP_ATTEMPTS`] failures, how long until the pod is looked up and tried again.
+pub const SETUP_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Errors of pod handling; each names the pod and the operation.
 #[derive(Debug, thiserror::Error)]
@@ -553,8 +555,20 @@ impl PodManager {
         let (record, servers) = match outcome {
             Ok(done) => done,
             Err(_) => {
-                // Forget it; the next event about the pod tries again.
+                // Forget it and try again later (like the kubelet, never give up on a pod
+                // that still exists); an event about the pod meanwhile also retries.
                 self.lock().pods.remove(&uid);
+                let me = Arc::clone(&self);
+                let (namespace, name) = (pod.namespace().unwrap_or_default(), pod.name_any());
+                tokio::spawn(async move {
+                    tokio::time::sleep(SETUP_BACKOFF).await;
+                    let api: Api<Pod> = Api::namespaced(me.client.clone(), &namespace);
+                    if let Ok(Some(current)) = api.get_opt(&name).await
+                        && current.uid().as_deref() == Some(uid.as_str())
+                    {
+                        me.on_pod(current);
+                    }
+                });
                 return;
             }
         };
