@@ -15,6 +15,7 @@ use serde_json::Value;
 
 const UPSTREAM_FIXTURE: &str = include_str!("fixtures/upstream-classic-denied.txt");
 const NPA_FIXTURE: &str = include_str!("fixtures/npa-probes.csv");
+const TUTORIAL_FIXTURE: &str = include_str!("fixtures/tutorial-stated.txt");
 
 /// The first host-network port (HNP0) of the npa world; `HNPi` = this + i.
 const HOST_NETWORK_PORT_START: u32 = 34345;
@@ -746,26 +747,59 @@ fn npa_matches_the_probe_table() {
 // The tutorial.
 
 #[test]
-fn tutorial_is_one_case_in_its_own_world() {
+fn tutorial_says_what_the_tutorial_says() {
     let plan = load_plan();
     let tutorial = by_source(&plan, "tutorial");
     assert_eq!(tutorial.len(), 1, "tutorial cases");
     let t = tutorial[0];
     assert_eq!(t.world, "tutorial");
     assert_eq!(t.api_version, None);
-    // A pair probe is split per protocol and port: backend TCP/8080, DNS UDP/53, internet TCP/80.
-    for p in &t.probes {
-        let expected_port = match p.protocol.as_str() {
-            "UDP" => 53,
-            _ if p.pairs.iter().all(|x| x.to == "default/backend") => 8080,
-            _ => 80,
-        };
+    let mut mismatches = Vec::new();
+    let mut checked = 0;
+    for (i, line) in TUTORIAL_FIXTURE.lines().enumerate() {
+        if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        let f: Vec<&str> = line.split('\t').collect();
         assert_eq!(
-            p.port, expected_port,
-            "{} step {}: {}/{}",
-            t.trial, p.index, p.protocol, p.port
+            f.len(),
+            3,
+            "tutorial fixture line {}: expected 3 fields",
+            i + 1
         );
+        let (pair, target) = f[1].rsplit_once(' ').expect("pair and PROTO/port");
+        let (from, to) = pair.split_once(" -> ").expect("from -> to");
+        let (protocol, port) = target.split_once('/').expect("PROTO/port");
+        let port: u32 = port.parse().expect("port");
+        let want = f[2] == "allowed";
+        let prefix = format!("step {}:", f[0]);
+        let found: Vec<bool> = t
+            .probes
+            .iter()
+            .filter(|p| p.name.as_deref().is_some_and(|n| n.starts_with(&prefix)))
+            .filter(|p| p.protocol == protocol && p.port == port)
+            .flat_map(|p| &p.pairs)
+            .filter(|p| p.from == from && p.to == to)
+            .map(|p| p.allowed)
+            .collect();
+        checked += 1;
+        match found.as_slice() {
+            [allowed] if *allowed == want => {}
+            [allowed] => mismatches.push(format!(
+                "{} {prefix} {from} -> {to} {protocol}/{port}: planned {}, tutorial says {}",
+                t.trial,
+                verdict(*allowed),
+                f[2]
+            )),
+            other => mismatches.push(format!(
+                "{} {prefix} {from} -> {to} {protocol}/{port}: probed {} times, not once",
+                t.trial,
+                other.len()
+            )),
+        }
     }
+    assert_eq!(checked, 15, "statements in the tutorial fixture");
+    assert_no_mismatches("tutorial", &mismatches);
 }
 
 // ---------------------------------------------------------------------------------------------------------
