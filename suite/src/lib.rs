@@ -8,10 +8,12 @@
 
 pub mod backend;
 pub mod case;
+pub mod harness;
+pub mod kube;
 pub mod plan;
 pub mod reachability;
 pub mod render;
 pub mod report;
 pub mod runner;
+pub mod target;
 pub mod world;
-pub mod kube;

@@ -192,7 +192,7 @@ pub fn patch_ops_to_v1alpha1(what: &str, ops: &[Value]) -> Result<Vec<Value>, Re
 
 fn path_to_v1alpha1(what: &str, path: &str) -> Result<String, RenderError> {
     let segments: Vec<&str> = path.split('/').collect();
-    if segments.iter().any(|s| *s == "tier" || *s == "priority") {
+    if segments.contains(&"tier") {
         return Err(err(
             what,
             format!("patching `{path}` has no v1alpha1 equivalent"),
@@ -381,7 +381,7 @@ mod tests {
         assert_eq!(out[1]["path"], "/spec/egress/0/ports");
         assert_eq!(out[1]["value"], json!([{"namedPort": "web"}]));
         assert_eq!(out[2]["value"]["action"], "Allow");
-        let bad = [json!({"op": "replace", "path": "/spec/priority", "value": 3})];
+        let bad = [json!({"op": "replace", "path": "/spec/tier", "value": "Admin"})];
         assert!(patch_ops_to_v1alpha1("p", &bad).is_err());
     }
 

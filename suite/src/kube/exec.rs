@@ -169,6 +169,8 @@ mod tests {
             decode(Some(&s), "", "sh: /agnhost: not found"),
             Outcome::Error(m) if m.contains("exited 127")
         ));
-        assert!(matches!(decode(None, "", ""), Outcome::Error(m) if m.contains("without a status")));
+        assert!(
+            matches!(decode(None, "", ""), Outcome::Error(m) if m.contains("without a status"))
+        );
     }
 }

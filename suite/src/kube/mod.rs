@@ -2,8 +2,8 @@
 //! cluster), applies policies, and probes through a [`Prober`]: `kubectl exec`-style exec into
 //! the agnhost pods on real clusters, the netns prober on the local cluster.
 
-mod objects;
 pub mod exec;
+mod objects;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -134,10 +134,17 @@ impl KubeCluster {
         implementation: String,
         mut caps: Capabilities,
     ) -> Result<KubeCluster, BackendError> {
-        let version = rt
-            .block_on(client.apiserver_version())
-            .map_err(|e| other("reading the API server version (is the cluster reachable?)", e))?;
-        for kind in ["AdminNetworkPolicy", "BaselineAdminNetworkPolicy", "ClusterNetworkPolicy"] {
+        let version = rt.block_on(client.apiserver_version()).map_err(|e| {
+            other(
+                "reading the API server version (is the cluster reachable?)",
+                e,
+            )
+        })?;
+        for kind in [
+            "AdminNetworkPolicy",
+            "BaselineAdminNetworkPolicy",
+            "ClusterNetworkPolicy",
+        ] {
             let (ar, _) = resource_of(kind).expect("known kind");
             let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
             match rt.block_on(api.list(&ListParams::default().limit(1))) {
@@ -145,7 +152,12 @@ impl KubeCluster {
                     caps.kinds.insert(kind.to_string());
                 }
                 Err(e) if is_not_found(&e) => {}
-                Err(e) => return Err(other(format!("checking whether the cluster serves {kind}"), e)),
+                Err(e) => {
+                    return Err(other(
+                        format!("checking whether the cluster serves {kind}"),
+                        e,
+                    ));
+                }
             }
         }
         caps.kinds.insert("NetworkPolicy".into());
@@ -169,13 +181,24 @@ impl KubeCluster {
         &self.client
     }
 
-    fn dynamic(&self, kind: &str, namespace: Option<&str>) -> Result<Api<DynamicObject>, BackendError> {
-        let (ar, namespaced) = resource_of(kind)
-            .ok_or_else(|| other(format!("using kind {kind}"), "not a policy kind this suite knows"))?;
+    fn dynamic(
+        &self,
+        kind: &str,
+        namespace: Option<&str>,
+    ) -> Result<Api<DynamicObject>, BackendError> {
+        let (ar, namespaced) = resource_of(kind).ok_or_else(|| {
+            other(
+                format!("using kind {kind}"),
+                "not a policy kind this suite knows",
+            )
+        })?;
         Ok(match (namespaced, namespace) {
             (true, Some(ns)) => Api::namespaced_with(self.client.clone(), ns, &ar),
             (true, None) => {
-                return Err(other(format!("using {kind}"), "a namespaced kind needs a namespace"));
+                return Err(other(
+                    format!("using {kind}"),
+                    "a namespaced kind needs a namespace",
+                ));
             }
             (false, _) => Api::all_with(self.client.clone(), &ar),
         })
@@ -237,7 +260,11 @@ impl KubeCluster {
         }
     }
 
-    async fn create_world_async(&self, world: &World, suffix: &str) -> Result<RealizedWorld, BackendError> {
+    async fn create_world_async(
+        &self,
+        world: &World,
+        suffix: &str,
+    ) -> Result<RealizedWorld, BackendError> {
         let mut realized = RealizedWorld {
             suffix: suffix.to_string(),
             node_ips: self.opts.node_ips.clone(),
@@ -249,7 +276,11 @@ impl KubeCluster {
         for ns in &world.namespaces {
             let name = world.realized_namespace(&ns.name, suffix);
             realized.namespaces.insert(ns.name.clone(), name.clone());
-            if world.pods.iter().any(|p| p.namespace == ns.name && p.external) {
+            if world
+                .pods
+                .iter()
+                .any(|p| p.namespace == ns.name && p.external)
+            {
                 continue;
             }
             let mut labels = ns.labels.clone();
@@ -282,13 +313,22 @@ impl KubeCluster {
                     let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
                     api.create(&PostParams::default(), &obj)
                         .await
-                        .map_err(|e| api_err("create", "Pod", &format!("{ns}/{}", pod.pod_name), e))?;
+                        .map_err(|e| {
+                            api_err("create", "Pod", &format!("{ns}/{}", pod.pod_name), e)
+                        })?;
                     if world.kind == crate::world::WorldKind::Upstream {
                         let svc = objects::service(pod, ns, sctp, &self.opts.run_id);
                         let api: Api<Service> = Api::namespaced(self.client.clone(), ns);
-                        api.create(&PostParams::default(), &svc).await.map_err(|e| {
-                            api_err("create", "Service", &format!("{ns}/s-{ns}-{}", pod.pod_name), e)
-                        })?;
+                        api.create(&PostParams::default(), &svc)
+                            .await
+                            .map_err(|e| {
+                                api_err(
+                                    "create",
+                                    "Service",
+                                    &format!("{ns}/s-{ns}-{}", pod.pod_name),
+                                    e,
+                                )
+                            })?;
                     }
                 }
             }
@@ -299,7 +339,8 @@ impl KubeCluster {
                 .iter()
                 .filter(|p| p.statefulset.as_deref() == Some(name))
                 .count();
-            let obj = objects::statefulset(name, pod, replicas as i32, image, sctp, &self.opts.run_id);
+            let obj =
+                objects::statefulset(name, pod, replicas as i32, image, sctp, &self.opts.run_id);
             let api: Api<StatefulSet> = Api::namespaced(self.client.clone(), ns);
             api.create(&PostParams::default(), &obj)
                 .await
@@ -341,18 +382,21 @@ impl KubeCluster {
                     world: world.kind.as_str().into(),
                     message: format!("pod {ns}/{} has no IP", model.pod_name),
                 })?;
-            let service_ip = if self.opts.services && world.kind == crate::world::WorldKind::Upstream {
-                let api: Api<Service> = Api::namespaced(self.client.clone(), ns);
-                let svc = api
-                    .get(&objects::service_name(ns, &model.pod_name))
-                    .await
-                    .map_err(|e| other(format!("reading the Service of {ns}/{}", model.pod_name), e))?;
-                svc.spec
-                    .and_then(|s| s.cluster_ip)
-                    .and_then(|ip| ip.parse().ok())
-            } else {
-                None
-            };
+            let service_ip =
+                if self.opts.services && world.kind == crate::world::WorldKind::Upstream {
+                    let api: Api<Service> = Api::namespaced(self.client.clone(), ns);
+                    let svc = api
+                        .get(&objects::service_name(ns, &model.pod_name))
+                        .await
+                        .map_err(|e| {
+                            other(format!("reading the Service of {ns}/{}", model.pod_name), e)
+                        })?;
+                    svc.spec
+                        .and_then(|s| s.cluster_ip)
+                        .and_then(|ip| ip.parse().ok())
+                } else {
+                    None
+                };
             realized.pods.insert(
                 model.model_name(),
                 RealizedPod {
@@ -402,24 +446,39 @@ impl KubeCluster {
     /// Deletes the trial's cluster-scoped policies and, for shared worlds, its NetworkPolicies.
     async fn delete_trial_objects(&self, realized: &RealizedWorld) -> Result<(), BackendError> {
         let selector = format!("{LABEL_TRIAL}={}", realized.suffix);
-        for kind in ["AdminNetworkPolicy", "BaselineAdminNetworkPolicy", "ClusterNetworkPolicy"] {
+        for kind in [
+            "AdminNetworkPolicy",
+            "BaselineAdminNetworkPolicy",
+            "ClusterNetworkPolicy",
+        ] {
             if !self.caps.kinds.contains(kind) {
                 continue;
             }
             let api = self.dynamic(kind, None)?;
-            api.delete_collection(&DeleteParams::default(), &ListParams::default().labels(&selector))
-                .await
-                .map_err(|e| other(format!("deleting the trial's {kind}s"), e))?;
+            api.delete_collection(
+                &DeleteParams::default(),
+                &ListParams::default().labels(&selector),
+            )
+            .await
+            .map_err(|e| other(format!("deleting the trial's {kind}s"), e))?;
         }
         for ns in realized.namespaces.values() {
             let api = self.dynamic("NetworkPolicy", Some(ns))?;
             match api
-                .delete_collection(&DeleteParams::default(), &ListParams::default().labels(&selector))
+                .delete_collection(
+                    &DeleteParams::default(),
+                    &ListParams::default().labels(&selector),
+                )
                 .await
             {
                 Ok(_) => {}
                 Err(e) if is_not_found(&e) => {}
-                Err(e) => return Err(other(format!("deleting the trial's NetworkPolicies in {ns}"), e)),
+                Err(e) => {
+                    return Err(other(
+                        format!("deleting the trial's NetworkPolicies in {ns}"),
+                        e,
+                    ));
+                }
             }
         }
         Ok(())
@@ -433,7 +492,11 @@ impl KubeCluster {
                 None => LABEL_RUN.to_string(),
             };
             let mut removed = Vec::new();
-            for kind in ["AdminNetworkPolicy", "BaselineAdminNetworkPolicy", "ClusterNetworkPolicy"] {
+            for kind in [
+                "AdminNetworkPolicy",
+                "BaselineAdminNetworkPolicy",
+                "ClusterNetworkPolicy",
+            ] {
                 if !self.caps.kinds.contains(kind) {
                     continue;
                 }
@@ -465,9 +528,10 @@ impl KubeCluster {
 
     /// Deletes the worlds shared by trials of this run (end of run).
     pub fn delete_shared_worlds(&self) -> Result<(), BackendError> {
-        let shared: Vec<RealizedWorld> = std::mem::take(&mut *self.shared.lock().expect("shared lock"))
-            .into_values()
-            .collect();
+        let shared: Vec<RealizedWorld> =
+            std::mem::take(&mut *self.shared.lock().expect("shared lock"))
+                .into_values()
+                .collect();
         for world in shared {
             let names: Vec<String> = world.namespaces.values().cloned().collect();
             self.rt.block_on(self.delete_and_wait_namespaces(&names))?;
@@ -511,11 +575,14 @@ impl Cluster for KubeCluster {
             for obj in objects {
                 let obj = self.labelled(obj, None);
                 let kind = obj["kind"].as_str().unwrap_or_default().to_string();
-                let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
+                let name = obj["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
                 let ns = obj["metadata"]["namespace"].as_str().map(str::to_string);
                 let api = self.dynamic(&kind, ns.as_deref())?;
-                let dynamic: DynamicObject =
-                    serde_json::from_value(obj.clone()).map_err(|e| api_err("create", &kind, &name, e))?;
+                let dynamic: DynamicObject = serde_json::from_value(obj.clone())
+                    .map_err(|e| api_err("create", &kind, &name, e))?;
                 api.create(&PostParams::default(), &dynamic)
                     .await
                     .map_err(|e| api_err("create", &kind, &name, e))?;
@@ -528,10 +595,16 @@ impl Cluster for KubeCluster {
         self.rt.block_on(async {
             for obj in objects {
                 let kind = obj["kind"].as_str().unwrap_or_default().to_string();
-                let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
+                let name = obj["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
                 let ns = obj["metadata"]["namespace"].as_str().map(str::to_string);
                 let api = self.dynamic(&kind, ns.as_deref())?;
-                let current = api.get(&name).await.map_err(|e| api_err("update", &kind, &name, e))?;
+                let current = api
+                    .get(&name)
+                    .await
+                    .map_err(|e| api_err("update", &kind, &name, e))?;
                 let mut obj = self.labelled(obj, None);
                 for (k, v) in current.labels() {
                     if obj["metadata"]["labels"].get(k).is_none() {
@@ -554,9 +627,13 @@ impl Cluster for KubeCluster {
             .map_err(|e| api_err("patch", &target.kind, &target.name, e))?;
         self.rt.block_on(async {
             let api = self.dynamic(&target.kind, target.namespace.as_deref())?;
-            api.patch(&target.name, &PatchParams::default(), &Patch::<()>::Json(patch))
-                .await
-                .map_err(|e| api_err("patch", &target.kind, &target.name, e))?;
+            api.patch(
+                &target.name,
+                &PatchParams::default(),
+                &Patch::<()>::Json(patch),
+            )
+            .await
+            .map_err(|e| api_err("patch", &target.kind, &target.name, e))?;
             Ok(())
         })
     }
@@ -625,7 +702,10 @@ impl Cluster for KubeCluster {
             // but a watcher-based enforcer needs the event, which the readback orders after.
             let deadline = Instant::now() + self.opts.timeouts.label;
             loop {
-                let now = api.get(&pod.name).await.map_err(|e| api_err("get", "Pod", &name, e))?;
+                let now = api
+                    .get(&pod.name)
+                    .await
+                    .map_err(|e| api_err("get", "Pod", &name, e))?;
                 let labels = now.labels();
                 let done = set.iter().all(|(k, v)| labels.get(k) == Some(v))
                     && remove.iter().all(|k| !labels.contains_key(k));
@@ -633,7 +713,10 @@ impl Cluster for KubeCluster {
                     return Ok(());
                 }
                 if Instant::now() > deadline {
-                    return Err(other(format!("labelling pod {name}"), "labels never appeared"));
+                    return Err(other(
+                        format!("labelling pod {name}"),
+                        "labels never appeared",
+                    ));
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
@@ -669,18 +752,28 @@ impl Cluster for KubeCluster {
                     .is_some()
                 {
                     if Instant::now() > deadline {
-                        return Err(other(format!("recreating {model}"), "the old pod never went away"));
+                        return Err(other(
+                            format!("recreating {model}"),
+                            "the old pod never went away",
+                        ));
                     }
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
-                api.create(&PostParams::default(), &objects::pod(spec, &self.opts.image, sctp, &self.opts.run_id))
-                    .await
-                    .map_err(|e| api_err("create", "Pod", &old.name, e))?;
-                let ready = self.wait_pods_ready(std::slice::from_ref(&old.namespace), 0).await?;
+                api.create(
+                    &PostParams::default(),
+                    &objects::pod(spec, &self.opts.image, sctp, &self.opts.run_id),
+                )
+                .await
+                .map_err(|e| api_err("create", "Pod", &old.name, e))?;
+                let ready = self
+                    .wait_pods_ready(std::slice::from_ref(&old.namespace), 0)
+                    .await?;
                 let pod = ready
                     .iter()
                     .find(|p| p.name_any() == old.name)
-                    .ok_or_else(|| other(format!("recreating {model}"), "the pod did not come back"))?;
+                    .ok_or_else(|| {
+                        other(format!("recreating {model}"), "the pod did not come back")
+                    })?;
                 let ip = pod
                     .status
                     .as_ref()
@@ -711,10 +804,9 @@ impl Cluster for KubeCluster {
                     .namespaces
                     .iter()
                     .filter(|(model, _)| {
-                        !realized
-                            .pods
-                            .values()
-                            .any(|p| p.namespace.is_empty() && p.model.starts_with(&format!("{model}/")))
+                        !realized.pods.values().any(|p| {
+                            p.namespace.is_empty() && p.model.starts_with(&format!("{model}/"))
+                        })
                     })
                     .map(|(_, real)| real.clone())
                     .collect();

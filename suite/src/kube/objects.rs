@@ -25,17 +25,33 @@ fn serve_container(name: String, image: &str, port: &ServedPort, host_ip_env: bo
     let p = port.port.to_string();
     let (command, env): (Vec<&str>, Vec<Value>) = match port.protocol {
         Protocol::Tcp => (
-            vec!["/agnhost", "serve-hostname", "--tcp", "--http=false", "--port", &p],
+            vec![
+                "/agnhost",
+                "serve-hostname",
+                "--tcp",
+                "--http=false",
+                "--port",
+                &p,
+            ],
             vec![],
         ),
         Protocol::Udp if host_ip_env => (
             // The host-network form: netexec answers UDP on the node's address, as upstream's
             // centaur pods do.
             vec!["/agnhost", "netexec", "--udp-listen-addresses=$(HOST_IP)"],
-            vec![json!({"name": "HOST_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.hostIP"}}})],
+            vec![
+                json!({"name": "HOST_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.hostIP"}}}),
+            ],
         ),
         Protocol::Udp => (
-            vec!["/agnhost", "serve-hostname", "--udp", "--http=false", "--port", &p],
+            vec![
+                "/agnhost",
+                "serve-hostname",
+                "--udp",
+                "--http=false",
+                "--port",
+                &p,
+            ],
             vec![],
         ),
         Protocol::Sctp => (
@@ -50,7 +66,8 @@ fn serve_container(name: String, image: &str, port: &ServedPort, host_ip_env: bo
             format!("--http-port={}", port.port + 1),
         ]);
     }
-    let mut container_port = json!({"containerPort": port.port, "protocol": port.protocol.as_str()});
+    let mut container_port =
+        json!({"containerPort": port.port, "protocol": port.protocol.as_str()});
     if let Some(name) = &port.name {
         container_port["name"] = json!(name);
     }
@@ -254,7 +271,10 @@ mod tests {
         let pod = pod(a, "agnhost:test", false, "r1");
         let containers = &pod.spec.as_ref().unwrap().containers;
         let names: Vec<_> = containers.iter().map(|c| c.name.as_str()).collect();
-        assert_eq!(names, ["cont-80-tcp", "cont-80-udp", "cont-81-tcp", "cont-81-udp"]);
+        assert_eq!(
+            names,
+            ["cont-80-tcp", "cont-80-udp", "cont-81-tcp", "cont-81-udp"]
+        );
         let port = &containers[1].ports.as_ref().unwrap()[0];
         assert_eq!(port.name.as_deref(), Some("serve-80-udp"));
         assert_eq!(port.protocol.as_deref(), Some("UDP"));
@@ -278,14 +298,26 @@ mod tests {
         let ss = statefulset("centaur", f, 2, "img", false, "r1");
         let tmpl = ss.spec.template.spec.unwrap();
         assert_eq!(tmpl.host_network, Some(true));
-        let udp = tmpl.containers.iter().find(|c| c.name == "centaur-34347-udp").unwrap();
-        assert!(udp.command.as_ref().unwrap().contains(&"--udp-port=34347".to_string()));
+        let udp = tmpl
+            .containers
+            .iter()
+            .find(|c| c.name == "centaur-34347-udp")
+            .unwrap();
+        assert!(
+            udp.command
+                .as_ref()
+                .unwrap()
+                .contains(&"--udp-port=34347".to_string())
+        );
     }
 
     #[test]
     fn label_patch_sets_and_removes() {
         let set = BTreeMap::from([("ns2".to_string(), "updated".to_string())]);
         let patch = label_patch(&set, &["old".to_string()]);
-        assert_eq!(patch, json!({"metadata": {"labels": {"ns2": "updated", "old": null}}}));
+        assert_eq!(
+            patch,
+            json!({"metadata": {"labels": {"ns2": "updated", "old": null}}})
+        );
     }
 }

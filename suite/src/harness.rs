@@ -1,0 +1,785 @@
+//! The command line and the libtest-style harness shared by `netpol-conformance run` and
+//! `cargo test --test conformance`: one trial per planned case, gated once, run in parallel,
+//! reported as JUnit / Sonobuoy results / a summary.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::Instant;
+
+use clap::{Args, Parser, Subcommand};
+use libtest_mimic::{Completion, Failed, Trial};
+use regex::Regex;
+
+use crate::backend::{Capabilities, Cluster};
+use crate::case::{self, Case, Feature, Source};
+use crate::plan::{self, Action, Plan};
+use crate::reachability::expected_mark;
+use crate::report::{self, Progress, RunReport, TrialOutcome, TrialReport};
+use crate::runner::{ProbeTarget, RunOptions, Timeouts, run_plan};
+use crate::target::{self, Target, TargetSpec};
+
+/// netpol-conformance: NetworkPolicy, AdminNetworkPolicy and ClusterNetworkPolicy conformance.
+#[derive(Debug, Parser)]
+#[command(name = "netpol-conformance", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// List the trials, one per line (`<name>: test`), as `cargo test -- --list` does.
+    List(SelectArgs),
+    /// Show what each selected case does and expects: truth tables, or JSON with --json.
+    Plan(PlanArgs),
+    /// Run the selected cases against a cluster (the local cluster when no kubeconfig is given).
+    Run(RunArgs),
+    /// Manage the local cluster: `up`, `down`, `status`.
+    Local {
+        #[command(subcommand)]
+        command: LocalCommand,
+    },
+    /// Delete namespaces and policies that earlier runs left behind (by label).
+    Cleanup {
+        /// Kubeconfig of the cluster (default: the local cluster, if it is up).
+        #[arg(long, env = "NETPOL_KUBECONFIG")]
+        kubeconfig: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum LocalCommand {
+    /// Start etcd, the control plane, two nodes, their agents and (by default) enforcers.
+    Up {
+        /// Do not run netpol-enforcer on the nodes (the "no policy support" baseline).
+        #[arg(long)]
+        no_enforcer: bool,
+        /// Number of nodes.
+        #[arg(long, default_value_t = 2)]
+        nodes: usize,
+        /// Run the enforcers with --fail-open.
+        #[arg(long)]
+        fail_open: bool,
+    },
+    /// Stop everything `up` started and remove every namespace, link and file it made.
+    Down,
+    /// Show what is running.
+    Status,
+}
+
+/// Selecting cases.
+#[derive(Debug, Clone, Args)]
+pub struct SelectArgs {
+    /// Only trials whose name contains this (or equals it, with --exact).
+    pub filter: Option<String>,
+    /// Match FILTER exactly.
+    #[arg(long)]
+    pub exact: bool,
+    /// Also load the cases in this directory (same format as cases/; source `user`).
+    #[arg(long, env = "NETPOL_CASES")]
+    pub cases: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct PlanArgs {
+    #[command(flatten)]
+    select: SelectArgs,
+    /// Print JSON (the stable, machine-readable form).
+    #[arg(long)]
+    json: bool,
+}
+
+/// Options of a run; the libtest flags (FILTER, --exact, --skip, --ignored, --list,
+/// --test-threads, --format, …) come from libtest-mimic.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Write a JUnit report here (also written when the run aborts early).
+    #[arg(long, env = "NETPOL_JUNIT")]
+    pub junit: Option<PathBuf>,
+    /// Sonobuoy plugin mode: results into $SONOBUOY_RESULTS_DIR, then the `done` file.
+    #[arg(long)]
+    pub sonobuoy: bool,
+    /// Run against the cluster of this kubeconfig instead of the local cluster.
+    #[arg(long, env = "NETPOL_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Probe upstream cases through the destination's Service (default) or its pod IP.
+    #[arg(
+        long,
+        env = "NETPOL_PROBE_TARGET",
+        value_enum,
+        default_value = "service"
+    )]
+    pub probe_target: ProbeTarget,
+    /// Also load the cases in this directory.
+    #[arg(long, env = "NETPOL_CASES")]
+    pub cases: Option<PathBuf>,
+    /// Leave each trial's namespaces and policies in place (debugging).
+    #[arg(long, env = "NETPOL_KEEP")]
+    pub keep: bool,
+    /// Local cluster only: run without the bundled enforcer (deny expectations then fail).
+    #[arg(long, env = "NETPOL_NO_ENFORCER")]
+    pub no_enforcer: bool,
+    /// Only cases whose trial or upstream name matches this regex (as Sonobuoy's E2E_FOCUS).
+    #[arg(long, env = "E2E_FOCUS")]
+    pub focus: Option<String>,
+    /// Leave out cases whose trial or upstream name matches this regex (as E2E_SKIP).
+    #[arg(long = "e2e-skip", env = "E2E_SKIP")]
+    pub e2e_skip: Option<String>,
+    #[command(flatten)]
+    harness: libtest_mimic::Arguments,
+}
+
+/// Who is calling: the CLI turns "no target" into an error; `cargo test` into skips.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `netpol-conformance run`.
+    Cli,
+    /// `cargo test --test conformance`.
+    CargoTest,
+}
+
+/// The binary's entry point.
+pub fn main() -> ExitCode {
+    if let Some(code) = netpol_local::maybe_run_role() {
+        return code;
+    }
+    init_tracing();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::List(select) => match select_plans(&select) {
+            Ok(plans) => print_out(plans.iter().map(|p| format!("{}: test\n", p.trial))),
+            Err(e) => usage_error(&e),
+        },
+        Command::Plan(args) => match select_plans(&args.select) {
+            Ok(plans) if args.json => print_out(std::iter::once(format!(
+                "{}\n",
+                serde_json::to_string_pretty(&plan::plans_json(&plans)).expect("plans serialize")
+            ))),
+            Ok(plans) => print_out(plans.iter().map(render_plan)),
+            Err(e) => usage_error(&e),
+        },
+        Command::Run(args) => run(args, Mode::Cli),
+        Command::Local { command } => local(command),
+        Command::Cleanup { kubeconfig } => cleanup(kubeconfig),
+    }
+}
+
+/// The entry point of `cargo test --test conformance`: the arguments are those of `run`.
+pub fn test_main() -> ExitCode {
+    if let Some(code) = netpol_local::maybe_run_role() {
+        return code;
+    }
+    init_tracing();
+    #[derive(Parser)]
+    #[command(name = "conformance")]
+    struct TestCli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+    run(TestCli::parse().run, Mode::CargoTest)
+}
+
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Writes to stdout; a closed pipe (`| head`) ends the output quietly.
+fn print_out(chunks: impl Iterator<Item = String>) -> ExitCode {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    for chunk in chunks {
+        if let Err(e) = out.write_all(chunk.as_bytes()) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("netpol-conformance: writing output: {e}");
+            return ExitCode::from(1);
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn usage_error(message: &str) -> ExitCode {
+    eprintln!("netpol-conformance: error: {message}");
+    ExitCode::from(2)
+}
+
+/// Loads the embedded table plus a user directory.
+pub fn load_cases(extra: Option<&PathBuf>) -> Result<Vec<Case>, String> {
+    let mut files: Vec<(String, String)> = case::embedded_files()
+        .iter()
+        .map(|(p, s)| (p.to_string(), s.to_string()))
+        .collect();
+    if let Some(dir) = extra {
+        if !dir.is_dir() {
+            return Err(format!("--cases {}: not a directory", dir.display()));
+        }
+        let user = case::read_dir(dir).map_err(|e| plan::error_chain(&e))?;
+        if user.is_empty() {
+            return Err(format!("--cases {}: no *.yaml files", dir.display()));
+        }
+        files.extend(user);
+    }
+    let cases = case::load_files(files).map_err(|e| plan::error_chain(&e))?;
+    if let Some(dir) = extra
+        && let Some(c) = cases
+            .iter()
+            .find(|c| c.origin.starts_with(&dir.display().to_string()) && c.source != Source::User)
+    {
+        return Err(format!(
+            "{}: case `{}` is a user case; its source must be `user`",
+            c.origin, c.id
+        ));
+    }
+    Ok(cases)
+}
+
+fn select_plans(select: &SelectArgs) -> Result<Vec<Plan>, String> {
+    let cases = load_cases(select.cases.as_ref())?;
+    let plans = plan::plan_all(&cases).map_err(|e| plan::error_chain(&e))?;
+    let plans: Vec<Plan> = plans
+        .into_iter()
+        .filter(|p| match &select.filter {
+            None => true,
+            Some(f) if select.exact => p.trial == *f,
+            Some(f) => p.trial.contains(f.as_str()),
+        })
+        .collect();
+    if plans.is_empty()
+        && let Some(f) = &select.filter
+    {
+        return Err(format!(
+            "no trial matches `{f}` (see `netpol-conformance list` for every trial)"
+        ));
+    }
+    Ok(plans)
+}
+
+/// Expected truth tables of a plan, for people.
+pub fn render_plan(plan: &Plan) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let features: Vec<&str> = plan.features().iter().map(|f| f.as_str()).collect();
+    let _ = writeln!(out, "== {}\n   {}", plan.trial, plan.name);
+    if !features.is_empty() {
+        let _ = writeln!(out, "   features: {}", features.join(", "));
+    }
+    for step in &plan.steps {
+        match &step.action {
+            Action::Probe(p) => {
+                let _ = writeln!(
+                    out,
+                    "-- step {}: probe {}/{}{}",
+                    step.index,
+                    p.protocol,
+                    p.port,
+                    p.name
+                        .as_deref()
+                        .map(|n| format!(" ({n})"))
+                        .unwrap_or_default()
+                );
+                out.push_str(&p.expected.render(expected_mark));
+            }
+            Action::Create(objs) | Action::Update(objs) => {
+                for o in objs {
+                    let _ = writeln!(
+                        out,
+                        "-- step {}: {} {} {}",
+                        step.index,
+                        step.action.name(),
+                        o["kind"].as_str().unwrap_or("?"),
+                        o["metadata"]["name"].as_str().unwrap_or("?")
+                    );
+                }
+            }
+            Action::Patch { target, .. } => {
+                let _ = writeln!(
+                    out,
+                    "-- step {}: patch {} {}",
+                    step.index, target.kind, target.name
+                );
+            }
+            other => {
+                let _ = writeln!(out, "-- step {}: {}", step.index, other.name());
+            }
+        }
+    }
+    out.push('\n');
+    out
+}
+
+/// The one place that decides whether a trial runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Gate {
+    /// Run it.
+    Run,
+    /// The target lacks something the case needs.
+    NotSupported(String),
+}
+
+/// Gates a plan on the target's capabilities. Protocols a case only uses in some steps are
+/// gated per step by the runner; declared features and policy APIs gate the whole case.
+pub fn gate(plan: &Plan, caps: &Capabilities) -> Gate {
+    for kind in plan.kinds() {
+        if !caps.kinds.contains(&kind) {
+            return Gate::NotSupported(format!(
+                "the cluster does not serve {kind} (its CRD is not installed)"
+            ));
+        }
+    }
+    let derived = plan.features();
+    let needed = plan.case.features.iter().chain(
+        derived
+            .iter()
+            .filter(|f| !matches!(f, Feature::Udp | Feature::Sctp)),
+    );
+    for feature in needed {
+        if let Some(reason) = caps.missing.get(feature) {
+            return Gate::NotSupported(format!("{feature}: {reason}"));
+        }
+        if !caps.features.contains(feature) {
+            return Gate::NotSupported(format!("{feature}: not supported by this target"));
+        }
+    }
+    Gate::Run
+}
+
+fn compile(pattern: &Option<String>, what: &str) -> Result<Option<Regex>, String> {
+    pattern
+        .as_deref()
+        .filter(|p| !p.is_empty())
+        .map(|p| Regex::new(p).map_err(|e| format!("{what} `{p}` is not a valid regex: {e}")))
+        .transpose()
+}
+
+fn random_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    h.write_u32(std::process::id());
+    format!("{:05x}", h.finish() & 0xfffff)
+}
+
+static CANCEL: AtomicBool = AtomicBool::new(false);
+
+fn install_interrupt_handler() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        std::thread::spawn(|| {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                return;
+            };
+            rt.block_on(async {
+                use tokio::signal::unix::{SignalKind, signal};
+                let (Ok(mut int), Ok(mut term)) =
+                    (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
+                else {
+                    return;
+                };
+                tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+                eprintln!(
+                    "netpol-conformance: interrupted; finishing the current steps and cleaning up \
+                     (interrupt again to stop at once)"
+                );
+                CANCEL.store(true, Ordering::SeqCst);
+                tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+                eprintln!("netpol-conformance: stopping now; `netpol-conformance cleanup` and `local down` remove leftovers");
+                std::process::exit(130);
+            });
+        });
+    });
+}
+
+enum TargetState {
+    Ready(Target),
+    Failed(String),
+}
+
+fn run(mut args: RunArgs, mode: Mode) -> ExitCode {
+    let started = Instant::now();
+    let select = SelectArgs {
+        filter: None,
+        exact: false,
+        cases: args.cases.clone(),
+    };
+    let plans = match select_plans(&select) {
+        Ok(p) => p,
+        Err(e) => return usage_error(&e),
+    };
+    let (focus, skip) = match (
+        compile(&args.focus, "E2E_FOCUS"),
+        compile(&args.e2e_skip, "E2E_SKIP"),
+    ) {
+        (Ok(f), Ok(s)) => (f, s),
+        (Err(e), _) | (_, Err(e)) => return usage_error(&e),
+    };
+    let plans: Vec<Plan> = plans
+        .into_iter()
+        .filter(|p| {
+            let text = format!("{} {}", p.trial, p.name);
+            focus.as_ref().is_none_or(|r| r.is_match(&text))
+                && !skip.as_ref().is_some_and(|r| r.is_match(&text))
+        })
+        .collect();
+    let sonobuoy_dir = std::env::var_os("SONOBUOY_RESULTS_DIR")
+        .map(PathBuf::from)
+        .or_else(|| {
+            args.sonobuoy
+                .then(|| PathBuf::from("/tmp/sonobuoy/results"))
+        });
+    let listing = args.harness.list;
+
+    // Decide the target now (cheap), connect lazily on the first trial that runs.
+    let spec = target::choose(args.kubeconfig.clone(), !args.no_enforcer);
+    let unavailable: Option<String> = match (&spec, mode) {
+        (Err(e), _) => Some(e.0.clone()),
+        (Ok(TargetSpec::Local { .. }), Mode::CargoTest)
+            if !target::local_binaries_present()
+                && std::env::var("NETPOL_REQUIRE_LOCAL").as_deref() != Ok("1") =>
+        {
+            Some(
+                "no target: the local cluster's control-plane binaries are not built \
+                 (run hack/control-plane.sh, or set NETPOL_REQUIRE_LOCAL=1 to build them), \
+                 and no NETPOL_KUBECONFIG is set"
+                    .into(),
+            )
+        }
+        _ => None,
+    };
+    if let (Some(reason), Mode::Cli, false) = (&unavailable, mode, listing) {
+        return usage_error(reason);
+    }
+    if args.harness.test_threads.is_none() {
+        let threads = std::env::var("NETPOL_TEST_THREADS")
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(4);
+        args.harness.test_threads = Some(threads);
+    }
+    if !listing {
+        install_interrupt_handler();
+    }
+    let run_id = random_id();
+    let target: Arc<Mutex<Option<TargetState>>> = Arc::new(Mutex::new(None));
+    let reports: Arc<Mutex<Vec<TrialReport>>> = Arc::new(Mutex::new(Vec::new()));
+    let exclusive = Arc::new(RwLock::new(()));
+    let counter = Arc::new(AtomicUsize::new(0));
+    let total = plans.len();
+    let progress_port: Option<u16> = std::env::var("SONOBUOY_PROGRESS_PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .filter(|_| sonobuoy_dir.is_some());
+    let progress = Arc::new(Mutex::new(Progress {
+        total,
+        ..Default::default()
+    }));
+    let color = std::io::IsTerminal::is_terminal(&std::io::stderr());
+
+    let trials: Vec<Trial> = plans
+        .into_iter()
+        .map(|plan| {
+            let target = target.clone();
+            let reports = reports.clone();
+            let exclusive = exclusive.clone();
+            let counter = counter.clone();
+            let progress = progress.clone();
+            let unavailable = unavailable.clone();
+            let spec = spec.clone();
+            let run_id = run_id.clone();
+            let keep = args.keep;
+            let probe_target = args.probe_target;
+            Trial::ignorable_test(plan.trial.clone(), move || {
+                let classname = format!(
+                    "netpol-conformance.{}.{}",
+                    plan.case.source.as_str(),
+                    plan.case.area
+                );
+                let record = |outcome: TrialOutcome, steps, log: String, duration| {
+                    let report = TrialReport {
+                        trial: plan.trial.clone(),
+                        name: plan.name.clone(),
+                        classname: classname.clone(),
+                        outcome,
+                        duration,
+                        steps,
+                        log,
+                    };
+                    if let Some(port) = progress_port {
+                        let mut p = progress.lock().expect("progress lock");
+                        match &report.outcome {
+                            TrialOutcome::Failed { .. } | TrialOutcome::Error { .. } => {
+                                p.failures.push(report.trial.clone())
+                            }
+                            _ => p.completed += 1,
+                        }
+                        p.msg =
+                            format!("{} {}", report.outcome.word().to_uppercase(), report.trial);
+                        if let Err(e) = report::post_progress(port, &p) {
+                            tracing::warn!("posting progress to localhost:{port}: {e}");
+                        }
+                    }
+                    let result = match &report.outcome {
+                        TrialOutcome::Passed => Ok(Completion::Completed),
+                        TrialOutcome::Failed { .. } | TrialOutcome::Error { .. } => {
+                            Err(Failed::from(format!(
+                                "{}: {}\n{}",
+                                report.outcome.word(),
+                                match &report.outcome {
+                                    TrialOutcome::Failed { message }
+                                    | TrialOutcome::Error { message } => message.as_str(),
+                                    _ => "",
+                                },
+                                report.details()
+                            )))
+                        }
+                        TrialOutcome::Skipped { reason } => Ok(Completion::ignored_with(reason)),
+                        TrialOutcome::NotSupported { reason } => {
+                            Ok(Completion::ignored_with(format!("not supported: {reason}")))
+                        }
+                    };
+                    reports.lock().expect("reports lock").push(report);
+                    result
+                };
+                let zero = std::time::Duration::ZERO;
+                if let Some(reason) = unavailable {
+                    return record(
+                        TrialOutcome::Skipped { reason },
+                        vec![],
+                        String::new(),
+                        zero,
+                    );
+                }
+                if CANCEL.load(Ordering::SeqCst) {
+                    return record(
+                        TrialOutcome::Skipped {
+                            reason: "the run was interrupted".into(),
+                        },
+                        vec![],
+                        String::new(),
+                        zero,
+                    );
+                }
+                // Connect once, on the first trial that needs the target.
+                let (cluster, local) = {
+                    let mut slot = target.lock().expect("target lock");
+                    if slot.is_none() {
+                        let spec = spec.clone().expect("checked above");
+                        *slot = Some(match target::connect(&spec, &run_id) {
+                            Ok(t) => TargetState::Ready(t),
+                            Err(e) => TargetState::Failed(e),
+                        });
+                    }
+                    match slot.as_ref().expect("just set") {
+                        TargetState::Ready(t) => (t.cluster.clone(), t.local),
+                        TargetState::Failed(e) => {
+                            return record(
+                                TrialOutcome::Error {
+                                    message: format!("no target: {e}"),
+                                },
+                                vec![],
+                                String::new(),
+                                zero,
+                            );
+                        }
+                    }
+                };
+                let caps = cluster.capabilities();
+                if let Gate::NotSupported(reason) = gate(&plan, &caps) {
+                    return record(
+                        TrialOutcome::NotSupported { reason },
+                        vec![],
+                        String::new(),
+                        zero,
+                    );
+                }
+                // Trials that touch cluster-scoped policies or shared namespaces run alone.
+                let alone = plan.world.namespaces.iter().any(|n| n.fixed_name.is_some())
+                    || plan.kinds().iter().any(|k| k != "NetworkPolicy");
+                let _shared_guard;
+                let _alone_guard;
+                if alone {
+                    _alone_guard = exclusive.write().unwrap_or_else(|e| e.into_inner());
+                } else {
+                    _shared_guard = exclusive.read().unwrap_or_else(|e| e.into_inner());
+                }
+                let opts = RunOptions {
+                    timeouts: Timeouts::for_target(local),
+                    probe_target,
+                    color,
+                    keep,
+                };
+                let suffix = format!("{run_id}-{}", counter.fetch_add(1, Ordering::SeqCst));
+                let r = run_plan(&*cluster, &caps, &plan, &suffix, &opts, &CANCEL);
+                record(r.outcome, r.steps, r.log, r.duration)
+            })
+        })
+        .collect();
+
+    let conclusion = libtest_mimic::run(&args.harness, trials);
+    if listing {
+        return conclusion.exit_code();
+    }
+    let mut problems = Vec::new();
+    let info = match target.lock().expect("target lock").take() {
+        Some(TargetState::Ready(t)) => {
+            let info = t.cluster.info();
+            problems = t.finish();
+            info
+        }
+        Some(TargetState::Failed(e)) => crate::backend::TargetInfo {
+            target: format!("unavailable: {e}"),
+            ..Default::default()
+        },
+        None => Default::default(),
+    };
+    let mut trials = std::mem::take(&mut *reports.lock().expect("reports lock"));
+    trials.sort_by(|a, b| a.trial.cmp(&b.trial));
+    let aborted = if CANCEL.load(Ordering::SeqCst) {
+        Some("the run was interrupted".to_string())
+    } else if !problems.is_empty() {
+        Some(problems.join("; "))
+    } else {
+        None
+    };
+    let report = RunReport {
+        suite_version: env!("CARGO_PKG_VERSION").to_string(),
+        target: info,
+        trials,
+        aborted,
+        started: None,
+        duration: started.elapsed(),
+    };
+    if let Some(path) = &args.junit
+        && let Err(e) = report::write_junit(&report, path)
+    {
+        eprintln!(
+            "netpol-conformance: writing JUnit to {}: {e}",
+            path.display()
+        );
+        return ExitCode::from(2);
+    }
+    if let Some(dir) = &sonobuoy_dir {
+        match report::write_sonobuoy(&report, dir) {
+            Ok(path) => eprintln!("netpol-conformance: Sonobuoy results in {}", path.display()),
+            Err(e) => {
+                eprintln!(
+                    "netpol-conformance: writing Sonobuoy results to {}: {e}",
+                    dir.display()
+                );
+                return ExitCode::from(2);
+            }
+        }
+    }
+    eprint!("{}", report::summary(&report));
+    if sonobuoy_dir.is_some() {
+        // The results travel in the files; the plugin pod itself succeeded.
+        return ExitCode::SUCCESS;
+    }
+    if report.aborted.is_some() && !conclusion.has_failed() {
+        return ExitCode::from(101);
+    }
+    conclusion.exit_code()
+}
+
+fn local(command: LocalCommand) -> ExitCode {
+    use netpol_local::cluster;
+    let state_dir = cluster::default_state_dir();
+    match command {
+        LocalCommand::Up {
+            no_enforcer,
+            nodes,
+            fail_open,
+        } => {
+            if !cluster::is_root() {
+                return usage_error("`local up` needs root (network namespaces, iptables)");
+            }
+            let enforcer = if no_enforcer {
+                None
+            } else {
+                match cluster::locate_enforcer() {
+                    Ok(p) => Some(p),
+                    Err(e) => return usage_error(&format!("{e} (or pass --no-enforcer)")),
+                }
+            };
+            let opts = cluster::UpOptions {
+                state_dir,
+                nodes,
+                enforcer,
+                fail_open,
+            };
+            // Ctrl-C during `up` must not leave half a cluster: the guard downs it on drop.
+            match cluster::ClusterGuard::up(&opts) {
+                Ok(guard) => {
+                    let c = guard.disarm();
+                    println!("local cluster is up: {}", c.server);
+                    println!("export KUBECONFIG={}", c.kubeconfig.display());
+                    println!("kubectl: {}", c.kubectl().display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => usage_error(&plan::error_chain(&e)),
+            }
+        }
+        LocalCommand::Down => match cluster::down(&state_dir) {
+            Ok(report) => {
+                println!("{report}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => usage_error(&plan::error_chain(&e)),
+        },
+        LocalCommand::Status => match cluster::status(&state_dir) {
+            Ok(status) => {
+                println!("{status}");
+                if status.healthy() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                }
+            }
+            Err(e) => usage_error(&plan::error_chain(&e)),
+        },
+    }
+}
+
+fn cleanup(kubeconfig: Option<PathBuf>) -> ExitCode {
+    let path = match kubeconfig {
+        Some(p) => p,
+        None => match netpol_local::cluster::status(&netpol_local::cluster::default_state_dir()) {
+            Ok(s) if s.healthy() && s.kubeconfig.is_some() => {
+                s.kubeconfig.clone().expect("checked")
+            }
+            _ => {
+                return usage_error(
+                    "no cluster to clean: pass --kubeconfig, or bring the local cluster up \
+                     (`local down` removes a local cluster entirely)",
+                );
+            }
+        },
+    };
+    let target = match target::connect(&TargetSpec::Kube(Some(path)), "cleanup") {
+        Ok(t) => t,
+        Err(e) => return usage_error(&e),
+    };
+    match target.cluster.cleanup_leftovers(None) {
+        Ok(removed) => {
+            for r in &removed {
+                println!("deleted {r}");
+            }
+            println!("{} objects removed", removed.len());
+            ExitCode::SUCCESS
+        }
+        Err(e) => usage_error(&e.to_string()),
+    }
+}

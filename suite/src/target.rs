@@ -1,0 +1,221 @@
+//! Choosing and connecting the target: a cluster through a kubeconfig (or in-cluster config),
+//! or the local cluster brought up for the run and torn down after it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::runtime::Runtime;
+
+use crate::backend::Capabilities;
+use crate::case::Feature;
+use crate::kube::exec::ExecProber;
+use crate::kube::{KubeCluster, KubeOptions, KubeTimeouts, NetnsProber, client_from_kubeconfig};
+
+/// The agnhost image the dummy pods run on real clusters.
+pub const AGNHOST_IMAGE: &str = "registry.k8s.io/e2e-test-images/agnhost:2.53";
+
+/// Where the run goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetSpec {
+    /// A cluster through this kubeconfig, or the in-cluster config when `None`.
+    Kube(Option<PathBuf>),
+    /// The local cluster, with or without the bundled enforcer.
+    Local {
+        /// Run `netpol-enforcer` on every node.
+        enforcer: bool,
+    },
+}
+
+/// Why no target can be had; the harness reports it as a skip reason or an error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Unavailable(pub String);
+
+/// Decides the target from the options and the environment, without connecting.
+pub fn choose(kubeconfig: Option<PathBuf>, enforcer: bool) -> Result<TargetSpec, Unavailable> {
+    if let Some(path) = kubeconfig {
+        return Ok(TargetSpec::Kube(Some(path)));
+    }
+    if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() {
+        return Ok(TargetSpec::Kube(None));
+    }
+    if !netpol_local::cluster::is_root() {
+        return Err(Unavailable(
+            "no target: the local cluster needs root (network namespaces, iptables); \
+             run as root, or point the suite at a cluster with --kubeconfig / NETPOL_KUBECONFIG"
+                .into(),
+        ));
+    }
+    Ok(TargetSpec::Local { enforcer })
+}
+
+/// Whether the local cluster's control-plane binaries are already at hand (no build needed).
+pub fn local_binaries_present() -> bool {
+    netpol_local::cluster::find_bin_dir().is_ok()
+}
+
+/// A connected target.
+pub struct Target {
+    /// The cluster.
+    pub cluster: Arc<KubeCluster>,
+    /// Timeout defaults depend on this.
+    pub local: bool,
+    /// Tears the local cluster down when dropped.
+    guard: Option<netpol_local::cluster::ClusterGuard>,
+    /// The runtime the backend blocks on; dropped last.
+    _rt: Arc<Runtime>,
+}
+
+impl Target {
+    /// Tears down what the run created: shared worlds, then the local cluster if the run owns it.
+    pub fn finish(mut self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if let Err(e) = self.cluster.delete_shared_worlds() {
+            problems.push(format!("deleting shared worlds: {e}"));
+        }
+        drop(self.guard.take());
+        problems
+    }
+}
+
+fn sctp_in_kernel() -> Result<(), String> {
+    // socket(AF_INET, SOCK_STREAM, IPPROTO_SCTP) fails where the kernel has no SCTP.
+    use nix::sys::socket::{AddressFamily, SockFlag, SockProtocol, SockType, socket};
+    socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        SockProtocol::Sctp,
+    )
+    .map(drop)
+    .map_err(|e| format!("SCTP is not supported by this kernel ({e})"))
+}
+
+/// Connects to the target: for the local cluster, brings it up first (as the run's own).
+pub fn connect(spec: &TargetSpec, run_id: &str) -> Result<Target, String> {
+    let rt = Arc::new(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(|e| format!("starting the async runtime: {e}"))?,
+    );
+    let mut caps = Capabilities::default();
+    caps.features.extend([
+        Feature::Udp,
+        Feature::NamedPort,
+        Feature::EgressNodePeers,
+        Feature::Cidr,
+    ]);
+    match spec {
+        TargetSpec::Local { enforcer } => {
+            let enforcer_bin = if *enforcer {
+                Some(
+                    netpol_local::cluster::locate_enforcer()
+                        .map_err(|e| format!("the bundled enforcer: {e}"))?,
+                )
+            } else {
+                None
+            };
+            let opts = netpol_local::cluster::UpOptions {
+                enforcer: enforcer_bin,
+                ..Default::default()
+            };
+            let guard = netpol_local::cluster::ClusterGuard::up(&opts).map_err(|e| {
+                format!(
+                    "bringing up the local cluster: {}",
+                    crate::plan::error_chain(&e)
+                )
+            })?;
+            let local = guard.cluster.clone();
+            match sctp_in_kernel() {
+                Ok(()) => {
+                    caps.features.insert(Feature::Sctp);
+                }
+                Err(reason) => {
+                    caps.missing.insert(Feature::Sctp, reason);
+                }
+            }
+            caps.features.insert(Feature::ExternalHost);
+            let client = rt
+                .block_on(client_from_kubeconfig(Some(&local.kubeconfig)))
+                .map_err(|e| e.to_string())?;
+            let cluster = KubeCluster::new(
+                rt.handle().clone(),
+                client,
+                Box::new(NetnsProber { parallelism: 32 }),
+                KubeOptions {
+                    run_id: run_id.into(),
+                    image: AGNHOST_IMAGE.into(),
+                    services: false,
+                    node_ips: local.node_ips.iter().map(|ip| (*ip).into()).collect(),
+                    external_ip: Some(local.external_host_ip.into()),
+                    timeouts: KubeTimeouts::default(),
+                },
+                format!("local ({})", local.server),
+                if local.enforced {
+                    "netpol-enforcer".into()
+                } else {
+                    "none (no enforcer)".into()
+                },
+                caps,
+            )
+            .map_err(|e| e.to_string())?;
+            Ok(Target {
+                cluster: Arc::new(cluster),
+                local: true,
+                guard: Some(guard),
+                _rt: rt,
+            })
+        }
+        TargetSpec::Kube(path) => {
+            let client = rt
+                .block_on(client_from_kubeconfig(path.as_ref()))
+                .map_err(|e| e.to_string())?;
+            caps.missing.insert(
+                Feature::ExternalHost,
+                "this target has no external host the suite may probe".into(),
+            );
+            if std::env::var("NETPOL_SCTP").as_deref() == Ok("0") {
+                caps.missing
+                    .insert(Feature::Sctp, "SCTP switched off with NETPOL_SCTP=0".into());
+            } else {
+                caps.features.insert(Feature::Sctp);
+            }
+            let prober = ExecProber {
+                rt: rt.handle().clone(),
+                client: client.clone(),
+                parallelism: 8,
+                exec_slack: std::time::Duration::from_secs(30),
+            };
+            let target = match path {
+                Some(p) => format!("kubeconfig {}", p.display()),
+                None => "in-cluster".into(),
+            };
+            let cluster = KubeCluster::new(
+                rt.handle().clone(),
+                client,
+                Box::new(prober),
+                KubeOptions {
+                    run_id: run_id.into(),
+                    image: std::env::var("NETPOL_AGNHOST_IMAGE")
+                        .unwrap_or_else(|_| AGNHOST_IMAGE.into()),
+                    services: true,
+                    node_ips: Vec::new(),
+                    external_ip: None,
+                    timeouts: KubeTimeouts::default(),
+                },
+                target,
+                std::env::var("NETPOL_IMPLEMENTATION").unwrap_or_else(|_| "unknown".into()),
+                caps,
+            )
+            .map_err(|e| e.to_string())?;
+            Ok(Target {
+                cluster: Arc::new(cluster),
+                local: false,
+                guard: None,
+                _rt: rt,
+            })
+        }
+    }
+}
