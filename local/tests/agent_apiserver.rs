@@ -379,6 +379,7 @@ fn agent_registers_node_realizes_pods_readopts_and_confirms_deletion() {
                 "env": [{"name": "SERVE_TCP_PORT_81", "value": "foo"}, {"name": "SERVE_SCTP_PORT_9003", "value": "foo"}],
             }])),
             pod_manifest("h", true, json!([serve_hostname("c8080", "tcp", 8080)])),
+            pod_manifest("g", false, json!([serve_hostname("c80", "tcp", 80)])),
         ] {
             pods_api.create(&PostParams::default(), &pod).await.unwrap();
         }
@@ -386,6 +387,7 @@ fn agent_registers_node_realizes_pods_readopts_and_confirms_deletion() {
     let (a_ip, a_ns) = rt.block_on(ready(&pods_api, "a"));
     let (b_ip, b_ns) = rt.block_on(ready(&pods_api, "b"));
     let (h_ip, h_ns) = rt.block_on(ready(&pods_api, "h"));
+    let (_, g_ns) = rt.block_on(ready(&pods_api, "g"));
     assert!(cfg.pod_cidr.contains(&a_ip) && cfg.pod_cidr.contains(&b_ip) && a_ip != b_ip);
     assert_eq!(h_ip, node_ip, "host-network pods get the node's address");
     assert_eq!(
@@ -431,7 +433,27 @@ fn agent_registers_node_realizes_pods_readopts_and_confirms_deletion() {
         ProbeResult::Refused
     );
     assert!(netns::exists(&a_ns));
+    // A pod force-deleted while the agent is down is cleaned up after the restart.
+    rt.block_on(async {
+        let now = DeleteParams {
+            grace_period_seconds: Some(0),
+            ..DeleteParams::default()
+        };
+        pods_api.delete("g", &now).await.unwrap();
+    });
+    assert!(netns::exists(&g_ns));
     let agent = AgentThread::start(cfg.clone());
+    rt.block_on(poll(
+        "pod g's namespace removed after restart",
+        POD_GONE,
+        || async { (!netns::exists(&g_ns)).then_some(()) },
+    ));
+    assert!(
+        pods::load_records(&cfg.state_dir)
+            .unwrap()
+            .iter()
+            .all(|r| r.name != "g")
+    );
     rt.block_on(poll("servers back after restart", POD_READY, || async {
         let target = SocketAddr::from((b_ip, 81));
         probe::connect_async(&a_ns, target, Protocol::Tcp, PROBE)
@@ -483,6 +505,25 @@ fn agent_registers_node_realizes_pods_readopts_and_confirms_deletion() {
         }
     });
     eprintln!("{BURST} pods created and Ready in {:?}", started.elapsed());
+    // Deleted right after creation, likely while its setup runs: still torn down.
+    rt.block_on(async {
+        let pod = pod_manifest("quick", false, json!([serve_hostname("c", "tcp", 80)]));
+        let created = pods_api.create(&PostParams::default(), &pod).await.unwrap();
+        pods_api
+            .delete("quick", &DeleteParams::default())
+            .await
+            .unwrap();
+        poll("pod quick gone", POD_GONE, || async {
+            matches!(pods_api.get_opt("quick").await, Ok(None)).then_some(())
+        })
+        .await;
+        let uid = created.metadata.uid.unwrap();
+        let ns = netns::path_of(&pods::netns_name(&uid));
+        poll("pod quick's namespace removed", POD_GONE, || async {
+            (!netns::exists(&ns)).then_some(())
+        })
+        .await;
+    });
     let (ip, _) = rt.block_on(ready(&pods_api, &format!("burst-{}", BURST - 1)));
     assert_eq!(
         probe_from(&b_ns, ip, 80, Protocol::Tcp),
