@@ -1,0 +1,346 @@
+//! Privileged dataplane tests: real netfilter rules and NFQUEUE inside throwaway namespaces.
+//!
+//! Each test builds pod a ⇄ node ⇄ pod b (see `common`), starts the dataplane in the node
+//! namespace the way `--netns` does, and sends real TCP/UDP between the pods. They skip (with a
+//! printed reason) when not run as root.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use netpol_enforcer::dataplane::{self, Dataplane, Judgement, Verdict};
+use netpol_enforcer::flow::{Flow, Protocol};
+use netpol_enforcer::metrics::Metrics;
+
+/// A judge that drops TCP/UDP port 81, accepts the rest, and records every flow it sees.
+fn recording_judge() -> (Arc<Mutex<Vec<Flow>>>, Arc<dyn dataplane::Judge>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let judge = move |flow: &Flow| {
+        log.lock().expect("judge log").push(*flow);
+        Judgement {
+            verdict: if flow.dst_port == 81 {
+                Verdict::Drop
+            } else {
+                Verdict::Accept
+            },
+            tier: "test",
+        }
+    };
+    (seen, Arc::new(judge))
+}
+
+fn start(topology: &Topology, judge: Arc<dyn dataplane::Judge>, fail_open: bool) -> Dataplane {
+    let mut config = dataplane::Config::new(100, 2, fail_open);
+    config.netns = Some(Topology::path(&topology.node));
+    Dataplane::start(config, judge, Metrics::new()).expect("starting the dataplane")
+}
+
+const QUICK: Duration = Duration::from_secs(2);
+const DROPPED: Duration = Duration::from_millis(800);
+
+#[test]
+fn accept_and_drop_by_judgement() {
+    if !root_or_skip("accept_and_drop_by_judgement") {
+        return;
+    }
+    let topology = Topology::new("ad");
+    let _echo = Echo::start(&topology.b, 80);
+    let _echo81 = Echo::start(&topology.b, 81);
+    let (seen, judge) = recording_judge();
+    let dp = start(&topology, judge, false);
+
+    let mut ok = connect(&topology.a, B, 80, QUICK).expect("port 80 is accepted");
+    round_trip(&mut ok, b"hello").expect("echo on an accepted connection");
+
+    let dropped = connect(&topology.a, B, 81, DROPPED);
+    let err = dropped.expect_err("port 81 is dropped");
+    assert_eq!(
+        err.kind(),
+        std::io::ErrorKind::TimedOut,
+        "a drop is silent, not a refusal"
+    );
+
+    let flows = seen.lock().expect("log").clone();
+    assert!(
+        flows
+            .iter()
+            .any(|f| f.dst_port == 80 && f.protocol == Protocol::Tcp)
+    );
+    // A dropped SYN never confirms its conntrack entry, so retransmissions are judged again.
+    assert!(flows.iter().filter(|f| f.dst_port == 81).count() >= 1);
+    assert_eq!(
+        dp.backend(),
+        dataplane::Backend::Iptables,
+        "this kernel has no nft queue"
+    );
+    drop(dp);
+}
+
+#[test]
+fn one_judgement_per_connection_and_replies_stay_in_kernel() {
+    if !root_or_skip("one_judgement_per_connection_and_replies_stay_in_kernel") {
+        return;
+    }
+    let topology = Topology::new("once");
+    let _echo = Echo::start(&topology.b, 80);
+    let (seen, judge) = recording_judge();
+    let dp = start(&topology, judge, false);
+
+    let mut conns = Vec::new();
+    for i in 0..5u8 {
+        let mut c = connect(&topology.a, B, 80, QUICK).expect("connect");
+        for j in 0..20u8 {
+            round_trip(&mut c, &[i, j, 42]).expect("echo");
+        }
+        conns.push(c);
+    }
+    let udp = udp_client(&topology.a, B, 80);
+    for i in 0..10u8 {
+        udp.send(&[i]).expect("udp send");
+        let mut buf = [0u8; 8];
+        assert_eq!(udp.recv(&mut buf).expect("udp echo"), 1);
+    }
+
+    let flows = seen.lock().expect("log").clone();
+    let tcp: Vec<_> = flows
+        .iter()
+        .filter(|f| f.protocol == Protocol::Tcp)
+        .collect();
+    let udp_flows: Vec<_> = flows
+        .iter()
+        .filter(|f| f.protocol == Protocol::Udp)
+        .collect();
+    assert_eq!(
+        tcp.len(),
+        5,
+        "exactly one judgement per TCP connection: {flows:?}"
+    );
+    assert_eq!(
+        udp_flows.len(),
+        1,
+        "exactly one judgement per UDP flow: {flows:?}"
+    );
+    assert!(
+        flows
+            .iter()
+            .all(|f| f.src.to_string() == A && f.dst.to_string() == B),
+        "replies (b → a) are never judged: {flows:?}"
+    );
+    // Accepted connections carry the accept bit in their conntrack mark.
+    let marked = ns_output(
+        &topology.node,
+        &["conntrack", "-L", "--mark", "0x200000/0x200000"],
+    );
+    assert!(marked.contains(&format!("dst={B}")), "conntrack: {marked}");
+    drop(dp);
+}
+
+#[test]
+fn same_queue_numbers_in_two_node_namespaces() {
+    if !root_or_skip("same_queue_numbers_in_two_node_namespaces") {
+        return;
+    }
+    let one = Topology::new("q1");
+    let two = Topology::new("q2");
+    let _e1 = Echo::start(&one.b, 80);
+    let _e2 = Echo::start(&two.b, 81);
+    let accept = Arc::new(dataplane::StaticJudge(Verdict::Accept));
+    let drop_all = Arc::new(dataplane::StaticJudge(Verdict::Drop));
+    let dp1 = start(&one, accept, false);
+    let dp2 = start(&two, drop_all, false);
+    connect(&one.a, B, 80, QUICK).expect("node one's enforcer accepts");
+    connect(&two.a, B, 81, DROPPED).expect_err("node two's enforcer drops");
+    connect(&one.a, B, 80, QUICK).expect("still accepted on node one");
+    drop((dp1, dp2));
+}
+
+#[test]
+fn clean_shutdown_removes_rules_only_when_fail_open() {
+    if !root_or_skip("clean_shutdown_removes_rules_only_when_fail_open") {
+        return;
+    }
+    let topology = Topology::new("sd");
+    let rules = || ns_output(&topology.node, &["iptables", "-S"]);
+    let dp = start(
+        &topology,
+        Arc::new(dataplane::StaticJudge(Verdict::Accept)),
+        true,
+    );
+    assert!(
+        rules().contains("--queue-bypass"),
+        "fail-open uses --queue-bypass"
+    );
+    assert_eq!(
+        dp.shutdown().expect("shutdown"),
+        dataplane::RulesOnExit::Removed
+    );
+    assert!(!rules().contains("NETPOL-ENFORCER"), "{}", rules());
+
+    let dp = start(
+        &topology,
+        Arc::new(dataplane::StaticJudge(Verdict::Accept)),
+        false,
+    );
+    assert!(
+        !rules().contains("--queue-bypass"),
+        "fail-closed has no bypass"
+    );
+    assert_eq!(
+        dp.shutdown().expect("shutdown"),
+        dataplane::RulesOnExit::Kept
+    );
+    assert!(rules().contains("NETPOL-ENFORCER-JUDGE"));
+    // Installing again over kept rules leaves a single jump per hook.
+    let dp = start(
+        &topology,
+        Arc::new(dataplane::StaticJudge(Verdict::Accept)),
+        false,
+    );
+    assert_eq!(
+        rules()
+            .matches("-A FORWARD -j NETPOL-ENFORCER-FORWARD")
+            .count(),
+        1
+    );
+    drop(dp);
+    dataplane::remove_rules(
+        Some(&Topology::path(&topology.node)),
+        &[dataplane::Family::V4, dataplane::Family::V6],
+    )
+    .expect("cleanup");
+    assert!(!rules().contains("NETPOL-ENFORCER"));
+}
+
+/// The real binary, with a static judge, in the node namespace. Killed on drop.
+struct Enforcer {
+    child: Child,
+    addr: String,
+}
+
+impl Enforcer {
+    fn spawn(topology: &Topology, verdict: &str, fail_open: bool) -> Enforcer {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_netpol-enforcer"));
+        cmd.arg("--netns")
+            .arg(Topology::path(&topology.node))
+            .args([
+                "--static-verdict",
+                verdict,
+                "--metrics-addr",
+                "127.0.0.1:0",
+                "--log-level",
+                "info",
+            ])
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if fail_open {
+            cmd.arg("--fail-open");
+        }
+        let mut child = cmd.spawn().expect("spawning netpol-enforcer");
+        // The first log line names the metrics address.
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Some(i) = line.find("addr=") {
+                    let _ = tx.send(
+                        line[i + 5..]
+                            .split_whitespace()
+                            .next()
+                            .unwrap_or("")
+                            .to_owned(),
+                    );
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("enforcer logged its metrics address");
+        let e = Enforcer { child, addr };
+        assert!(
+            wait_until(Duration::from_secs(20), || e
+                .get("/readyz")
+                .starts_with("HTTP/1.1 200")),
+            "enforcer became ready"
+        );
+        e
+    }
+
+    fn get(&self, path: &str) -> String {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::net::TcpStream::connect(&self.addr) else {
+            return String::new();
+        };
+        let _ = s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    }
+
+    fn kill(mut self) {
+        let _ = self.child.kill(); // SIGKILL
+        let _ = self.child.wait();
+    }
+
+    fn terminate(mut self) -> std::process::ExitStatus {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .expect("SIGTERM");
+        self.child.wait().expect("wait")
+    }
+}
+
+impl Drop for Enforcer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn sigkill_fail_open_accepts_fail_closed_drops() {
+    if !root_or_skip("sigkill_fail_open_accepts_fail_closed_drops") {
+        return;
+    }
+    let topology = Topology::new("kill");
+    let _echo = Echo::start(&topology.b, 80);
+
+    let open = Enforcer::spawn(&topology, "accept", true);
+    connect(&topology.a, B, 80, QUICK).expect("accepted while running");
+    // The verdict is counted right after it is sent, so poll rather than read once.
+    let counted = "verdicts_total{verdict=\"accept\",tier=\"static\"} 1";
+    assert!(
+        wait_until(QUICK, || open.get("/metrics").contains(counted)),
+        "{}",
+        open.get("/metrics")
+    );
+    open.kill();
+    connect(&topology.a, B, 80, QUICK).expect("fail-open: accepted with no enforcer bound");
+
+    let closed = Enforcer::spawn(&topology, "accept", false);
+    let mut established = connect(&topology.a, B, 80, QUICK).expect("accepted while running");
+    closed.kill();
+    let err = connect(&topology.a, B, 80, DROPPED)
+        .expect_err("fail-closed: dropped with no enforcer bound");
+    assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+    round_trip(&mut established, b"still here").expect("established flows are never queued");
+
+    // A restart binds the queues again: new connections are judged, the old one lives on.
+    let restarted = Enforcer::spawn(&topology, "accept", false);
+    connect(&topology.a, B, 80, QUICK).expect("accepted after restart");
+    round_trip(&mut established, b"after restart").expect("established flow survives the restart");
+    let status = restarted.terminate();
+    assert!(status.success(), "clean exit on SIGTERM: {status}");
+    // Fail-closed clean shutdown keeps the rules: still blocked.
+    connect(&topology.a, B, 80, DROPPED).expect_err("fail-closed: rules kept after SIGTERM");
+}
