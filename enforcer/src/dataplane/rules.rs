@@ -306,3 +306,81 @@ pub fn remove(families: &[Family]) -> Result<(), Error> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(queues: u16, fail_open: bool) -> RuleSpec {
+        RuleSpec {
+            queue_base: 100,
+            queues,
+            fail_open,
+            accept_mark: 0x0020_0000,
+            exempt_uid: Some(0),
+            families: vec![Family::V4],
+        }
+    }
+
+    #[test]
+    fn iptables_rules_queue_only_new_tcp_udp_sctp() {
+        let expected = "\
+*filter
+:NETPOL-ENFORCER-INPUT - [0:0]
+:NETPOL-ENFORCER-FORWARD - [0:0]
+:NETPOL-ENFORCER-OUTPUT - [0:0]
+:NETPOL-ENFORCER-JUDGE - [0:0]
+-A NETPOL-ENFORCER-INPUT -i lo -j RETURN
+-A NETPOL-ENFORCER-OUTPUT -o lo -j RETURN
+-A NETPOL-ENFORCER-OUTPUT -m owner --uid-owner 0 -j RETURN
+-A NETPOL-ENFORCER-INPUT -m conntrack ! --ctstate NEW -j RETURN
+-A NETPOL-ENFORCER-INPUT -p tcp -j NETPOL-ENFORCER-JUDGE
+-A NETPOL-ENFORCER-INPUT -p udp -j NETPOL-ENFORCER-JUDGE
+-A NETPOL-ENFORCER-INPUT -p sctp -j NETPOL-ENFORCER-JUDGE
+-A NETPOL-ENFORCER-FORWARD -m conntrack ! --ctstate NEW -j RETURN
+-A NETPOL-ENFORCER-FORWARD -p tcp -j NETPOL-ENFORCER-JUDGE
+-A NETPOL-ENFORCER-FORWARD -p udp -j NETPOL-ENFORCER-JUDGE
+-A NETPOL-ENFORCER-FORWARD -p sctp -j NETPOL-ENFORCER-JUDGE
+-A NETPOL-ENFORCER-OUTPUT -m conntrack ! --ctstate NEW -j RETURN
+-A NETPOL-ENFORCER-OUTPUT -p tcp -j NETPOL-ENFORCER-JUDGE
+-A NETPOL-ENFORCER-OUTPUT -p udp -j NETPOL-ENFORCER-JUDGE
+-A NETPOL-ENFORCER-OUTPUT -p sctp -j NETPOL-ENFORCER-JUDGE
+-A NETPOL-ENFORCER-JUDGE -j CONNMARK --set-xmark 0x200000/0x200000
+-A NETPOL-ENFORCER-JUDGE -j NFQUEUE --queue-balance 100:103 --queue-bypass
+COMMIT
+";
+        assert_eq!(spec(4, true).iptables_restore(), expected);
+    }
+
+    #[test]
+    fn fail_closed_single_queue_has_no_bypass() {
+        let mut s = spec(1, false);
+        s.exempt_uid = None;
+        let text = s.iptables_restore();
+        assert!(text.contains("-j NFQUEUE --queue-num 100\n"), "{text}");
+        assert!(!text.contains("bypass"));
+        assert!(!text.contains("--uid-owner"));
+    }
+
+    #[test]
+    fn nft_script_mirrors_the_iptables_rules() {
+        let text = spec(2, true).nft_script();
+        assert!(
+            text.starts_with("table inet netpol-enforcer {}\ndelete table inet netpol-enforcer\n")
+        );
+        for hook in ["input", "forward", "output"] {
+            assert!(
+                text.contains(&format!(
+                    "type filter hook {hook} priority filter; policy accept;"
+                )),
+                "{text}"
+            );
+        }
+        assert!(text.contains("ct state != new return"));
+        assert!(text.contains("meta l4proto { tcp, udp, sctp } jump judge"));
+        assert!(text.contains("meta skuid 0 return"));
+        assert!(text.contains("ct mark set ct mark or 0x200000"));
+        assert!(text.contains("queue flags bypass to 100-101"), "{text}");
+        assert!(!spec(1, false).nft_script().contains("bypass"));
+    }
+}
