@@ -64,9 +64,15 @@ impl Drop for Env {
     }
 }
 
-fn start_control_plane(dir: &Path, env: &mut Env) -> PathBuf {
+/// etcd + kube-apiserver (+ kube-controller-manager if asked), admin kubeconfig returned.
+fn start_control_plane(
+    dir: &Path,
+    env: &mut Env,
+    port_offset: u16,
+    controller_manager: bool,
+) -> PathBuf {
     let bin = netpol_local::cluster::find_bin_dir().unwrap();
-    let base = 30000 + (std::process::id() % 6000) as u16 * 3;
+    let base = 30000 + (std::process::id() % 3000) as u16 * 6 + port_offset;
     let (etcd_client, etcd_peer, api) = (base, base + 1, base + 2);
     let key = rcgen::KeyPair::generate().unwrap();
     std::fs::write(dir.join("sa.key"), key.serialize_pem()).unwrap();
@@ -137,6 +143,25 @@ fn start_control_plane(dir: &Path, env: &mut Env) -> PathBuf {
         ),
     )
     .unwrap();
+    if controller_manager {
+        let kcm = Command::new(bin.join("kube-controller-manager"))
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args([
+                "--secure-port=0",
+                "--controllers=*",
+                "--allocate-node-cidrs=false",
+                "--leader-elect=false",
+                "--use-service-account-credentials=false",
+            ])
+            .arg("--service-account-private-key-file")
+            .arg(dir.join("sa.key"))
+            .stdout(Stdio::null())
+            .stderr(log("controller-manager.log"))
+            .spawn()
+            .unwrap();
+        env.children.push(kcm);
+    }
     kubeconfig
 }
 
@@ -292,13 +317,14 @@ fn probe_from(ns: &Path, ip: Ipv4Addr, port: u16, proto: Protocol) -> ProbeResul
     probe::connect(ns, SocketAddr::from((ip, port)), proto, PROBE)
 }
 
-#[test]
-fn agent_registers_node_realizes_pods_readopts_and_confirms_deletion() {
-    if let Some(reason) = skip_reason() {
-        eprintln!("skipped: {reason}");
-        return;
-    }
-    let tag = std::process::id() % 100_000;
+/// Control plane, node namespace and agent configuration for one test; `label` and
+/// `port_offset` keep tests of one binary apart.
+fn setup(
+    label: &str,
+    port_offset: u16,
+    controller_manager: bool,
+) -> (Env, AgentConfig, tokio::runtime::Runtime, kube::Client) {
+    let tag = format!("{}{label}", std::process::id() % 100_000);
     let dir = std::env::temp_dir().join(format!("npt-agent-{tag}"));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -309,7 +335,7 @@ fn agent_registers_node_realizes_pods_readopts_and_confirms_deletion() {
         node_netns: netns::path_of(&format!("npt-{tag}-node")),
         state_dir: dir.join("state"),
     };
-    let kubeconfig = start_control_plane(&dir, &mut env);
+    let kubeconfig = start_control_plane(&dir, &mut env, port_offset, controller_manager);
     node_netns(&format!("npt-{tag}-node"), node_ip);
     let cfg = AgentConfig {
         node_name: NODE.into(),
@@ -350,6 +376,17 @@ fn agent_registers_node_realizes_pods_readopts_and_confirms_deletion() {
         .await;
         client
     });
+    (env, cfg, rt, client)
+}
+
+#[test]
+fn agent_registers_node_realizes_pods_readopts_and_confirms_deletion() {
+    if let Some(reason) = skip_reason() {
+        eprintln!("skipped: {reason}");
+        return;
+    }
+    let (env, cfg, rt, client) = setup("a", 0, false);
+    let node_ip = cfg.node_ip;
 
     let agent = AgentThread::start(cfg.clone());
     let nodes: Api<Node> = Api::all(client.clone());
@@ -556,6 +593,73 @@ fn agent_registers_node_realizes_pods_readopts_and_confirms_deletion() {
         pods::load_records(&cfg.state_dir).unwrap().is_empty(),
         "every record removed"
     );
+    agent.stop();
+    drop(env);
+}
+
+/// How long the node must stay Ready under the node lifecycle controller: longer than its
+/// grace period (50 s) plus a lease duration.
+const STAYS_READY: Duration = Duration::from_secs(100);
+
+#[test]
+#[ignore = "slow (~2 min): run with --ignored to watch the node lifecycle controller"]
+fn node_stays_ready_under_the_node_lifecycle_controller() {
+    if let Some(reason) = skip_reason() {
+        eprintln!("skipped: {reason}");
+        return;
+    }
+    let (mut env, cfg, rt, client) = setup("k", 3, true);
+    // The controller-manager is really running: its serviceaccount controller fills a
+    // new namespace.
+    rt.block_on(async {
+        let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+        let ns = serde_json::from_value(json!({"metadata": {"name": "npt-kcm-check"}})).unwrap();
+        nss.create(&PostParams::default(), &ns).await.unwrap();
+        let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), "npt-kcm-check");
+        poll(
+            "kube-controller-manager to create a service account",
+            APISERVER_READY,
+            || async { sas.get_opt("default").await.ok().flatten() },
+        )
+        .await;
+    });
+    let agent = AgentThread::start(cfg.clone());
+    let nodes: Api<Node> = Api::all(client.clone());
+    let started = Instant::now();
+    rt.block_on(async {
+        while started.elapsed() < STAYS_READY {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            let Some(node) = nodes.get_opt(NODE).await.unwrap() else {
+                continue;
+            };
+            let ready = node
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .and_then(|c| c.iter().find(|c| c.type_ == "Ready").cloned())
+                .expect("Ready condition");
+            assert_eq!(
+                ready.status, "True",
+                "node went {} ({:?}: {:?})",
+                ready.status, ready.reason, ready.message
+            );
+            // The controller may taint a brand-new node until it has seen it Ready.
+            let taints = node
+                .spec
+                .as_ref()
+                .and_then(|s| s.taints.clone())
+                .unwrap_or_default();
+            if started.elapsed() > Duration::from_secs(15) {
+                assert!(taints.is_empty(), "node tainted: {taints:?}");
+            }
+        }
+    });
+    let kcm = env.children.last_mut().unwrap();
+    assert!(
+        kcm.try_wait().unwrap().is_none(),
+        "kube-controller-manager exited during the test"
+    );
+    eprintln!("node stayed Ready for {STAYS_READY:?} under kube-controller-manager");
     agent.stop();
     drop(env);
 }
