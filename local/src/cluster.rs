@@ -124,6 +124,23 @@ pub enum Error {
         /// What was tried.
         reason: String,
     },
+    /// The cluster's namespaces already exist: another local cluster (another state
+    /// directory) runs, or one was killed without `down`.
+    #[error(
+        "another local cluster holds network namespaces {netns:?} (running from {others:?}); run `local down` with its state directory first"
+    )]
+    Busy {
+        /// The namespaces that exist.
+        netns: Vec<String>,
+        /// State directories of live clusters found by their processes.
+        others: Vec<PathBuf>,
+    },
+    /// The node count is out of range.
+    #[error("a local cluster has 1 to {} nodes, not {nodes}", fabric::MAX_NODES)]
+    Nodes {
+        /// The requested count.
+        nodes: usize,
+    },
     /// Not running as root.
     #[error("the local cluster needs root (it creates network namespaces)")]
     NotRoot,
@@ -214,6 +231,10 @@ pub struct UpOptions {
     pub enforcer: Option<PathBuf>,
     /// Pass `--fail-open` to the enforcers.
     pub fail_open: bool,
+    /// Instance name (`[a-z0-9]{0,8}`, default from [`fabric::INSTANCE_ENV`], empty = the
+    /// plain `npc-node-0`, `npc-fabric`, `npc-ext`): namespaces become `npc-<instance>-…`,
+    /// so two clusters with different instances and state directories can coexist.
+    pub instance: String,
 }
 
 impl Default for UpOptions {
@@ -223,6 +244,7 @@ impl Default for UpOptions {
             nodes: 2,
             enforcer: None,
             fail_open: false,
+            instance: std::env::var(fabric::INSTANCE_ENV).unwrap_or_default(),
         }
     }
 }
@@ -253,6 +275,8 @@ pub struct Cluster {
     pub external_host_ip: Ipv4Addr,
     /// The external host's namespace path.
     pub external_netns: PathBuf,
+    /// Node namespace paths, in `node_names` order.
+    pub node_netns: Vec<PathBuf>,
     /// The control-plane binaries (kubectl included).
     pub bin_dir: PathBuf,
     /// The state directory.
@@ -271,6 +295,11 @@ impl Cluster {
             pod_cidrs: s.nodes.iter().map(|n| n.pod_cidr).collect(),
             external_host_ip: s.external_host_ip,
             external_netns: fabric::netns_path(&s.external_netns),
+            node_netns: s
+                .nodes
+                .iter()
+                .map(|n| fabric::netns_path(&n.netns))
+                .collect(),
             bin_dir: s.bin_dir.clone(),
             state_dir: s.state_dir.clone(),
             enforced: s.nodes.iter().any(|n| n.enforcer_metrics.is_some()),
@@ -282,9 +311,10 @@ impl Cluster {
         self.bin_dir.join("kubectl")
     }
 
-    /// The network namespace path of a node.
-    pub fn node_netns(&self, node: &str) -> PathBuf {
-        fabric::netns_path(node)
+    /// The network namespace path of a node, by node name.
+    pub fn netns_of(&self, node: &str) -> Option<&Path> {
+        let i = self.node_names.iter().position(|n| n == node)?;
+        self.node_netns.get(i).map(PathBuf::as_path)
     }
 
     /// A kube client for the admin kubeconfig (call inside a tokio runtime).
@@ -615,13 +645,14 @@ impl ControlPlane {
 pub fn enforcer_spec(
     program: &Path,
     node: &str,
+    netns: &Path,
     kubeconfig: &Path,
     metrics: SocketAddr,
     fail_open: bool,
 ) -> Spec {
     let mut args = vec![
         "--netns".to_string(),
-        fabric::netns_path(node).display().to_string(),
+        netns.display().to_string(),
         "--kubeconfig".into(),
         kubeconfig.display().to_string(),
         "--node-name".into(),
@@ -657,6 +688,18 @@ pub fn up(opts: &UpOptions) -> Result<Cluster> {
         tracing::info!(dir = %opts.state_dir.display(), "tearing down a stale local cluster");
         down(&opts.state_dir)?;
     }
+    let plan = plan_for(opts)?;
+    let existing = fabric::list_netns();
+    let taken: Vec<String> = plan_netns(&plan)
+        .into_iter()
+        .filter(|n| existing.contains(n))
+        .collect();
+    if !taken.is_empty() {
+        return Err(Error::Busy {
+            netns: taken,
+            others: other_clusters(&opts.state_dir),
+        });
+    }
     let bin_dir = locate_bin_dir()?;
     let enforcer = match &opts.enforcer {
         Some(p) if p.is_file() => Some(p.clone()),
@@ -672,6 +715,7 @@ pub fn up(opts: &UpOptions) -> Result<Cluster> {
     let result = bring_up(
         &state,
         opts,
+        &plan,
         &bin_dir,
         enforcer.as_deref(),
         &agent,
@@ -693,6 +737,28 @@ pub fn up(opts: &UpOptions) -> Result<Cluster> {
     }
 }
 
+fn plan_for(opts: &UpOptions) -> Result<Plan> {
+    let tag = &opts.instance;
+    if !(tag.len() <= 8
+        && tag
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()))
+    {
+        return Err(Error::Fabric(fabric::Error::Instance { tag: tag.clone() }));
+    }
+    if !(1..=fabric::MAX_NODES).contains(&opts.nodes) {
+        return Err(Error::Nodes { nodes: opts.nodes });
+    }
+    Ok(Plan::for_instance(opts.nodes, tag))
+}
+
+/// Every namespace name a plan creates.
+fn plan_netns(plan: &Plan) -> Vec<String> {
+    let mut names = vec![plan.fabric_netns.clone(), plan.external_netns.clone()];
+    names.extend(plan.nodes.iter().map(|n| n.netns.clone()));
+    names
+}
+
 fn save(state: &RefCell<State>) -> Result<()> {
     state.borrow().save().map_err(Error::from)
 }
@@ -712,6 +778,7 @@ fn start(state: &RefCell<State>, spec: &Spec) -> Result<ProcRecord> {
 fn bring_up(
     state: &RefCell<State>,
     opts: &UpOptions,
+    plan: &Plan,
     bin_dir: &Path,
     enforcer: Option<&Path>,
     agent: &Path,
@@ -726,14 +793,15 @@ fn bring_up(
     save(state)?;
 
     // Network first: it is cheap and the agents need it.
-    let plan = Plan::new(opts.nodes);
     {
         let mut s = state.borrow_mut();
-        s.external_netns = fabric::EXTERNAL_NETNS.into();
+        s.instance = opts.instance.clone();
+        s.external_netns = plan.external_netns.clone();
         s.external_host_ip = plan.external_ip;
         for n in &plan.nodes {
             s.nodes.push(NodeRecord {
                 name: n.name.clone(),
+                netns: n.netns.clone(),
                 ip: n.ip,
                 pod_cidr: n.pod_cidr,
                 agent_dir: dir.join("nodes").join(&n.name),
@@ -744,7 +812,7 @@ fn bring_up(
     save(state)?;
     let mut record_error = None;
     fabric::create(
-        &plan,
+        plan,
         |ns| {
             state.borrow_mut().netns.push(ns.to_string());
             if let Err(e) = state.borrow().save() {
@@ -852,7 +920,7 @@ fn bring_up(
         (ROLE_ENV.into(), ROLE_EXTERNAL_HOST.into()),
         (
             EXTERNAL_NETNS_ENV.into(),
-            fabric::netns_path(fabric::EXTERNAL_NETNS)
+            fabric::netns_path(&plan.external_netns)
                 .display()
                 .to_string(),
         ),
@@ -868,7 +936,7 @@ fn bring_up(
         })?;
         let cfg = AgentConfig {
             node_name: n.name.clone(),
-            node_netns: fabric::netns_path(&n.name),
+            node_netns: fabric::netns_path(&n.netns),
             node_ip: n.ip,
             pod_cidr: n.pod_cidr,
             gateway: fabric::POD_GATEWAY,
@@ -887,7 +955,14 @@ fn bring_up(
         for (i, n) in plan.nodes.iter().enumerate() {
             let metrics = SocketAddr::from(([127, 0, 0, 1], free()?));
             state.borrow_mut().nodes[i].enforcer_metrics = Some(metrics);
-            let spec = enforcer_spec(program, &n.name, &kubeconfig, metrics, opts.fail_open);
+            let spec = enforcer_spec(
+                program,
+                &n.name,
+                &fabric::netns_path(&n.netns),
+                &kubeconfig,
+                metrics,
+                opts.fail_open,
+            );
             enforcers.push((start(state, &spec)?, metrics));
         }
     }
@@ -1198,30 +1273,52 @@ fn render(err: &dyn std::error::Error) -> String {
     s
 }
 
-/// PIDs of live processes whose environment carries `OWNER_ENV=<state_dir>`.
-pub fn owned_processes(state_dir: &Path) -> Vec<i32> {
-    let mark = format!("{OWNER_ENV}={}", state_dir.display());
+/// Live processes carrying an [`OWNER_ENV`] mark, with the state directory it names.
+pub fn marked_processes() -> Vec<(i32, PathBuf)> {
+    let prefix = format!("{OWNER_ENV}=");
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
     let own = std::process::id() as i32;
     dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| *pid != own)
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/environ"))
-                .is_ok_and(|env| env.split(|b| *b == 0).any(|kv| kv == mark.as_bytes()))
-        })
-        .filter(|pid| {
-            procs::start_time(*pid).is_some_and(|start_time| {
-                procs::alive(&ProcRecord {
-                    name: String::new(),
-                    pid: *pid,
-                    start_time,
-                    log: PathBuf::new(),
-                })
-            })
+        .filter_map(|pid| {
+            let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+            let owner = env
+                .split(|b| *b == 0)
+                .find_map(|kv| kv.strip_prefix(prefix.as_bytes()))?;
+            let owner = PathBuf::from(String::from_utf8_lossy(owner).into_owned());
+            let start_time = procs::start_time(pid)?;
+            let rec = ProcRecord {
+                name: String::new(),
+                pid,
+                start_time,
+                log: PathBuf::new(),
+            };
+            procs::alive(&rec).then_some((pid, owner))
         })
         .collect()
+}
+
+/// PIDs of live processes whose environment carries `OWNER_ENV=<state_dir>`.
+pub fn owned_processes(state_dir: &Path) -> Vec<i32> {
+    marked_processes()
+        .into_iter()
+        .filter(|(_, owner)| owner == state_dir)
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+/// State directories of other live local clusters (processes marked with another owner).
+pub fn other_clusters(state_dir: &Path) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = marked_processes()
+        .into_iter()
+        .map(|(_, owner)| owner)
+        .filter(|owner| owner != state_dir)
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    dirs
 }
 
 /// Namespace names recorded by the node agents under `<dir>/pods/*.json` (a `netns` field
@@ -1251,13 +1348,23 @@ fn recorded_pod_netns(agent_dirs: &[PathBuf]) -> Vec<String> {
     out
 }
 
-/// Whether a namespace name is one this crate's fixed naming produces (fabric, external
-/// host, nodes).
-pub fn is_cluster_netns(name: &str) -> bool {
-    name == fabric::FABRIC_NETNS
-        || name == fabric::EXTERNAL_NETNS
-        || name
-            .strip_prefix("npc-node-")
+/// Whether a namespace name is one the fixed naming of `instance` produces (fabric,
+/// external host, nodes).
+pub fn is_cluster_netns(name: &str, instance: &str) -> bool {
+    let base = if instance.is_empty() {
+        name.strip_prefix("npc-")
+    } else {
+        name.strip_prefix("npc-")
+            .and_then(|r| r.strip_prefix(instance))
+            .and_then(|r| r.strip_prefix('-'))
+    };
+    let Some(base) = base else {
+        return false;
+    };
+    base == "fabric"
+        || base == "ext"
+        || base
+            .strip_prefix("node-")
             .is_some_and(|i| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()))
 }
 
@@ -1338,10 +1445,22 @@ pub fn down(state_dir: &Path) -> Result<DownReport> {
     // Last resort: our fixed names, and pod-shaped namespaces left without links (their
     // node side is gone, so no live cluster owns them).
     let existing = fabric::list_netns();
-    for name in &existing {
-        if is_cluster_netns(name) && !doomed.contains(name) {
-            doomed.push(name.clone());
+    let others = other_clusters(state_dir);
+    let instance = match &state {
+        Some(s) => s.instance.clone(),
+        None => std::env::var(fabric::INSTANCE_ENV).unwrap_or_default(),
+    };
+    if others.is_empty() {
+        for name in &existing {
+            if is_cluster_netns(name, &instance) && !doomed.contains(name) {
+                doomed.push(name.clone());
+            }
         }
+    } else {
+        tracing::info!(
+            ?others,
+            "another local cluster runs; not sweeping unrecorded namespaces"
+        );
     }
     for name in &doomed {
         if existing.contains(name) {
@@ -1351,8 +1470,10 @@ pub fn down(state_dir: &Path) -> Result<DownReport> {
             }
         }
     }
+    // Pod-shaped namespaces without links: their node side is gone. Only when no other
+    // cluster runs, since one of its pods could be between namespace and veth creation.
     for name in fabric::list_netns() {
-        if is_pod_netns_name(&name) && fabric::links_in(&name).is_empty() {
+        if others.is_empty() && is_pod_netns_name(&name) && fabric::links_in(&name).is_empty() {
             match fabric::delete_netns(&name) {
                 Ok(()) => report.netns_removed.push(name),
                 Err(e) => report.errors.push(render(&e)),
@@ -1600,6 +1721,7 @@ mod tests {
         let spec = enforcer_spec(
             Path::new("/t/netpol-enforcer"),
             "npc-node-1",
+            Path::new("/run/netns/npc-node-1"),
             Path::new("/run/npc/kubeconfig"),
             "127.0.0.1:9999".parse().unwrap(),
             true,
@@ -1614,13 +1736,18 @@ mod tests {
 
     #[test]
     fn netns_name_classes() {
-        assert!(is_cluster_netns("npc-node-0"));
-        assert!(is_cluster_netns("npc-node-12"));
-        assert!(is_cluster_netns("npc-fabric"));
-        assert!(is_cluster_netns("npc-ext"));
-        assert!(!is_cluster_netns("npc-node-"));
-        assert!(!is_cluster_netns("npc-node-x"));
-        assert!(!is_cluster_netns("npc-1a2b3c4d"));
+        assert!(is_cluster_netns("npc-node-0", ""));
+        assert!(is_cluster_netns("npc-node-12", ""));
+        assert!(is_cluster_netns("npc-fabric", ""));
+        assert!(is_cluster_netns("npc-ext", ""));
+        assert!(!is_cluster_netns("npc-node-", ""));
+        assert!(!is_cluster_netns("npc-node-x", ""));
+        assert!(!is_cluster_netns("npc-1a2b3c4d", ""));
+        assert!(!is_cluster_netns("npc-t-node-0", ""));
+        assert!(is_cluster_netns("npc-t-node-0", "t"));
+        assert!(is_cluster_netns("npc-t-ext", "t"));
+        assert!(!is_cluster_netns("npc-node-0", "t"));
+        assert!(!is_cluster_netns("npc-tt-fabric", "t"));
         assert!(is_pod_netns_name("npc-1a2b3c4d"));
         assert!(!is_pod_netns_name("npc-1a2b3c4"));
         assert!(!is_pod_netns_name("npc-fabric"));

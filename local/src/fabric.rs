@@ -20,11 +20,11 @@ use std::process::Command;
 
 use ipnet::Ipv4Net;
 
-/// Namespace holding the bridge.
+/// Namespace holding the bridge (plain instance).
 pub const FABRIC_NETNS: &str = "npc-fabric";
 /// The bridge inside [`FABRIC_NETNS`].
 pub const BRIDGE: &str = "npc-br0";
-/// The external host's namespace.
+/// The external host's namespace (plain instance).
 pub const EXTERNAL_NETNS: &str = "npc-ext";
 /// The fabric's subnet; it exists only inside our namespaces.
 pub const FABRIC_PREFIX: [u8; 3] = [172, 30, 254];
@@ -45,6 +45,12 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The instance name is not `[a-z0-9]{1,8}`.
+    #[error("invalid ${INSTANCE_ENV}={tag:?} (want 1 to 8 of [a-z0-9])")]
+    Instance {
+        /// The rejected value.
+        tag: String,
+    },
     /// An `ip` command exited non-zero.
     #[error("`{command}` failed: {stderr}")]
     Failed {
@@ -61,8 +67,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// One node in the plan.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodePlan {
-    /// Node name = namespace name (`npc-node-<i>`).
+    /// Node name (`npc-node-<i>`).
     pub name: String,
+    /// Its namespace name: the node name, or `npc-<instance>-node-<i>` for a named instance.
+    pub netns: String,
     /// Its address on the fabric.
     pub ip: Ipv4Addr,
     /// Its pod CIDR (`10.244.<i>.0/24`).
@@ -74,6 +82,10 @@ pub struct NodePlan {
 /// The whole fabric, computed from the node count.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
+    /// The namespace holding the bridge.
+    pub fabric_netns: String,
+    /// The external host's namespace.
+    pub external_netns: String,
     /// The nodes.
     pub nodes: Vec<NodePlan>,
     /// The external host's address.
@@ -85,9 +97,43 @@ pub struct Plan {
 /// Most nodes a fabric can hold (node addresses .10 to .99; pod CIDRs 10.244.0–89.0/24).
 pub const MAX_NODES: usize = 90;
 
+/// Environment variable naming a cluster instance: its namespaces become
+/// `npc-<instance>-…`, so clusters of different instances can run side by side (e.g. a
+/// test cluster next to a user's). Unset or empty: the plain names.
+pub const INSTANCE_ENV: &str = "NETPOL_LOCAL_INSTANCE";
+
+/// The instance from [`INSTANCE_ENV`] (empty when unset); only `[a-z0-9]{1,8}` is accepted.
+pub fn instance_from_env() -> Result<String> {
+    let tag = std::env::var(INSTANCE_ENV).unwrap_or_default();
+    if tag.is_empty()
+        || (tag.len() <= 8
+            && tag
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()))
+    {
+        Ok(tag)
+    } else {
+        Err(Error::Instance { tag })
+    }
+}
+
+/// The namespace name of `base` (`fabric`, `ext`, `node-0`) in an instance.
+pub fn instance_netns(instance: &str, base: &str) -> String {
+    if instance.is_empty() {
+        format!("npc-{base}")
+    } else {
+        format!("npc-{instance}-{base}")
+    }
+}
+
 impl Plan {
-    /// The plan for `nodes` nodes (1..=[`MAX_NODES`]).
+    /// The plan for `nodes` nodes (1..=[`MAX_NODES`]) with the plain names.
     pub fn new(nodes: usize) -> Self {
+        Self::for_instance(nodes, "")
+    }
+
+    /// The plan for `nodes` nodes of a named instance (see [`INSTANCE_ENV`]).
+    pub fn for_instance(nodes: usize, instance: &str) -> Self {
         assert!(
             (1..=MAX_NODES).contains(&nodes),
             "node count must be 1..={MAX_NODES}"
@@ -96,6 +142,7 @@ impl Plan {
         let nodes = (0..nodes)
             .map(|i| NodePlan {
                 name: node_name(i),
+                netns: instance_netns(instance, &format!("node-{i}")),
                 ip: Ipv4Addr::new(a, b, c, 10 + i as u8),
                 pod_cidr: Ipv4Net::new(Ipv4Addr::new(10, 244, i as u8, 0), 24)
                     .expect("/24 is a valid prefix"),
@@ -103,6 +150,8 @@ impl Plan {
             })
             .collect();
         Plan {
+            fabric_netns: instance_netns(instance, "fabric"),
+            external_netns: instance_netns(instance, "ext"),
             nodes,
             external_ip: Ipv4Addr::new(a, b, c, 100),
             external_link: "npc-fext".into(),
@@ -113,27 +162,20 @@ impl Plan {
     /// it creates (if any) so the caller can record it first.
     pub fn commands(&self) -> Vec<Step> {
         let mut steps = Vec::new();
+        let fab = self.fabric_netns.as_str();
         let net = |ns: &str| Step::Netns(ns.to_string());
         let ip = |args: &[&str]| Step::Ip(args.iter().map(|s| s.to_string()).collect());
-        steps.push(net(FABRIC_NETNS));
-        steps.push(ip(&["-n", FABRIC_NETNS, "link", "set", "lo", "up"]));
-        steps.push(ip(&[
-            "-n",
-            FABRIC_NETNS,
-            "link",
-            "add",
-            BRIDGE,
-            "type",
-            "bridge",
-        ]));
-        steps.push(ip(&["-n", FABRIC_NETNS, "link", "set", BRIDGE, "up"]));
+        steps.push(net(fab));
+        steps.push(ip(&["-n", fab, "link", "set", "lo", "up"]));
+        steps.push(ip(&["-n", fab, "link", "add", BRIDGE, "type", "bridge"]));
+        steps.push(ip(&["-n", fab, "link", "set", BRIDGE, "up"]));
         let mut hosts: Vec<(String, String, Ipv4Addr)> = self
             .nodes
             .iter()
-            .map(|n| (n.name.clone(), n.fabric_link.clone(), n.ip))
+            .map(|n| (n.netns.clone(), n.fabric_link.clone(), n.ip))
             .collect();
         hosts.push((
-            EXTERNAL_NETNS.to_string(),
+            self.external_netns.clone(),
             self.external_link.clone(),
             self.external_ip,
         ));
@@ -142,44 +184,26 @@ impl Plan {
             steps.push(net(ns));
             steps.push(ip(&["-n", ns, "link", "set", "lo", "up"]));
             steps.push(Step::Link {
-                netns: FABRIC_NETNS.into(),
+                netns: fab.to_string(),
                 name: link.clone(),
             });
             steps.push(ip(&[
-                "-n",
-                FABRIC_NETNS,
-                "link",
-                "add",
-                link,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                UPLINK,
-                "netns",
-                ns,
+                "-n", fab, "link", "add", link, "type", "veth", "peer", "name", UPLINK, "netns", ns,
             ]));
             steps.push(ip(&[
-                "-n",
-                FABRIC_NETNS,
-                "link",
-                "set",
-                link,
-                "master",
-                BRIDGE,
-                "up",
+                "-n", fab, "link", "set", link, "master", BRIDGE, "up",
             ]));
             steps.push(ip(&["-n", ns, "addr", "add", &cidr, "dev", UPLINK]));
             steps.push(ip(&["-n", ns, "link", "set", UPLINK, "up"]));
         }
         for (ns, _, _) in &hosts {
-            for other in self.nodes.iter().filter(|n| &n.name != ns) {
+            for other in self.nodes.iter().filter(|n| &n.netns != ns) {
                 let (dst, via) = (other.pod_cidr.to_string(), other.ip.to_string());
                 steps.push(ip(&["-n", ns, "route", "add", &dst, "via", &via]));
             }
         }
         for n in &self.nodes {
-            steps.push(Step::Forwarding(n.name.clone()));
+            steps.push(Step::Forwarding(n.netns.clone()));
         }
         steps
     }
@@ -383,6 +407,22 @@ mod tests {
             .position(|s| matches!(s, Step::Ip(a) if a.contains(&"npc-fext".to_string()) && a.contains(&"add".to_string())))
             .unwrap();
         assert!(rec < made);
+    }
+
+    #[test]
+    fn a_named_instance_prefixes_every_namespace() {
+        let plan = Plan::for_instance(2, "t1");
+        assert_eq!(plan.fabric_netns, "npc-t1-fabric");
+        assert_eq!(plan.external_netns, "npc-t1-ext");
+        assert_eq!(plan.nodes[1].netns, "npc-t1-node-1");
+        assert_eq!(plan.nodes[1].name, "npc-node-1", "node names stay plain");
+        let steps = plan.commands();
+        assert!(steps.contains(&Step::Forwarding("npc-t1-node-0".into())));
+        for s in &steps {
+            if let Step::Netns(n) = s {
+                assert!(n.starts_with("npc-t1-"), "{n}");
+            }
+        }
     }
 
     #[test]

@@ -74,8 +74,10 @@ pub struct ProcRecord {
 /// One node of the cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeRecord {
-    /// Node name, also the name of its network namespace.
+    /// Node name.
     pub name: String,
+    /// Name of its network namespace (under /run/netns).
+    pub netns: String,
     /// Its address on the fabric (the Node's InternalIP).
     pub ip: Ipv4Addr,
     /// Its pod CIDR.
@@ -124,6 +126,8 @@ pub struct State {
     pub mounts: Vec<PathBuf>,
     /// The nodes.
     pub nodes: Vec<NodeRecord>,
+    /// The instance name (empty for the plain names), see `fabric::INSTANCE_ENV`.
+    pub instance: String,
     /// The external host's namespace name.
     pub external_netns: String,
     /// The external host's address ("the internet" of egress cases).
@@ -149,6 +153,7 @@ impl State {
             links: Vec::new(),
             mounts: Vec::new(),
             nodes: Vec::new(),
+            instance: String::new(),
             external_netns: String::new(),
             external_host_ip: Ipv4Addr::UNSPECIFIED,
         }
@@ -207,6 +212,7 @@ mod tests {
         });
         s.nodes.push(NodeRecord {
             name: "npc-node-0".into(),
+            netns: "npc-node-0".into(),
             ip: Ipv4Addr::new(172, 30, 254, 10),
             pod_cidr: "10.244.0.0/24".parse().unwrap(),
             agent_dir: dir.join("nodes/npc-node-0"),

@@ -37,6 +37,7 @@ struct Waits {
     namespace_gone: Duration,
     probe: Duration,
     child_ready: Duration,
+    policy_applied: Duration,
 }
 
 const WAITS: Waits = Waits {
@@ -44,6 +45,7 @@ const WAITS: Waits = Waits {
     namespace_gone: Duration::from_secs(90),
     probe: Duration::from_secs(3),
     child_ready: Duration::from_secs(240),
+    policy_applied: Duration::from_secs(30),
 };
 
 fn main() -> ExitCode {
@@ -93,8 +95,13 @@ fn skip_reason() -> Option<String> {
 /// Shared between trials.
 struct Ctx {
     state_dir: PathBuf,
+    /// The cluster instance: env `NETPOL_LOCAL_INSTANCE`, default `t`, so the test's
+    /// namespaces (`npc-t-*`) never collide with a user's plain local cluster.
+    instance: String,
     cluster: Mutex<Option<Cluster>>,
     before: Mutex<Option<Snapshot>>,
+    /// Namespaces of every pod the test saw (down must remove them).
+    seen_pod_netns: Mutex<BTreeSet<PathBuf>>,
     times: Mutex<Option<String>>,
     rt: tokio::runtime::Runtime,
 }
@@ -105,8 +112,13 @@ impl Ctx {
             state_dir: std::env::var_os(cluster::STATE_DIR_ENV)
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from("/run/netpol-conformance/local-test")),
+            instance: std::env::var(netpol_local::fabric::INSTANCE_ENV)
+                .ok()
+                .filter(|i| !i.is_empty())
+                .unwrap_or_else(|| "t".into()),
             cluster: Mutex::new(None),
             before: Mutex::new(None),
+            seen_pod_netns: Mutex::new(BTreeSet::new()),
             times: Mutex::new(None),
             rt: tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -119,6 +131,7 @@ impl Ctx {
     fn opts(&self) -> UpOptions {
         UpOptions {
             state_dir: self.state_dir.clone(),
+            instance: self.instance.clone(),
             ..UpOptions::default()
         }
     }
@@ -180,8 +193,18 @@ fn cluster_processes(state_dir: &Path) -> Vec<(i32, String)> {
 }
 
 fn check_clean(ctx: &Ctx, before: &Snapshot) -> Result<(), Failed> {
+    // Other clusters (other instances) may come and go meanwhile: judge only namespaces
+    // that are ours by name or that our pods used.
     let now = snapshot();
-    let new_netns: Vec<_> = now.netns.difference(&before.netns).collect();
+    let seen = ctx.seen_pod_netns.lock().unwrap().clone();
+    let new_netns: Vec<_> = now
+        .netns
+        .difference(&before.netns)
+        .filter(|n| {
+            cluster::is_cluster_netns(n, &ctx.instance)
+                || seen.contains(&netpol_local::fabric::netns_path(n))
+        })
+        .collect();
     let new_links: Vec<_> = now.links.difference(&before.links).collect();
     let procs = cluster_processes(&ctx.state_dir);
     if !new_netns.is_empty() || !new_links.is_empty() || !procs.is_empty() {
@@ -201,7 +224,7 @@ fn trials(ctx: &Arc<Ctx>) -> Vec<Trial> {
         let ctx = Arc::clone(ctx);
         Trial::test(format!("local_cluster::{name}"), move || f(&ctx))
     };
-    vec![
+    let mut trials = vec![
         t("a01_cold_up_reaches_ready", cold_up),
         t("a02_up_again_returns_the_running_cluster", up_again),
         t("a03_kubectl_works_with_the_kubeconfig", kubectl_works),
@@ -224,19 +247,35 @@ fn trials(ctx: &Arc<Ctx>) -> Vec<Trial> {
             "a10_down_after_sigkilled_runner_leaves_nothing",
             sigkill_cleanup,
         ),
-    ]
+    ];
+    // The enforced run needs the netpol-enforcer binary (cargo build -p netpol-enforcer).
+    let enforced = t(
+        "a11_enforcer_per_node_ready_and_enforcing",
+        enforced_cluster,
+    );
+    match cluster::locate_enforcer() {
+        Ok(_) => trials.push(enforced),
+        Err(e) => {
+            eprintln!("a11 skipped: {e}");
+            trials.push(enforced.with_ignored_flag(true));
+        }
+    }
+    trials
 }
 
 fn cold_up(ctx: &Ctx) -> Result<(), Failed> {
-    if netpol_local::fabric::list_netns()
-        .iter()
-        .any(|n| cluster::is_cluster_netns(n))
-    {
-        return Err(
-            "another local cluster's namespaces exist (npc-node-*/npc-fabric); \
-                    run `netpol-conformance local down` first"
-                .into(),
-        );
+    let taken: Vec<String> = netpol_local::fabric::list_netns()
+        .into_iter()
+        .filter(|n| cluster::is_cluster_netns(n, &ctx.instance))
+        .collect();
+    if !taken.is_empty() {
+        return Err(format!(
+            "namespaces of instance {:?} exist already: {taken:?}; another test run holds them \
+             (or run `netpol-conformance local down` with NETPOL_LOCAL_DIR={})",
+            ctx.instance,
+            ctx.state_dir.display()
+        )
+        .into());
     }
     *ctx.before.lock().unwrap() = Some(snapshot());
     let started = Instant::now();
@@ -395,6 +434,10 @@ fn ready_pods(ctx: &Ctx, c: &Cluster) -> Result<Vec<PodInfo>, String> {
             return Err(format!("{} ready pods, want 2", out.len()));
         }
         out.sort();
+        ctx.seen_pod_netns
+            .lock()
+            .unwrap()
+            .extend(out.iter().map(|p| p.3.clone()));
         Ok(out)
     })
 }
@@ -590,10 +633,7 @@ fn warm_up_then_down(ctx: &Ctx) -> Result<(), Failed> {
 
 /// Child mode: bring a cluster up, say READY, wait to be killed.
 fn child_up() -> ExitCode {
-    let opts = UpOptions {
-        state_dir: Ctx::new().state_dir,
-        ..UpOptions::default()
-    };
+    let opts = Ctx::new().opts();
     match cluster::up(&opts) {
         Ok(_) => {
             println!("READY");
@@ -625,6 +665,7 @@ fn sigkill_cleanup(ctx: &Ctx) -> Result<(), Failed> {
         Command::new(exe)
             .env(CHILD_ENV, "1")
             .env(cluster::STATE_DIR_ENV, &ctx.state_dir)
+            .env(netpol_local::fabric::INSTANCE_ENV, &ctx.instance)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -641,6 +682,46 @@ fn sigkill_cleanup(ctx: &Ctx) -> Result<(), Failed> {
         Ok(l) if l == "READY" => {}
         other => return Err(format!("child runner did not come up: {other:?}").into()),
     }
+    // A pod, so its namespace (created by an agent that dies too) must be found by down.
+    let bin_dir = cluster::find_bin_dir().map_err(|e| e.to_string())?;
+    let kc = ctx.state_dir.join("kubeconfig");
+    let kubectl = |args: &[&str]| {
+        Command::new(bin_dir.join("kubectl"))
+            .arg("--kubeconfig")
+            .arg(&kc)
+            .args(args)
+            .output()
+            .expect("running kubectl")
+    };
+    let out = kubectl(&[
+        "run",
+        "orphan",
+        "-n",
+        "default",
+        "--image",
+        AGNHOST,
+        "--restart=Never",
+        "--",
+        "netexec",
+        "--http-port=8080",
+    ]);
+    assert!(out.status.success(), "kubectl run: {out:?}");
+    let jsonpath = format!(
+        "jsonpath={{.metadata.annotations.{}}}",
+        NETNS_ANNOTATION.replace('.', "\\.")
+    );
+    let deadline = Instant::now() + WAITS.pods_ready;
+    let pod_netns = loop {
+        let out = kubectl(&["get", "pod", "orphan", "-n", "default", "-o", &jsonpath]);
+        let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if !path.is_empty() && Path::new(&path).exists() {
+            break PathBuf::from(path);
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("pod orphan never got a namespace: {out:?}").into());
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
     child.0.kill().map_err(|e| format!("SIGKILL: {e}"))?;
     child.0.wait().unwrap();
     // The cluster outlives its runner: its processes are in their own groups.
@@ -649,7 +730,72 @@ fn sigkill_cleanup(ctx: &Ctx) -> Result<(), Failed> {
         orphans.len() >= 5,
         "expected the orphaned cluster's processes, found {orphans:?}"
     );
+    assert!(pod_netns.exists(), "the pod namespace vanished before down");
+    ctx.seen_pod_netns.lock().unwrap().insert(pod_netns.clone());
     let report = cluster::down(&ctx.state_dir).map_err(|e| e.to_string())?;
+    if !report.errors.is_empty() {
+        return Err(format!("down reported errors:\n{report}").into());
+    }
+    assert!(
+        !pod_netns.exists(),
+        "down left the pod namespace {}",
+        pod_netns.display()
+    );
+    check_clean(ctx, &before)
+}
+
+fn enforced_cluster(ctx: &Ctx) -> Result<(), Failed> {
+    let enforcer = cluster::locate_enforcer().map_err(|e| e.to_string())?;
+    let before = snapshot();
+    let opts = UpOptions {
+        enforcer: Some(enforcer),
+        ..ctx.opts()
+    };
+    let started = Instant::now();
+    let c = cluster::up(&opts).map_err(|e| format!("enforced up: {:#}", anyhow::Error::from(e)))?;
+    eprintln!("enforced up: {:.1}s", started.elapsed().as_secs_f64());
+    *ctx.cluster.lock().unwrap() = Some(c.clone());
+    assert!(c.enforced);
+    let st = cluster::status(&ctx.state_dir).map_err(|e| e.to_string())?;
+    let enforcers = st
+        .processes
+        .iter()
+        .filter(|p| p.0.starts_with("enforcer-"))
+        .count();
+    assert_eq!(enforcers, 2, "one enforcer per node:\n{st}");
+    assert!(st.healthy(), "{st}");
+    // Without policies everything is allowed; a default-deny ingress policy blocks.
+    statefulset_ready(ctx)?;
+    let pods = ready_pods(ctx, &c)?;
+    let target = SocketAddr::from((pods[1].2, 8080));
+    let r = probe::connect(&pods[0].3, target, Protocol::Tcp, WAITS.probe);
+    assert_eq!(r, ProbeResult::Connected, "before any policy");
+    apply(
+        &c,
+        &serde_json::json!({
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": {"name": "deny-ingress", "namespace": TEST_NS},
+            "spec": {"podSelector": {}, "policyTypes": ["Ingress"]},
+        }),
+    )?;
+    let deadline = Instant::now() + WAITS.policy_applied;
+    loop {
+        let r = probe::connect(&pods[0].3, target, Protocol::Tcp, WAITS.probe);
+        if r == ProbeResult::Timeout {
+            break;
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "deny-all ingress not enforced after {:?}: {r:?}",
+                WAITS.policy_applied
+            )
+            .into());
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let report = cluster::down(&ctx.state_dir).map_err(|e| e.to_string())?;
+    *ctx.cluster.lock().unwrap() = None;
     if !report.errors.is_empty() {
         return Err(format!("down reported errors:\n{report}").into());
     }
