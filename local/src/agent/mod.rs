@@ -76,9 +76,10 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let client = client_from(&cfg.kubeconfig).await?;
+    let since = k8s_openapi::jiff::Timestamp::now();
     let deadline = tokio::time::Instant::now() + REGISTER_DEADLINE;
     loop {
-        match node::register(&client, &cfg).await {
+        match node::register(&client, &cfg, since).await {
             Ok(()) => break,
             Err(e) if tokio::time::Instant::now() < deadline => {
                 tracing::warn!(error = %error_chain(&e), "node registration failed; retrying");
@@ -91,7 +92,7 @@ pub async fn serve(
 
     let manager = pods::PodManager::new(client.clone(), cfg.clone())
         .context("loading the agent's pod records failed")?;
-    let keep_alive = tokio::spawn(node::keep_alive(client.clone(), cfg.clone()));
+    let keep_alive = tokio::spawn(node::keep_alive(client.clone(), cfg.clone(), since));
     let watch = tokio::spawn(std::sync::Arc::clone(&manager).watch());
     shutdown.await;
     watch.abort();

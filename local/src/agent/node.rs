@@ -92,9 +92,11 @@ pub fn node_manifest(cfg: &AgentConfig) -> Value {
 }
 
 /// The node status the agent writes: addresses, capacity, Ready and the pressure
-/// conditions with `now` as heartbeat, and node info.
-pub fn node_status(cfg: &AgentConfig, now: Timestamp) -> Value {
+/// conditions with `now` as heartbeat and `since` (when the agent registered) as their
+/// transition time, and node info.
+pub fn node_status(cfg: &AgentConfig, now: Timestamp, since: Timestamp) -> Value {
     let time = serde_json::to_value(Time(now)).expect("Time serializes");
+    let since = serde_json::to_value(Time(since)).expect("Time serializes");
     let condition = |kind: &str, status: &str, reason: &str, message: &str| {
         json!({
             "type": kind,
@@ -102,7 +104,7 @@ pub fn node_status(cfg: &AgentConfig, now: Timestamp) -> Value {
             "reason": reason,
             "message": message,
             "lastHeartbeatTime": time,
-            "lastTransitionTime": time,
+            "lastTransitionTime": since,
         })
     };
     let resources =
@@ -160,8 +162,9 @@ fn apply() -> PatchParams {
     PatchParams::apply(FIELD_MANAGER).force()
 }
 
-/// Creates or updates the Node and writes its status.
-pub async fn register(client: &kube::Client, cfg: &AgentConfig) -> Result<()> {
+/// Creates or updates the Node and writes its status; `since` is when this agent came
+/// up (the conditions' transition time).
+pub async fn register(client: &kube::Client, cfg: &AgentConfig, since: Timestamp) -> Result<()> {
     let nodes: Api<Node> = Api::all(client.clone());
     nodes
         .patch(&cfg.node_name, &apply(), &Patch::Apply(node_manifest(cfg)))
@@ -170,18 +173,22 @@ pub async fn register(client: &kube::Client, cfg: &AgentConfig) -> Result<()> {
             node: cfg.node_name.clone(),
             source,
         })?;
-    write_status(client, cfg).await?;
-    renew_lease(client, cfg).await
+    renew_lease(client, cfg).await?;
+    write_status(client, cfg, since).await
 }
 
 /// Writes the node status with a fresh heartbeat.
-pub async fn write_status(client: &kube::Client, cfg: &AgentConfig) -> Result<()> {
+pub async fn write_status(
+    client: &kube::Client,
+    cfg: &AgentConfig,
+    since: Timestamp,
+) -> Result<()> {
     let nodes: Api<Node> = Api::all(client.clone());
     nodes
         .patch_status(
             &cfg.node_name,
             &PatchParams::default(),
-            &Patch::Merge(node_status(cfg, Timestamp::now())),
+            &Patch::Merge(node_status(cfg, Timestamp::now(), since)),
         )
         .await
         .map(drop)
@@ -210,7 +217,7 @@ pub async fn renew_lease(client: &kube::Client, cfg: &AgentConfig) -> Result<()>
 
 /// Renews the Lease every [`LEASE_RENEW`] and refreshes the status every
 /// [`STATUS_HEARTBEAT`], forever; failures are logged and retried on the next tick.
-pub async fn keep_alive(client: kube::Client, cfg: AgentConfig) {
+pub async fn keep_alive(client: kube::Client, cfg: AgentConfig, since: Timestamp) {
     let mut lease = tokio::time::interval(LEASE_RENEW);
     let mut status = tokio::time::interval(STATUS_HEARTBEAT);
     lease.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -223,7 +230,7 @@ pub async fn keep_alive(client: kube::Client, cfg: AgentConfig) {
                 }
             }
             _ = status.tick() => {
-                if let Err(e) = write_status(&client, &cfg).await {
+                if let Err(e) = write_status(&client, &cfg, since).await {
                     tracing::warn!(error = %super::error_chain(&e), "node status heartbeat failed");
                 }
             }
@@ -263,7 +270,8 @@ mod tests {
     #[test]
     fn node_status_is_ready_with_internal_ip_and_capacity() {
         let now = Timestamp::from_second(1_800_000_000).unwrap();
-        let v = node_status(&cfg(), now);
+        let since = Timestamp::from_second(1_799_999_000).unwrap();
+        let v = node_status(&cfg(), now, since);
         let status: k8s_openapi::api::core::v1::NodeStatus =
             serde_json::from_value(v["status"].clone()).unwrap();
         let ready = status
@@ -274,6 +282,7 @@ mod tests {
             .unwrap();
         assert_eq!(ready.status, "True");
         assert_eq!(ready.last_heartbeat_time, Some(Time(now)));
+        assert_eq!(ready.last_transition_time, Some(Time(since)));
         let addrs = status.addresses.unwrap();
         assert!(
             addrs

@@ -35,6 +35,8 @@ pub const NETNS_ANNOTATION: &str = "local.netpol-conformance.io/netns";
 pub const SETUP_ATTEMPTS: u32 = 3;
 /// Pause between setup attempts.
 pub const SETUP_RETRY: Duration = Duration::from_millis(500);
+/// Longest pause between attempts to write a pod's status.
+pub const REPORT_BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// After [`SETUP_ATTEMPTS`] failures, how long until the pod is looked up and tried again.
 pub const SETUP_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -606,8 +608,20 @@ impl PodManager {
             self.lock().pods.remove(&uid);
             return;
         }
-        if let Err(e) = self.report(&pod, &record, ready).await {
-            tracing::warn!(pod = %key, error = %error_chain(&e), "writing pod status failed");
+        // Retry transient API failures while the pod is still ours and running.
+        let mut pause = SETUP_RETRY;
+        loop {
+            match self.report(&pod, &record, ready).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(pod = %key, error = %error_chain(&e), "writing pod status failed; retrying")
+                }
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(REPORT_BACKOFF_MAX);
+            if !matches!(self.lock().pods.get(&uid), Some(Slot::Running { .. })) {
+                return;
+            }
         }
         tracing::info!(pod = %key, ip = %record.ip, ready, "pod running");
     }
