@@ -43,6 +43,7 @@ use crate::engine::policy::{
     ClusterPolicy, ClusterTier, ContainerPort, Direction, Netpol, compile_anp, compile_banp,
     compile_cnp, compile_netpol,
 };
+use crate::engine::policy::{PortMatch, PortSpec};
 use crate::engine::selector::{Labels, Selector};
 use crate::flow::Protocol;
 
@@ -257,15 +258,86 @@ pub struct PodEntry {
     pub namespace: u32,
 }
 
-/// The policies selecting one pod, per direction, in evaluation order.
+/// One rule of a policy selecting a pod, with a cheap port pre-check.
+///
+/// A rule with several port entries appears once per entry (consecutively, so evaluation order
+/// is unchanged); the pre-check (`protocols` bit set, `lo <= port <= hi`) is exact for numbers
+/// and ranges and conservative for named ports, and the full rule is checked after it passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RuleRef {
+    /// Index of the policy in its tier's list ([`Snapshot::admin`], [`Snapshot::baseline`] or
+    /// [`Snapshot::netpols`]).
+    pub policy: u32,
+    /// Index of the rule in the policy's list for the direction.
+    pub rule: u32,
+    /// Bit set of protocols (`1 << Protocol as u8`).
+    pub protocols: u8,
+    /// Lowest destination port.
+    pub lo: u16,
+    /// Highest destination port.
+    pub hi: u16,
+}
+
+impl RuleRef {
+    /// Whether a connection with this protocol and destination port may match the rule.
+    #[inline]
+    pub fn may_match(&self, protocol: Protocol, port: u16) -> bool {
+        self.protocols & protocol_bit(protocol) != 0 && self.lo <= port && port <= self.hi
+    }
+}
+
+/// The bit of a protocol in [`RuleRef::protocols`].
+pub fn protocol_bit(p: Protocol) -> u8 {
+    match p {
+        Protocol::Tcp => 1,
+        Protocol::Udp => 2,
+        Protocol::Sctp => 4,
+    }
+}
+
+fn rule_refs(policy: u32, rule: u32, ports: &PortMatch, out: &mut Vec<RuleRef>) {
+    const ALL: u8 = 7;
+    let mut push = |protocols, lo, hi| {
+        out.push(RuleRef {
+            policy,
+            rule,
+            protocols,
+            lo,
+            hi,
+        })
+    };
+    match ports {
+        PortMatch::Any => push(ALL, 0, u16::MAX),
+        PortMatch::List(specs) => {
+            for spec in specs {
+                match spec {
+                    PortSpec::Range {
+                        protocol,
+                        start,
+                        end,
+                    } => push(protocol.map_or(ALL, protocol_bit), *start, *end),
+                    PortSpec::Named { protocol, .. } => {
+                        push(protocol.map_or(ALL, protocol_bit), 0, u16::MAX)
+                    }
+                    PortSpec::Nothing => {}
+                }
+            }
+        }
+    }
+}
+
+/// The rules that apply to one pod, per direction (`[ingress, egress]`), in evaluation order.
+/// Pods selected by the same policies share the same lists.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PodPolicies {
-    /// Indices into [`Snapshot::admin`], `[ingress, egress]`.
-    pub admin: [Box<[u32]>; 2],
-    /// Indices into [`Snapshot::baseline`], `[ingress, egress]`.
-    pub baseline: [Box<[u32]>; 2],
-    /// Indices into [`Snapshot::netpols`] of NetworkPolicies isolating the pod, `[ingress, egress]`.
-    pub netpols: [Box<[u32]>; 2],
+    /// Admin-tier rules (policies in [`Snapshot::admin`]).
+    pub admin: [Arc<[RuleRef]>; 2],
+    /// Baseline-tier rules (policies in [`Snapshot::baseline`]).
+    pub baseline: [Arc<[RuleRef]>; 2],
+    /// Rules of the NetworkPolicies isolating the pod (policies in [`Snapshot::netpols`]).
+    pub netpol_rules: [Arc<[RuleRef]>; 2],
+    /// How many NetworkPolicies isolate the pod; non-zero means NetworkPolicy decides.
+    pub isolated_by: [u32; 2],
 }
 
 /// Where an address leads.
@@ -585,15 +657,44 @@ impl State {
                 }
             }
         }
+        // Expand each pod's policy lists into rule lists, sharing identical ones between pods.
+        let mut cache: HashMap<(usize, usize, Vec<u32>), Arc<[RuleRef]>> = HashMap::new();
+        let mut expand = |tier: usize, d: Direction, ids: &Vec<u32>| -> Arc<[RuleRef]> {
+            if let Some(hit) = cache.get(&(tier, d.idx(), ids.clone())) {
+                return hit.clone();
+            }
+            let mut refs = Vec::new();
+            for &id in ids {
+                match tier {
+                    0 | 1 => {
+                        let list = if tier == 0 { &admin } else { &baseline };
+                        for (r, rule) in list[id as usize].rules[d.idx()].iter().enumerate() {
+                            rule_refs(id, r as u32, &rule.ports, &mut refs);
+                        }
+                    }
+                    _ => {
+                        for (r, rule) in netpols[id as usize].rules[d.idx()]
+                            .iter()
+                            .flatten()
+                            .enumerate()
+                        {
+                            rule_refs(id, r as u32, &rule.ports, &mut refs);
+                        }
+                    }
+                }
+            }
+            let refs: Arc<[RuleRef]> = refs.into();
+            cache.insert((tier, d.idx(), ids.clone()), refs.clone());
+            refs
+        };
+        let (i, e) = (Direction::Ingress, Direction::Egress);
         snap.selected = per_pod
             .into_iter()
-            .map(|[a, b, n]| {
-                let boxed = |[i, e]: [Vec<u32>; 2]| [i.into_boxed_slice(), e.into_boxed_slice()];
-                PodPolicies {
-                    admin: boxed(a),
-                    baseline: boxed(b),
-                    netpols: boxed(n),
-                }
+            .map(|[a, b, n]| PodPolicies {
+                admin: [expand(0, i, &a[0]), expand(0, e, &a[1])],
+                baseline: [expand(1, i, &b[0]), expand(1, e, &b[1])],
+                netpol_rules: [expand(2, i, &n[0]), expand(2, e, &n[1])],
+                isolated_by: [n[0].len() as u32, n[1].len() as u32],
             })
             .collect();
         snap.admin = admin;

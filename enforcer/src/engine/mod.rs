@@ -33,7 +33,7 @@ use std::fmt;
 use std::net::IpAddr;
 
 use crate::flow::Flow;
-use crate::store::{Endpoint, PodEntry, Snapshot};
+use crate::store::{Endpoint, PodEntry, RuleRef, Snapshot};
 use policy::{Action, ClusterPolicy, ContainerPort, Direction, NamespaceMatch, Peer, PolicyRef};
 
 /// Accept or drop.
@@ -220,25 +220,25 @@ fn judge(
         return decision;
     }
 
-    let isolating = &selected.netpols[d];
-    if !isolating.is_empty() {
-        for &i in isolating.iter() {
-            let np = &snap.netpols[i as usize];
-            let rules = np.rules[d].as_deref().unwrap_or_default();
-            for (r, rule) in rules.iter().enumerate() {
-                if rule.ports.matches(flow, dst_ports)
-                    && rule.peers.iter().any(|p| peer_matches(snap, p, peer))
-                {
-                    return Decision {
-                        verdict: Verdict::Accept,
-                        tier: Tier::NetworkPolicy,
-                        reason: Reason::NetworkPolicyAllowed {
-                            direction,
-                            policy: np.id.clone(),
-                            rule: r,
-                        },
-                    };
-                }
+    if selected.isolated_by[d] > 0 {
+        for r in selected.netpol_rules[d].iter() {
+            if !r.may_match(flow.protocol, flow.dst_port) {
+                continue;
+            }
+            let np = &snap.netpols[r.policy as usize];
+            let rule = &np.rules[d].as_deref().unwrap_or_default()[r.rule as usize];
+            if rule.ports.matches(flow, dst_ports)
+                && rule.peers.iter().any(|p| peer_matches(snap, p, peer))
+            {
+                return Decision {
+                    verdict: Verdict::Accept,
+                    tier: Tier::NetworkPolicy,
+                    reason: Reason::NetworkPolicyAllowed {
+                        direction,
+                        policy: np.id.clone(),
+                        rule: r.rule as usize,
+                    },
+                };
             }
         }
         return Decision {
@@ -246,7 +246,7 @@ fn judge(
             tier: Tier::NetworkPolicy,
             reason: Reason::NetworkPolicyIsolated {
                 direction,
-                policies: isolating.len(),
+                policies: selected.isolated_by[d] as usize,
             },
         };
     }
@@ -264,42 +264,44 @@ fn judge(
     .unwrap_or_else(Decision::default_allow)
 }
 
-/// Walks one tier's policies selecting the subject; `None` when nothing matched or a rule passed.
+/// Walks one tier's rules for the subject; `None` when nothing matched or a rule passed.
 #[allow(clippy::too_many_arguments)]
 fn cluster_tier(
     snap: &Snapshot,
     policies: &[std::sync::Arc<ClusterPolicy>],
-    ids: &[u32],
+    refs: &[RuleRef],
     tier: Tier,
     direction: Direction,
     peer: PeerView<'_>,
     flow: &Flow,
     dst_ports: &[ContainerPort],
 ) -> Option<Decision> {
-    for &i in ids {
-        let policy = &policies[i as usize];
-        for rule in &policy.rules[direction.idx()] {
-            if !rule.ports.matches(flow, dst_ports)
-                || !rule.peers.iter().any(|p| peer_matches(snap, p, peer))
-            {
-                continue;
-            }
-            let verdict = match rule.action {
-                Action::Accept => Verdict::Accept,
-                Action::Deny => Verdict::Drop,
-                Action::Pass => return None,
-            };
-            return Some(Decision {
-                verdict,
-                tier,
-                reason: Reason::Rule {
-                    direction,
-                    policy: policy.id.clone(),
-                    rule: rule.name.clone(),
-                    action: rule.action,
-                },
-            });
+    for r in refs {
+        if !r.may_match(flow.protocol, flow.dst_port) {
+            continue;
         }
+        let policy = &policies[r.policy as usize];
+        let rule = &policy.rules[direction.idx()][r.rule as usize];
+        if !rule.ports.matches(flow, dst_ports)
+            || !rule.peers.iter().any(|p| peer_matches(snap, p, peer))
+        {
+            continue;
+        }
+        let verdict = match rule.action {
+            Action::Accept => Verdict::Accept,
+            Action::Deny => Verdict::Drop,
+            Action::Pass => return None,
+        };
+        return Some(Decision {
+            verdict,
+            tier,
+            reason: Reason::Rule {
+                direction,
+                policy: policy.id.clone(),
+                rule: rule.name.clone(),
+                action: rule.action,
+            },
+        });
     }
     None
 }

@@ -421,7 +421,7 @@ fn np_peer(policy_ns: &Arc<str>, p: &NetworkPolicyPeer) -> Peer {
             pods: Selector::compile(pods),
         },
         (Some(ns), pods) => Peer::Pods {
-            namespaces: NamespaceMatch::Selector(Selector::compile(ns)),
+            namespaces: namespace_match(ns),
             pods: Selector::compile_opt(pods.as_ref()),
         },
     }
@@ -490,16 +490,26 @@ fn rule_name(name: Option<&String>, index: usize) -> Arc<str> {
     }
 }
 
+/// A namespace selector; one that only requires `kubernetes.io/metadata.name` (the API server
+/// sets it to the name on every namespace) becomes a name comparison.
+fn namespace_match(s: &LabelSelector) -> NamespaceMatch {
+    let sel = Selector::compile(s);
+    match sel.only_equals() {
+        Some(("kubernetes.io/metadata.name", name)) => NamespaceMatch::Named(name.into()),
+        _ => NamespaceMatch::Selector(sel),
+    }
+}
+
 fn namespaced_pod(p: &v1alpha1::NamespacedPod) -> Peer {
     Peer::Pods {
-        namespaces: NamespaceMatch::Selector(Selector::compile(&p.namespace_selector)),
+        namespaces: namespace_match(&p.namespace_selector),
         pods: Selector::compile(&p.pod_selector),
     }
 }
 
 fn namespaces_peer(s: &LabelSelector) -> Peer {
     Peer::Pods {
-        namespaces: NamespaceMatch::Selector(Selector::compile(s)),
+        namespaces: namespace_match(s),
         pods: Selector::everything(),
     }
 }

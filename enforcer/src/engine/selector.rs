@@ -103,6 +103,14 @@ impl Selector {
         })
     }
 
+    /// The `(key, value)` when the selector is exactly one equality requirement.
+    pub fn only_equals(&self) -> Option<(&str, &str)> {
+        match (self.invalid, self.requirements.as_slice()) {
+            (false, [Requirement::Equals(k, v)]) => Some((k.as_str(), v.as_str())),
+            _ => None,
+        }
+    }
+
     /// Whether the selector can select anything at all.
     pub fn is_invalid(&self) -> bool {
         self.invalid
