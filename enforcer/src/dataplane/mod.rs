@@ -126,6 +126,9 @@ pub struct Config {
     pub copy_range: u16,
     /// How often the kernel's queue counters are read.
     pub stats_interval: Duration,
+    /// Nice value for the queue threads (negative = scheduled ahead of ordinary work); `None`
+    /// leaves them at the process's priority.
+    pub queue_thread_nice: Option<i32>,
 }
 
 impl Config {
@@ -151,6 +154,7 @@ impl Config {
             queue_max_len: 1024,
             copy_range: 256,
             stats_interval: Duration::from_secs(5),
+            queue_thread_nice: Some(-10),
         }
     }
 

@@ -85,6 +85,7 @@ impl Worker {
         let fail_open = config.rules.fail_open;
         let max_len = config.queue_max_len;
         let copy_range = config.copy_range;
+        let nice = config.queue_thread_nice;
         let handle = std::thread::Builder::new()
             .name(format!("nfqueue-{number}"))
             .spawn(move || {
@@ -95,6 +96,9 @@ impl Worker {
                     }
                     open(number, fail_open, max_len, copy_range)
                 })();
+                if let Some(nice) = nice {
+                    raise_priority(number, nice);
+                }
                 match opened {
                     Ok(mut queue) => {
                         let _ = ready_tx.send(Ok(pthread_self()));
@@ -147,6 +151,20 @@ impl Worker {
             std::thread::park_timeout(Duration::from_millis(20));
         }
         let _ = self.handle.join();
+    }
+}
+
+/// Give this (queue) thread a nice value of its own, so that under CPU contention the thread every
+/// new connection waits on is scheduled first. Lacking CAP_SYS_NICE only costs a log line.
+fn raise_priority(number: u16, nice: i32) {
+    // SAFETY: gettid and setpriority only read their integer arguments; on Linux PRIO_PROCESS
+    // with a thread id sets that one thread's nice value.
+    let result = unsafe {
+        let tid = nix::libc::gettid();
+        nix::libc::setpriority(nix::libc::PRIO_PROCESS, tid as nix::libc::id_t, nice)
+    };
+    if result != 0 {
+        tracing::info!(queue = number, nice, error = %std::io::Error::last_os_error(), "queue thread keeps the default priority");
     }
 }
 

@@ -1,0 +1,188 @@
+//! New TCP connections per second between two pod namespaces through a node namespace, with and
+//! without the enforcer judging every SYN. Needs root (it builds `npe-` namespaces); otherwise it
+//! prints why and exits 0.
+//!
+//! Run: `cargo bench -p netpol-enforcer --bench dataplane_connrate` (optional env:
+//! `NPE_BENCH_SECS` per round, default 3; `NPE_BENCH_CLIENTS` client threads, default 4).
+//!
+//! Each round connects, exchanges one byte and closes with RST (SO_LINGER 0) so no TIME_WAIT
+//! piles up; rounds alternate (baseline, enforcer, …) so drift hits both sides alike, and the
+//! ratio is computed from rounds measured in the same run.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{B, Topology, in_ns, root_or_skip};
+use netpol_enforcer::dataplane::{self, Dataplane, Judge, Judgement, StaticJudge, Verdict};
+use netpol_enforcer::engine;
+use netpol_enforcer::flow::Flow;
+use netpol_enforcer::metrics::Metrics;
+use netpol_enforcer::store::Writer;
+
+/// A server in pod b that accepts, echoes one byte and closes.
+fn serve(ns: &str, port: u16, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    let listener = in_ns(ns, || {
+        std::net::TcpListener::bind(("0.0.0.0", port)).expect("bind")
+    });
+    listener.set_nonblocking(true).expect("nonblocking");
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::Acquire) {
+            match listener.accept() {
+                Ok((mut conn, _)) => {
+                    let _ = conn.set_nonblocking(false);
+                    let mut b = [0u8; 1];
+                    if conn.read_exact(&mut b).is_ok() {
+                        let _ = conn.write_all(&b);
+                    }
+                }
+                Err(_) => std::thread::sleep(Duration::from_micros(200)),
+            }
+        }
+    })
+}
+
+/// Connections per second from pod a to pod b over `secs`, with `clients` threads.
+fn measure(topology: &Topology, port: u16, secs: f64, clients: usize) -> f64 {
+    let addr: SocketAddr = format!("{B}:{port}").parse().expect("addr");
+    let done = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    let threads: Vec<_> = (0..clients)
+        .map(|_| {
+            let (done, failed, ns) = (done.clone(), failed.clone(), topology.a.clone());
+            std::thread::spawn(move || {
+                let path = Topology::path(&ns);
+                dataplane::netns::enter(&path).expect("enter pod a");
+                while Instant::now() < deadline {
+                    let ok = (|| -> std::io::Result<()> {
+                        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+                        nix::sys::socket::setsockopt(
+                            &s,
+                            nix::sys::socket::sockopt::Linger,
+                            &nix::libc::linger {
+                                l_onoff: 1,
+                                l_linger: 0,
+                            },
+                        )?;
+                        s.write_all(b"x")?;
+                        let mut b = [0u8; 1];
+                        s.read_exact(&mut b)
+                    })();
+                    match ok {
+                        Ok(()) => done.fetch_add(1, Ordering::Relaxed),
+                        Err(_) => failed.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("client thread");
+    }
+    let failed = failed.load(Ordering::Relaxed);
+    if failed > 0 {
+        eprintln!("  ({failed} connections failed)");
+    }
+    done.load(Ordering::Relaxed) as f64 / secs
+}
+
+/// The real engine over an empty snapshot (no policies: default allow), as a judge.
+struct EngineJudge(netpol_enforcer::store::Reader);
+
+impl Judge for EngineJudge {
+    fn judge(&self, flow: &Flow) -> Judgement {
+        let decision = engine::decide(&self.0.snapshot(), flow);
+        Judgement {
+            verdict: match decision.verdict {
+                engine::Verdict::Accept => Verdict::Accept,
+                engine::Verdict::Drop => Verdict::Drop,
+            },
+            tier: "default",
+        }
+    }
+}
+
+fn main() {
+    if !root_or_skip("dataplane_connrate") {
+        return;
+    }
+    let secs: f64 = std::env::var("NPE_BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3.0);
+    let clients: usize = std::env::var("NPE_BENCH_CLIENTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(4);
+    let topology = Topology::new("bench");
+    for ns in [&topology.a, &topology.b] {
+        common::ns_output(
+            ns,
+            &["sysctl", "-qw", "net.ipv4.ip_local_port_range=10000 65000"],
+        );
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let server = serve(&topology.b, 80, stop.clone());
+    let node = Topology::path(&topology.node);
+    let start = |judge: Arc<dyn Judge>, queues: u16| {
+        let mut config = dataplane::Config::new(100, queues, false);
+        config.netns = Some(node.clone());
+        Dataplane::start(config, judge, Metrics::new()).expect("dataplane")
+    };
+    let writer = Writer::new();
+    let engine_judge: Arc<dyn Judge> = Arc::new(EngineJudge(writer.reader()));
+    let static_judge: Arc<dyn Judge> = Arc::new(StaticJudge(Verdict::Accept));
+
+    // Warm up conntrack, the ARP caches and the server.
+    measure(&topology, 80, 0.5, clients);
+
+    let mut rows: Vec<(&str, Vec<f64>)> = vec![
+        ("no enforcer", vec![]),
+        ("enforcer, static judge, 1 queue", vec![]),
+        ("enforcer, engine (empty snapshot), 1 queue", vec![]),
+        ("enforcer, engine (empty snapshot), 2 queues", vec![]),
+    ];
+    for round in 0..2 {
+        for (i, row) in rows.iter_mut().enumerate() {
+            let dp = match i {
+                0 => None,
+                1 => Some(start(static_judge.clone(), 1)),
+                2 => Some(start(engine_judge.clone(), 1)),
+                _ => Some(start(engine_judge.clone(), 2)),
+            };
+            let rate = measure(&topology, 80, secs, clients);
+            eprintln!("round {round}: {:<45} {rate:>10.0} conn/s", row.0);
+            row.1.push(rate);
+            if let Some(dp) = dp {
+                let _ = dp.shutdown();
+                dataplane::remove_rules(
+                    Some(&node),
+                    &[dataplane::Family::V4, dataplane::Family::V6],
+                )
+                .expect("remove rules");
+            }
+        }
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let baseline = mean(&rows[0].1);
+    println!(
+        "| setup | conn/s (mean of {} rounds × {secs} s, {clients} clients) | ratio |",
+        rows[0].1.len()
+    );
+    println!("|---|---|---|");
+    for (name, rates) in &rows {
+        println!(
+            "| {name} | {:.0} | {:.2} |",
+            mean(rates),
+            mean(rates) / baseline
+        );
+    }
+    stop.store(true, Ordering::Release);
+    let _ = server.join();
+}
