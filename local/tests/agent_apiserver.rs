@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod, ServiceAccount};
 use kube::api::{Api, DeleteParams, PostParams};
-use netpol_local::agent::{self, AgentConfig, NETNS_ANNOTATION, netns, pods};
+use netpol_local::agent::{self, AgentConfig, NETNS_ANNOTATION, netns, records};
 use netpol_local::probe::{self, ProbeResult, Protocol};
 use serde_json::json;
 
@@ -55,8 +55,8 @@ impl Drop for Env {
             let _ = child.wait();
         }
         // Pods the agent left behind, then the node namespace.
-        for record in pods::load_records(&self.state_dir).unwrap_or_default() {
-            let _ = pods::destroy(&record, &self.node_netns);
+        for record in records::load_records(&self.state_dir).unwrap_or_default() {
+            let _ = records::destroy(&record, &self.node_netns);
         }
         probe::forget(&self.node_netns);
         let _ = netns::remove(&self.node_netns);
@@ -486,7 +486,7 @@ fn agent_registers_node_realizes_pods_readopts_and_confirms_deletion() {
         || async { (!netns::exists(&g_ns)).then_some(()) },
     ));
     assert!(
-        pods::load_records(&cfg.state_dir)
+        records::load_records(&cfg.state_dir)
             .unwrap()
             .iter()
             .all(|r| r.name != "g")
@@ -520,7 +520,7 @@ fn agent_registers_node_realizes_pods_readopts_and_confirms_deletion() {
     eprintln!("pod deletion confirmed in {:?}", started.elapsed());
     assert!(!netns::exists(&a_ns), "the pod namespace is removed");
     assert!(
-        pods::load_records(&cfg.state_dir)
+        records::load_records(&cfg.state_dir)
             .unwrap()
             .iter()
             .all(|r| r.name != "a")
@@ -555,7 +555,7 @@ fn agent_registers_node_realizes_pods_readopts_and_confirms_deletion() {
         })
         .await;
         let uid = created.metadata.uid.unwrap();
-        let ns = netns::path_of(&pods::netns_name(&uid));
+        let ns = netns::path_of(&records::netns_name(&uid));
         poll("pod quick's namespace removed", POD_GONE, || async {
             (!netns::exists(&ns)).then_some(())
         })
@@ -590,7 +590,7 @@ fn agent_registers_node_realizes_pods_readopts_and_confirms_deletion() {
         .await;
     });
     assert!(
-        pods::load_records(&cfg.state_dir).unwrap().is_empty(),
+        records::load_records(&cfg.state_dir).unwrap().is_empty(),
         "every record removed"
     );
     agent.stop();

@@ -2,17 +2,21 @@
 //!
 //! [`run`] registers the Node, keeps its Lease and Ready condition fresh ([`node`]), and
 //! realizes every pod bound to the node ([`pods`]) as a network namespace wired to the
-//! node namespace ([`netns`]), running the servers its agnhost containers ask for
-//! ([`agnhost`], [`servers`]) and reporting pod status back.
+//! node namespace ([`netns`], addresses from [`ipam`]), running the servers its agnhost
+//! containers ask for ([`agnhost`], [`servers`]), recording it ([`records`]) and reporting
+//! its status ([`status`]).
 //!
 //! The agent runs in the host network namespace (it reaches the API server on loopback);
 //! only dedicated threads enter node or pod namespaces.
 
 pub mod agnhost;
+pub mod ipam;
 pub mod netns;
 pub mod node;
 pub mod pods;
+pub mod records;
 pub mod servers;
+pub mod status;
 
 use std::time::Duration;
 

@@ -3,28 +3,29 @@
 //!
 //! The watch loop only decides; every setup or teardown runs in its own task (and the
 //! namespace work on its own thread), so tens of pods created at once do not queue behind
-//! each other. Realized pods are recorded under `state_dir/pods/<uid>.json`; after a
+//! each other. Realized pods are recorded ([`super::records`]); after a
 //! restart the agent re-adopts a recorded pod whose namespace and link still exist
 //! (restarting only its servers) and recreates it otherwise.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
-use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
-use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::ipam::Allocator;
 use super::netns::{self, PodWiring};
+use super::records::{
+    self, PodRecord, destroy, host_link_name, load_records, netns_name, remove_record, save_record,
+};
 use super::servers::{self, ServerSpec, Servers};
+use super::status::pod_status;
 use super::{AgentConfig, agnhost, error_chain};
 
 /// Pod annotation holding the path of the pod's network namespace (host-network pods:
@@ -60,35 +61,9 @@ pub enum Error {
         #[source]
         source: servers::Error,
     },
-    /// Removing the namespace or its link failed.
-    #[error("tearing down pod {pod} failed")]
-    Teardown {
-        /// `namespace/name`.
-        pod: String,
-        /// The cause.
-        #[source]
-        source: netns::Error,
-    },
-    /// Reading or writing a pod record in the state directory failed.
-    #[error("{op} pod record {path} failed")]
-    Record {
-        /// "reading", "writing" or "removing".
-        op: &'static str,
-        /// The record file.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A pod record is not valid JSON.
-    #[error("parsing pod record {path} failed")]
-    RecordParse {
-        /// The record file.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: serde_json::Error,
-    },
+    /// A pod record or a recorded pod's kernel objects could not be handled.
+    #[error(transparent)]
+    Records(#[from] records::Error),
     /// An API call about the pod failed.
     #[error("{op} pod {pod} failed")]
     Api {
@@ -112,192 +87,6 @@ pub enum Error {
 
 /// Result alias of this module.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-/// 8 hex digits derived from a pod UID (FNV-1a, 32 bit): stable across restarts.
-pub fn uid_hash(uid: &str) -> String {
-    let mut h: u32 = 0x811c_9dc5;
-    for b in uid.bytes() {
-        h ^= u32::from(b);
-        h = h.wrapping_mul(0x0100_0193);
-    }
-    format!("{h:08x}")
-}
-
-/// The name of a pod's network namespace: `npc-<hash>`.
-pub fn netns_name(uid: &str) -> String {
-    format!("npc-{}", uid_hash(uid))
-}
-
-/// The node-side veth name of a pod: `npc<hash>` (11 bytes, under the 15-byte limit).
-pub fn host_link_name(uid: &str) -> String {
-    format!("npc{}", uid_hash(uid))
-}
-
-/// What the agent records about a realized pod, so `down` and a restarted agent can find
-/// its kernel objects.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PodRecord {
-    /// Pod UID.
-    pub uid: String,
-    /// Pod namespace.
-    pub namespace: String,
-    /// Pod name.
-    pub name: String,
-    /// The pod's network namespace (the node's for host-network pods).
-    pub netns: PathBuf,
-    /// The node-side veth (none for host-network pods).
-    pub host_link: Option<String>,
-    /// The pod's IP.
-    pub ip: Ipv4Addr,
-    /// Whether the pod shares the node's namespace.
-    pub host_network: bool,
-}
-
-impl PodRecord {
-    fn key(&self) -> String {
-        format!("{}/{}", self.namespace, self.name)
-    }
-}
-
-/// The record files of a state directory.
-pub fn records_dir(state_dir: &Path) -> PathBuf {
-    state_dir.join("pods")
-}
-
-/// Reads every pod record under `state_dir/pods`.
-pub fn load_records(state_dir: &Path) -> Result<Vec<PodRecord>> {
-    let dir = records_dir(state_dir);
-    let entries = match std::fs::read_dir(&dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => {
-            return Err(Error::Record {
-                op: "reading",
-                path: dir,
-                source,
-            });
-        }
-    };
-    let mut records = Vec::new();
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.extension().is_none_or(|e| e != "json") {
-            continue;
-        }
-        let text = std::fs::read_to_string(&path).map_err(|source| Error::Record {
-            op: "reading",
-            path: path.clone(),
-            source,
-        })?;
-        let record = serde_json::from_str(&text).map_err(|source| Error::RecordParse {
-            path: path.clone(),
-            source,
-        })?;
-        records.push(record);
-    }
-    records.sort_by(|a: &PodRecord, b| a.uid.cmp(&b.uid));
-    Ok(records)
-}
-
-fn record_path(state_dir: &Path, uid: &str) -> PathBuf {
-    records_dir(state_dir).join(format!("{uid}.json"))
-}
-
-fn save_record(state_dir: &Path, record: &PodRecord) -> Result<()> {
-    let path = record_path(state_dir, &record.uid);
-    let fail = |source| Error::Record {
-        op: "writing",
-        path: path.clone(),
-        source,
-    };
-    std::fs::create_dir_all(records_dir(state_dir)).map_err(fail)?;
-    let tmp = path.with_extension("json.tmp");
-    let text = serde_json::to_string_pretty(record).expect("PodRecord serializes");
-    std::fs::write(&tmp, text).map_err(fail)?;
-    std::fs::rename(&tmp, &path).map_err(fail)
-}
-
-fn remove_record(state_dir: &Path, uid: &str) -> Result<()> {
-    let path = record_path(state_dir, uid);
-    match std::fs::remove_file(&path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(Error::Record {
-            op: "removing",
-            path,
-            source,
-        }),
-    }
-}
-
-/// Removes a recorded pod's kernel objects (servers must already be stopped). Blocking;
-/// also what `down` uses for pods whose agent is gone.
-pub fn destroy(record: &PodRecord, node_netns: &Path) -> Result<()> {
-    if record.host_network {
-        return Ok(());
-    }
-    crate::probe::forget(&record.netns);
-    let fail = |source| Error::Teardown {
-        pod: record.key(),
-        source,
-    };
-    if let Some(link) = &record.host_link
-        && netns::exists(node_netns)
-    {
-        netns::unwire_pod(node_netns, link).map_err(fail)?;
-    }
-    netns::remove(&record.netns).map_err(fail)
-}
-
-/// Hands out pod addresses from the node's pod CIDR, never the network or broadcast
-/// address, round-robin so a just-freed address is not reused at once.
-#[derive(Debug, Clone)]
-pub struct Allocator {
-    cidr: ipnet::Ipv4Net,
-    used: BTreeSet<Ipv4Addr>,
-    next: u32,
-}
-
-impl Allocator {
-    /// An allocator over `cidr` with nothing in use.
-    pub fn new(cidr: ipnet::Ipv4Net) -> Self {
-        Allocator {
-            cidr,
-            used: BTreeSet::new(),
-            next: 0,
-        }
-    }
-
-    fn hosts(&self) -> Vec<Ipv4Addr> {
-        self.cidr.hosts().collect()
-    }
-
-    /// Marks `ip` as used (a re-adopted pod).
-    pub fn claim(&mut self, ip: Ipv4Addr) {
-        self.used.insert(ip);
-    }
-
-    /// Frees `ip`.
-    pub fn release(&mut self, ip: Ipv4Addr) {
-        self.used.remove(&ip);
-    }
-
-    /// The next free address, if any.
-    pub fn allocate(&mut self) -> Option<Ipv4Addr> {
-        let hosts = self.hosts();
-        let n = u32::try_from(hosts.len()).ok()?;
-        for step in 0..n {
-            let i = (self.next + step) % n;
-            let ip = hosts[i as usize];
-            if !self.used.contains(&ip) {
-                self.used.insert(ip);
-                self.next = (i + 1) % n;
-                return Some(ip);
-            }
-        }
-        None
-    }
-}
 
 /// The agent's view of one pod.
 enum Slot {
@@ -760,187 +549,5 @@ impl PodManager {
                 .collect()
         };
         let _ = tokio::task::spawn_blocking(move || drop(servers)).await;
-    }
-}
-
-/// The status the agent writes for a realized pod (a JSON merge patch body).
-pub fn pod_status(
-    pod: &Pod,
-    record: &PodRecord,
-    node_ip: Ipv4Addr,
-    ready: bool,
-    now: Timestamp,
-) -> serde_json::Value {
-    let time = serde_json::to_value(Time(now)).expect("Time serializes");
-    let started = pod
-        .status
-        .as_ref()
-        .and_then(|s| s.start_time.clone())
-        .map(|t| serde_json::to_value(t).expect("Time serializes"))
-        .unwrap_or_else(|| time.clone());
-    let flag = |b: bool| if b { "True" } else { "False" };
-    let condition = |kind: &str, ok: bool| json!({"type": kind, "status": flag(ok), "lastProbeTime": null, "lastTransitionTime": time});
-    let spec = pod.spec.clone().unwrap_or_default();
-    let uid = &record.uid;
-    let containers: Vec<serde_json::Value> = spec
-        .containers
-        .iter()
-        .map(|c| {
-            json!({
-                "name": c.name,
-                "image": c.image.clone().unwrap_or_default(),
-                "imageID": "",
-                "containerID": format!("netpol-local://{uid}/{}", c.name),
-                "ready": ready,
-                "started": true,
-                "restartCount": 0,
-                "state": {"running": {"startedAt": time}},
-            })
-        })
-        .collect();
-    let init_containers: Vec<serde_json::Value> = spec
-        .init_containers
-        .iter()
-        .flatten()
-        .map(|c| {
-            json!({
-                "name": c.name,
-                "image": c.image.clone().unwrap_or_default(),
-                "imageID": "",
-                "containerID": format!("netpol-local://{uid}/{}", c.name),
-                "ready": true,
-                "restartCount": 0,
-                "state": {"terminated": {"exitCode": 0, "reason": "Completed",
-                    "startedAt": time, "finishedAt": time}},
-            })
-        })
-        .collect();
-    let ip = record.ip.to_string();
-    json!({
-        "status": {
-            "phase": "Running",
-            "hostIP": node_ip.to_string(),
-            "hostIPs": [{"ip": node_ip.to_string()}],
-            "podIP": ip,
-            "podIPs": [{"ip": ip}],
-            "startTime": started,
-            "qosClass": "BestEffort",
-            "conditions": [
-                condition("PodReadyToStartContainers", true),
-                condition("Initialized", true),
-                condition("Ready", ready),
-                condition("ContainersReady", ready),
-                condition("PodScheduled", true),
-            ],
-            "containerStatuses": containers,
-            "initContainerStatuses": init_containers,
-        }
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use k8s_openapi::api::core::v1::{Container, PodSpec, PodStatus};
-
-    #[test]
-    fn names_are_short_stable_and_prefixed() {
-        let uid = "0b9c7e4e-1f8a-4c7e-9a51-2a3f0c1d2e3f";
-        assert_eq!(uid_hash(uid), uid_hash(uid));
-        assert_ne!(uid_hash(uid), uid_hash("another-uid"));
-        assert_eq!(uid_hash(uid).len(), 8);
-        assert!(netns_name(uid).starts_with("npc-"));
-        assert!(host_link_name(uid).starts_with("npc"));
-        assert!(host_link_name(uid).len() <= 15);
-        // FNV-1a of the empty string is the offset basis.
-        assert_eq!(uid_hash(""), "811c9dc5");
-    }
-
-    #[test]
-    fn allocator_skips_network_broadcast_and_used_and_round_robins() {
-        let mut a = Allocator::new("10.244.3.0/30".parse().unwrap());
-        assert_eq!(a.allocate(), Some(Ipv4Addr::new(10, 244, 3, 1)));
-        assert_eq!(a.allocate(), Some(Ipv4Addr::new(10, 244, 3, 2)));
-        assert_eq!(a.allocate(), None, ".0 and .3 are never handed out");
-        a.release(Ipv4Addr::new(10, 244, 3, 1));
-        assert_eq!(a.allocate(), Some(Ipv4Addr::new(10, 244, 3, 1)));
-
-        let mut b = Allocator::new("10.244.0.0/24".parse().unwrap());
-        b.claim(Ipv4Addr::new(10, 244, 0, 1));
-        assert_eq!(b.allocate(), Some(Ipv4Addr::new(10, 244, 0, 2)));
-        b.release(Ipv4Addr::new(10, 244, 0, 2));
-        // Not reused right away.
-        assert_eq!(b.allocate(), Some(Ipv4Addr::new(10, 244, 0, 3)));
-    }
-
-    #[test]
-    fn records_round_trip_through_the_state_dir() {
-        let dir = std::env::temp_dir().join(format!("npt-records-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let record = PodRecord {
-            uid: "u1".into(),
-            namespace: "x".into(),
-            name: "a".into(),
-            netns: "/run/netns/npc-00000000".into(),
-            host_link: Some("npc00000000".into()),
-            ip: Ipv4Addr::new(10, 244, 0, 9),
-            host_network: false,
-        };
-        assert!(load_records(&dir).unwrap().is_empty());
-        save_record(&dir, &record).unwrap();
-        assert_eq!(load_records(&dir).unwrap(), vec![record]);
-        remove_record(&dir, "u1").unwrap();
-        remove_record(&dir, "u1").unwrap();
-        assert!(load_records(&dir).unwrap().is_empty());
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn status_is_running_with_ips_conditions_and_container_statuses() {
-        let pod = Pod {
-            spec: Some(PodSpec {
-                containers: vec![Container {
-                    name: "cont-80-tcp".into(),
-                    image: Some("agnhost".into()),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        let record = PodRecord {
-            uid: "u".into(),
-            namespace: "x".into(),
-            name: "a".into(),
-            netns: "/run/netns/npc-1".into(),
-            host_link: None,
-            ip: Ipv4Addr::new(10, 244, 0, 5),
-            host_network: false,
-        };
-        let now = Timestamp::from_second(1_800_000_000).unwrap();
-        let v = pod_status(&pod, &record, Ipv4Addr::new(172, 31, 0, 1), true, now);
-        let status: PodStatus = serde_json::from_value(v["status"].clone()).unwrap();
-        assert_eq!(status.phase.as_deref(), Some("Running"));
-        assert_eq!(status.pod_ip.as_deref(), Some("10.244.0.5"));
-        assert_eq!(status.pod_ips.unwrap()[0].ip, "10.244.0.5");
-        assert_eq!(status.host_ip.as_deref(), Some("172.31.0.1"));
-        let conds = status.conditions.unwrap();
-        for kind in ["Ready", "ContainersReady", "Initialized", "PodScheduled"] {
-            let c = conds.iter().find(|c| c.type_ == kind).unwrap();
-            assert_eq!(c.status, "True", "{kind}");
-        }
-        let cs = &status.container_statuses.unwrap()[0];
-        assert!(cs.ready);
-        assert!(cs.state.as_ref().unwrap().running.is_some());
-
-        let v = pod_status(&pod, &record, Ipv4Addr::new(172, 31, 0, 1), false, now);
-        let status: PodStatus = serde_json::from_value(v["status"].clone()).unwrap();
-        let ready = status
-            .conditions
-            .unwrap()
-            .into_iter()
-            .find(|c| c.type_ == "Ready")
-            .unwrap();
-        assert_eq!(ready.status, "False");
     }
 }

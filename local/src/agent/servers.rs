@@ -26,6 +26,12 @@ use crate::probe::Protocol;
 /// How long an HTTP server waits for a request head before answering anyway.
 pub const HTTP_READ_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Receive buffer of UDP servers, so a burst of probes is not dropped by the kernel.
+pub const UDP_RECEIVE_BUFFER: usize = 4 << 20;
+
+/// Pause after a failed `accept` before trying again.
+pub const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(10);
+
 /// What a server answers with.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Reply {
@@ -269,6 +275,12 @@ fn bind(spec: &ServerSpec) -> Result<Listener, ServerStatus> {
         }
         Protocol::Udp => std::net::UdpSocket::bind(addr)
             .and_then(|s| {
+                // Room for bursts of probes; best effort (needs CAP_NET_ADMIN).
+                let _ = nix::sys::socket::setsockopt(
+                    &s,
+                    nix::sys::socket::sockopt::RcvBufForce,
+                    &UDP_RECEIVE_BUFFER,
+                );
                 s.set_nonblocking(true)?;
                 tokio::net::UdpSocket::from_std(s)
             })
@@ -339,7 +351,11 @@ async fn run_listener(listener: Listener, mode: Mode, hostname: String) {
             loop {
                 tokio::select! {
                     accepted = l.accept() => {
-                        let Ok((stream, peer)) = accepted else { continue };
+                        let Ok((stream, peer)) = accepted else {
+                            // E.g. out of descriptors: give in-flight connections a moment.
+                            tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                            continue;
+                        };
                         let mode = mode.clone();
                         let hostname = hostname.clone();
                         conns.spawn(serve_tcp(stream, peer, mode, hostname));
