@@ -111,8 +111,7 @@ impl ProbeJob {
         let target = std::net::SocketAddr::new(self.to_ip, self.port);
         match &self.from.netns {
             Some(netns) => format!(
-                "ip netns exec {} agnhost-like connect {target} --protocol={} --timeout={}s",
-                netns.rsplit('/').next().unwrap_or(netns),
+                "netpol-conformance probe --netns {netns} {target} --protocol {} --timeout {}",
                 self.protocol.lower(),
                 self.timeout.as_secs().max(1)
             ),

@@ -41,6 +41,20 @@ enum Command {
         #[command(subcommand)]
         command: LocalCommand,
     },
+    /// Repeat one probe of the local cluster by hand: connect from inside a network namespace.
+    Probe {
+        /// The source pod's network namespace (`/run/netns/npc-…`).
+        #[arg(long)]
+        netns: PathBuf,
+        /// Destination `ip:port`.
+        target: std::net::SocketAddr,
+        /// tcp, udp or sctp.
+        #[arg(long, default_value = "tcp")]
+        protocol: String,
+        /// Connect timeout in seconds.
+        #[arg(long, default_value_t = 1)]
+        timeout: u64,
+    },
     /// Delete namespaces and policies that earlier runs left behind (by label).
     Cleanup {
         /// Kubeconfig of the cluster (default: the local cluster, if it is up).
@@ -163,6 +177,39 @@ pub fn main() -> ExitCode {
         Command::Run(args) => run(args, Mode::Cli),
         Command::Local { command } => local(command),
         Command::Cleanup { kubeconfig } => cleanup(kubeconfig),
+        Command::Probe {
+            netns,
+            target,
+            protocol,
+            timeout,
+        } => probe_once(&netns, target, &protocol, timeout),
+    }
+}
+
+fn probe_once(
+    netns: &std::path::Path,
+    target: std::net::SocketAddr,
+    protocol: &str,
+    timeout: u64,
+) -> ExitCode {
+    use netpol_local::probe::{ProbeResult, Protocol as P, connect};
+    let protocol = match crate::world::Protocol::parse(protocol) {
+        Some(crate::world::Protocol::Tcp) => P::Tcp,
+        Some(crate::world::Protocol::Udp) => P::Udp,
+        Some(crate::world::Protocol::Sctp) => P::Sctp,
+        None => return usage_error(&format!("unknown protocol `{protocol}` (tcp, udp, sctp)")),
+    };
+    let result = connect(
+        netns,
+        target,
+        protocol,
+        std::time::Duration::from_secs(timeout.max(1)),
+    );
+    println!("{result:?}");
+    match result {
+        ProbeResult::Connected => ExitCode::SUCCESS,
+        ProbeResult::Timeout | ProbeResult::Refused => ExitCode::from(1),
+        _ => ExitCode::from(2),
     }
 }
 
@@ -185,7 +232,8 @@ fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                // The local cluster's readiness polls make kube's client log every early refusal.
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,kube_client=off")),
         )
         .with_writer(std::io::stderr)
         .try_init();
@@ -719,6 +767,7 @@ fn local(command: LocalCommand) -> ExitCode {
                 nodes,
                 enforcer,
                 fail_open,
+                ..Default::default()
             };
             // Ctrl-C during `up` must not leave half a cluster: the guard downs it on drop.
             match cluster::ClusterGuard::up(&opts) {

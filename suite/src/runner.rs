@@ -190,9 +190,14 @@ fn probe_label(p: &ProbePlan) -> String {
     format!("{}/{}", p.protocol, p.port)
 }
 
-/// Resolves placeholders and realizes the model namespace of a namespaced object.
+/// Resolves placeholders, realizes the model namespace of a namespaced object, and labels it
+/// with the trial, so the trial's cleanup finds it even in a world shared with other trials.
 fn realize_object(obj: &Value, realized: &RealizedWorld) -> Result<Value, ResolveError> {
     let mut obj = render::resolve(obj, realized)?;
+    if !obj["metadata"]["labels"].is_object() {
+        obj["metadata"]["labels"] = Value::Object(Default::default());
+    }
+    obj["metadata"]["labels"][crate::kube::LABEL_TRIAL] = Value::String(realized.suffix.clone());
     if let Some(ns) = obj
         .pointer("/metadata/namespace")
         .and_then(Value::as_str)
