@@ -34,8 +34,10 @@ pub fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     // Logs go to stderr (the cluster keeps them per agent); RUST_LOG overrides `info`.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
