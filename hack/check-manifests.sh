@@ -3,6 +3,12 @@
 # dry run (`kubectl apply --dry-run=server`): schema, defaulting, admission and RBAC rules.
 #
 #   hack/check-manifests.sh KUBECONFIG
+#   hack/check-manifests.sh --bare      # against a throwaway etcd + kube-apiserver on loopback
+#
+# --bare starts etcd and kube-apiserver from hack/control-plane.sh's directory in a temporary
+# directory (random loopback ports, a static admin token, a self-made service-account key;
+# needs openssl; no root) and stops and removes them on exit. No controllers run there, which
+# a dry run does not need.
 #
 # Checked:
 #   plugin/rbac.yaml              in a scratch namespace standing in for `sonobuoy`;
@@ -26,36 +32,102 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 log() { printf 'check-manifests: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-[[ $# -eq 1 ]] || die "usage: hack/check-manifests.sh KUBECONFIG"
+[[ $# -eq 1 ]] || die "usage: hack/check-manifests.sh KUBECONFIG | --bare"
+bare=0
 kubeconfig=$1
-[[ -r "$kubeconfig" ]] || die "kubeconfig '$kubeconfig' is not a readable file"
-
-if [[ -z "${KUBECTL:-}" ]]; then
-  bin_dir="$("$root/hack/control-plane.sh")" || die "hack/control-plane.sh could not provide kubectl"
-  KUBECTL="$bin_dir/kubectl"
+if [[ "$1" == --bare ]]; then
+  bare=1
+else
+  [[ -r "$kubeconfig" ]] || die "kubeconfig '$kubeconfig' is not a readable file"
 fi
+
+bin_dir=""
+if [[ -z "${KUBECTL:-}" || $bare -eq 1 ]]; then
+  bin_dir="$("$root/hack/control-plane.sh")" || die "hack/control-plane.sh could not provide the control-plane binaries"
+fi
+KUBECTL="${KUBECTL:-$bin_dir/kubectl}"
 [[ -x "$KUBECTL" ]] || die "kubectl '$KUBECTL' is not executable"
 command -v python3 >/dev/null 2>&1 || die "python3 is not installed (needed to render the plugin's Pod)"
 python3 -c 'import yaml' 2>/dev/null || die "PyYAML is missing (Debian/Ubuntu: apt-get install python3-yaml)"
 
 k() { "$KUBECTL" --kubeconfig "$kubeconfig" "$@"; }
-k version >/dev/null || die "cannot reach the API server of $kubeconfig"
 
 tmp="$(mktemp -d)"
 scratch="netpol-manifest-check-$RANDOM$RANDOM"
 created_namespaces=()
+bare_pids=()
 cleanup() {
-  local ns
-  for ns in "${created_namespaces[@]}"; do
-    k delete namespace "$ns" --wait=false >/dev/null 2>&1 ||
-      log "warning: could not delete namespace $ns; delete it by hand"
+  local ns pid
+  if [[ ${#bare_pids[@]} -eq 0 ]]; then
+    for ns in "${created_namespaces[@]}"; do
+      k delete namespace "$ns" --wait=false >/dev/null 2>&1 ||
+        log "warning: could not delete namespace $ns; delete it by hand"
+    done
+  fi
+  for pid in "${bare_pids[@]}"; do
+    kill "$pid" 2>/dev/null || true
+  done
+  for pid in "${bare_pids[@]}"; do
+    wait "$pid" 2>/dev/null || true
   done
   rm -rf "$tmp"
 }
 trap cleanup EXIT
 
+# start_bare_apiserver: etcd + kube-apiserver on loopback, state under $tmp/bare; sets kubeconfig.
+start_bare_apiserver() {
+  command -v openssl >/dev/null 2>&1 || die "openssl is not installed (needed by --bare for the service-account key)"
+  local dir="$tmp/bare" base etcd_client etcd_peer api token i pid
+  mkdir -p "$dir"
+  base=$((20000 + RANDOM % 30000))
+  etcd_client=$base etcd_peer=$((base + 1)) api=$((base + 2))
+  openssl genrsa -out "$dir/sa.key" 2048 2>/dev/null || die "openssl could not make a service-account key"
+  openssl rsa -in "$dir/sa.key" -pubout -out "$dir/sa.pub" 2>/dev/null || die "openssl could not derive the public key"
+  token="$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
+  printf '%s,admin,admin,system:masters\n' "$token" >"$dir/tokens.csv"
+  "$bin_dir/etcd" --data-dir "$dir/etcd" \
+    --listen-client-urls "http://127.0.0.1:$etcd_client" --advertise-client-urls "http://127.0.0.1:$etcd_client" \
+    --listen-peer-urls "http://127.0.0.1:$etcd_peer" --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer" \
+    --initial-cluster "default=http://127.0.0.1:$etcd_peer" >"$dir/etcd.log" 2>&1 &
+  bare_pids+=($!)
+  "$bin_dir/kube-apiserver" --etcd-servers "http://127.0.0.1:$etcd_client" \
+    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api" \
+    --endpoint-reconciler-type none --cert-dir "$dir/certs" \
+    --token-auth-file "$dir/tokens.csv" --authorization-mode RBAC \
+    --service-account-key-file "$dir/sa.pub" --service-account-signing-key-file "$dir/sa.key" \
+    --service-account-issuer https://kubernetes.default.svc.cluster.local \
+    --service-cluster-ip-range 10.96.0.0/16 >"$dir/apiserver.log" 2>&1 &
+  bare_pids+=($!)
+  kubeconfig="$dir/kubeconfig"
+  cat >"$kubeconfig" <<KUBECONFIG
+apiVersion: v1
+kind: Config
+clusters: [{name: bare, cluster: {server: "https://127.0.0.1:$api", insecure-skip-tls-verify: true}}]
+users: [{name: admin, user: {token: "$token"}}]
+contexts: [{name: bare, context: {cluster: bare, user: admin}}]
+current-context: bare
+KUBECONFIG
+  log "starting a bare etcd + kube-apiserver on 127.0.0.1:$api"
+  for ((i = 0; i < 120; i++)); do
+    if k get --raw /readyz >/dev/null 2>&1; then
+      return 0
+    fi
+    for pid in "${bare_pids[@]}"; do
+      kill -0 "$pid" 2>/dev/null || { tail -n 20 "$dir/etcd.log" "$dir/apiserver.log" >&2; die "the bare etcd or kube-apiserver exited"; }
+    done
+    sleep 1
+  done
+  tail -n 20 "$dir/apiserver.log" >&2
+  die "the bare kube-apiserver did not become ready within 120 s"
+}
+
+if [[ $bare -eq 1 ]]; then
+  start_bare_apiserver
+fi
+k version >/dev/null || die "cannot reach the API server of $kubeconfig"
+
 create_namespace() {
-  k create namespace "$1" >/dev/null || die "could not create namespace $1"
+  k create namespace "$1" --save-config >/dev/null || die "could not create namespace $1"
   created_namespaces+=("$1")
   k label namespace "$1" netpol-conformance/manifest-check=true >/dev/null ||
     die "could not label namespace $1"
