@@ -129,6 +129,16 @@ fn specs() -> Vec<ServerSpec> {
             mode: Mode::Http(Reply::Text("foo".into())),
         },
         ServerSpec::hostname(Protocol::Sctp, 9003),
+        ServerSpec {
+            protocol: Protocol::Tcp,
+            port: 8081,
+            mode: Mode::Netexec,
+        },
+        ServerSpec {
+            protocol: Protocol::Udp,
+            port: 8081,
+            mode: Mode::Netexec,
+        },
     ]
 }
 
@@ -187,8 +197,30 @@ fn pods_connect_refuse_and_time_out() {
     );
 
     // The UDP server answers with the pod's hostname, the HTTP one with its text.
-    let reply = udp_exchange(&a.ns.path, SocketAddr::from((b.ip, 53)));
-    assert_eq!(reply, format!("npt-{tag}-b"));
+    let b_name = format!("npt-{tag}-b");
+    let reply = udp_exchange(&a.ns.path, SocketAddr::from((b.ip, 53)), b"hostname\n");
+    assert_eq!(reply, b_name);
+    let raw = tcp_exchange(&a.ns.path, SocketAddr::from((b.ip, 80)), b"");
+    assert_eq!(raw, b_name, "serve-hostname --tcp writes the hostname");
+    let http = tcp_exchange(
+        &a.ns.path,
+        SocketAddr::from((b.ip, 8080)),
+        b"GET / HTTP/1.1\r\n\r\n",
+    );
+    assert!(
+        http.starts_with("HTTP/1.1 200 OK\r\n") && http.ends_with("\r\n\r\nfoo"),
+        "{http}"
+    );
+    let netexec = tcp_exchange(
+        &a.ns.path,
+        SocketAddr::from((b.ip, 8081)),
+        b"GET /hostname HTTP/1.1\r\n\r\n",
+    );
+    assert!(netexec.ends_with(&format!("\r\n\r\n{b_name}")), "{netexec}");
+    let echo = udp_exchange(&a.ns.path, SocketAddr::from((b.ip, 8081)), b"echo hi");
+    assert_eq!(echo, "hi");
+    let client = udp_exchange(&a.ns.path, SocketAddr::from((b.ip, 8081)), b"clientip");
+    assert!(client.starts_with(&format!("{}:", a.ip)), "{client}");
 
     // A silent drop in the node's FORWARD chain turns both into timeouts.
     let node_name = format!("npt-{tag}-n1");
@@ -250,14 +282,30 @@ fn pods_connect_refuse_and_time_out() {
     drop(a);
 }
 
-/// Sends `hostname\n` from inside `ns` and returns the reply text.
-fn udp_exchange(ns: &Path, target: SocketAddr) -> String {
+/// Sends `request` over TCP from inside `ns` and returns everything the server sends
+/// back before closing.
+fn tcp_exchange(ns: &Path, target: SocketAddr, request: &'static [u8]) -> String {
+    use std::io::{Read, Write};
+    let ns = ns.to_path_buf();
+    netns::run_in(&ns, move || {
+        let mut s = std::net::TcpStream::connect_timeout(&target, Duration::from_secs(2)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(request).unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        Ok(out)
+    })
+    .unwrap()
+}
+
+/// Sends one datagram from inside `ns` and returns the reply text.
+fn udp_exchange(ns: &Path, target: SocketAddr, request: &'static [u8]) -> String {
     let ns = ns.to_path_buf();
     netns::run_in(&ns, move || {
         let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
         s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
         s.connect(target).unwrap();
-        s.send(b"hostname\n").unwrap();
+        s.send(request).unwrap();
         let mut buf = [0u8; 256];
         let n = s.recv(&mut buf).unwrap();
         Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
