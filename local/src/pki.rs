@@ -313,8 +313,9 @@ mod tests {
             .map(|_| "openssl")
     }
 
-    fn temp_dir() -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("npc-pki-{}", std::process::id()));
+    /// A fresh directory per test (tests run in parallel in one process).
+    fn temp_dir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("npc-pki-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         dir
     }
@@ -326,7 +327,7 @@ mod tests {
         assert!(pki.ca.key_pem.starts_with("-----BEGIN PRIVATE KEY-----"));
         assert!(pki.sa_public_pem.starts_with("-----BEGIN PUBLIC KEY-----"));
         assert_eq!(pki.clients.len(), 3);
-        let dir = temp_dir().join("modes");
+        let dir = temp_dir("modes");
         let paths = pki.write(&dir).unwrap();
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&paths.ca_key), 0o600);
@@ -342,7 +343,7 @@ mod tests {
             eprintln!("skipped: the openssl CLI is not installed, so the chain cannot be checked");
             return;
         };
-        let dir = temp_dir().join("chain");
+        let dir = temp_dir("chain");
         let paths = Pki::generate().unwrap().write(&dir).unwrap();
         let run = |args: &[&str]| {
             let out = Command::new(openssl).args(args).output().unwrap();

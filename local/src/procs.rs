@@ -185,15 +185,19 @@ pub enum Stopped {
     Survived,
 }
 
-/// Stops a recorded process: SIGTERM to its group, up to `grace` to exit, then SIGKILL.
-/// Only signals it if PID and start time still match the record.
+/// Stops a recorded process and its group: SIGTERM to the group, up to `grace` for the
+/// leader and every member to exit, then SIGKILL. Signals only if the leader's PID and
+/// start time still match the record, or its group still has members.
 pub fn stop(rec: &ProcRecord, grace: Duration) -> Stopped {
-    if !alive(rec) {
-        reap(rec.pid);
+    reap(rec.pid);
+    // A group outlives its leader in the children it forked; the kernel does not hand out
+    // a PID that is still some group's id, so members of group `rec.pid` are ours.
+    if !alive(rec) && group_members(rec.pid).is_empty() {
         return Stopped::NotRunning;
     }
     let group = Pid::from_raw(rec.pid);
     let _ = killpg(group, Signal::SIGTERM);
+    // (killpg reaches the children even after the leader exited: the group id stays.)
     if wait_gone(rec, grace) {
         return Stopped::Terminated;
     }
@@ -213,11 +217,25 @@ pub fn signal_all(recs: &[ProcRecord], signal: Signal) {
     }
 }
 
+/// Live (non-zombie) members of process group `pgid`.
+pub fn group_members(pgid: i32) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| nix::unistd::getpgid(Some(Pid::from_raw(*p))).ok() == Some(Pid::from_raw(pgid)))
+        .filter(|p| !matches!(stat(*p), Some(('Z' | 'X', _)) | None))
+        .collect()
+}
+
+/// Waits until the leader and every member of its group are gone.
 fn wait_gone(rec: &ProcRecord, within: Duration) -> bool {
     let deadline = Instant::now() + within;
     loop {
         reap(rec.pid);
-        if !alive(rec) {
+        // The leader's PID is also the group id; once the leader is gone, its group lives
+        // on in any child it forked.
+        if !alive(rec) && group_members(rec.pid).is_empty() {
             return true;
         }
         if Instant::now() >= deadline {
@@ -284,16 +302,12 @@ mod tests {
         }
         assert_eq!(stop(&rec, Duration::from_secs(5)), Stopped::Terminated);
         assert!(!alive(&rec));
-        // Nothing of the group is left.
-        let left = std::fs::read_dir("/proc")
-            .unwrap()
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-            .filter(|p| {
-                nix::unistd::getpgid(Some(Pid::from_raw(*p))).ok() == Some(Pid::from_raw(rec.pid))
-            })
-            .filter(|p| !matches!(stat(*p), Some(('Z', _)) | None))
-            .count();
-        assert_eq!(left, 0, "processes of the group survived");
+        // Nothing of the group is left: stop waits for every member, not just the leader.
+        assert_eq!(
+            group_members(rec.pid),
+            Vec::<i32>::new(),
+            "processes of the group survived"
+        );
         assert_eq!(stop(&rec, Duration::from_secs(1)), Stopped::NotRunning);
         std::fs::remove_dir_all(&dir).unwrap();
     }
