@@ -1,7 +1,8 @@
 //! Pods bound to this node: realize each as a network namespace with its servers, report
 //! its status, tear it down on deletion and confirm the deletion.
 //!
-//! The watch loop only decides; every setup or teardown runs in its own task (and the
+//! The watch loop only decides ([`decide`], a pure table over what the agent holds and
+//! what the API says); every setup or teardown runs in its own task (and the
 //! namespace work on its own thread), so tens of pods created at once do not queue behind
 //! each other. Realized pods are recorded ([`super::records`]); after a
 //! restart the agent re-adopts a recorded pod whose namespace and link still exist
@@ -87,6 +88,64 @@ pub enum Error {
 
 /// Result alias of this module.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What the agent holds for a pod when an event about it arrives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Known {
+    /// Nothing.
+    Absent,
+    /// A record from before a restart, not yet re-adopted.
+    Recorded,
+    /// Setup is running.
+    Starting,
+    /// Realized and serving.
+    Running,
+    /// Teardown is running.
+    Deleting,
+}
+
+/// What the API says about the pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// Exists, not being deleted.
+    Live,
+    /// Has a deletion timestamp: the agent must tear it down and confirm.
+    Terminating,
+    /// Gone from the API (or absent from a fresh listing).
+    Gone,
+}
+
+/// What the agent does about an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Nothing to do.
+    Nothing,
+    /// Create (or re-adopt) the pod.
+    Realize,
+    /// Let the running setup finish, then tear down.
+    Doom,
+    /// Tear down; with `confirm`, then delete the Pod with grace 0.
+    Teardown {
+        /// Whether the deletion is confirmed to the API afterwards.
+        confirm: bool,
+    },
+}
+
+/// The agent's whole pod lifecycle policy, as a table.
+pub fn decide(known: Known, seen: Seen) -> Action {
+    use {Known as K, Seen as S};
+    match (known, seen) {
+        (K::Absent | K::Recorded, S::Live) => Action::Realize,
+        (K::Absent | K::Recorded | K::Running, S::Terminating) => {
+            Action::Teardown { confirm: true }
+        }
+        (K::Recorded | K::Running, S::Gone) => Action::Teardown { confirm: false },
+        (K::Starting, S::Terminating | S::Gone) => Action::Doom,
+        (K::Starting | K::Running, S::Live) | (K::Deleting, _) | (K::Absent, S::Gone) => {
+            Action::Nothing
+        }
+    }
+}
 
 /// The agent's view of one pod.
 enum Slot {
@@ -196,17 +255,34 @@ impl PodManager {
     /// A pod was added or changed.
     fn on_pod(self: &Arc<Self>, pod: Pod) {
         let Some(uid) = pod.uid() else { return };
-        let deleting = pod.metadata.deletion_timestamp.is_some();
+        let seen = if pod.metadata.deletion_timestamp.is_some() {
+            Seen::Terminating
+        } else {
+            Seen::Live
+        };
+        self.apply(uid, seen, Some(pod));
+    }
+
+    /// The pod is gone from the API (or was not listed after a (re)start).
+    fn on_gone(self: &Arc<Self>, uid: String) {
+        self.apply(uid, Seen::Gone, None);
+    }
+
+    /// Decides with [`decide`] and carries the decision out; `pod` is the API object when
+    /// there is one.
+    fn apply(self: &Arc<Self>, uid: String, seen: Seen, pod: Option<Pod>) {
         let mut inner = self.lock();
-        match inner.pods.get_mut(&uid) {
-            None if deleting => {
-                // Never realized here (or realized before a restart): clean up and confirm.
-                let record = inner.unclaimed.remove(&uid);
-                inner.pods.insert(uid.clone(), Slot::Deleting);
-                drop(inner);
-                self.spawn_teardown(uid, record, None, Some(pod));
-            }
-            None => {
+        let known = match inner.pods.get(&uid) {
+            Some(Slot::Starting { .. }) => Known::Starting,
+            Some(Slot::Running { .. }) => Known::Running,
+            Some(Slot::Deleting) => Known::Deleting,
+            None if inner.unclaimed.contains_key(&uid) => Known::Recorded,
+            None => Known::Absent,
+        };
+        match decide(known, seen) {
+            Action::Nothing => {}
+            Action::Realize => {
+                let Some(pod) = pod else { return };
                 inner
                     .pods
                     .insert(uid.clone(), Slot::Starting { doomed: false });
@@ -214,40 +290,19 @@ impl PodManager {
                 let me = Arc::clone(self);
                 tokio::spawn(async move { me.realize(pod).await });
             }
-            Some(Slot::Starting { doomed }) => *doomed |= deleting,
-            Some(slot @ Slot::Running { .. }) if deleting => {
-                let Slot::Running { record, servers } = std::mem::replace(slot, Slot::Deleting)
-                else {
-                    unreachable!("matched Running")
-                };
-                drop(inner);
-                self.spawn_teardown(uid, Some(record), servers, Some(pod));
-            }
-            Some(_) => {}
-        }
-    }
-
-    /// The pod is gone from the API (or was never listed after a restart).
-    fn on_gone(self: &Arc<Self>, uid: String) {
-        let mut inner = self.lock();
-        let unclaimed = inner.unclaimed.remove(&uid);
-        match inner.pods.get_mut(&uid) {
-            Some(Slot::Starting { doomed }) => *doomed = true,
-            Some(slot @ Slot::Running { .. }) => {
-                let Slot::Running { record, servers } = std::mem::replace(slot, Slot::Deleting)
-                else {
-                    unreachable!("matched Running")
-                };
-                drop(inner);
-                self.spawn_teardown(uid, Some(record), servers, None);
-            }
-            Some(Slot::Deleting) => {}
-            None => {
-                if let Some(record) = unclaimed {
-                    inner.pods.insert(uid.clone(), Slot::Deleting);
-                    drop(inner);
-                    self.spawn_teardown(uid, Some(record), None, None);
+            Action::Doom => {
+                if let Some(Slot::Starting { doomed }) = inner.pods.get_mut(&uid) {
+                    *doomed = true;
                 }
+            }
+            Action::Teardown { confirm } => {
+                let (record, servers) = match inner.pods.insert(uid.clone(), Slot::Deleting) {
+                    Some(Slot::Running { record, servers }) => (Some(record), servers),
+                    _ => (inner.unclaimed.remove(&uid), None),
+                };
+                drop(inner);
+                let confirm = if confirm { pod } else { None };
+                self.spawn_teardown(uid, record, servers, confirm);
             }
         }
     }
@@ -549,5 +604,37 @@ impl PodManager {
                 .collect()
         };
         let _ = tokio::task::spawn_blocking(move || drop(servers)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lifecycle_table() {
+        use {Action as A, Known as K, Seen as S};
+        let confirm = A::Teardown { confirm: true };
+        let quiet = A::Teardown { confirm: false };
+        let table = [
+            (K::Absent, S::Live, A::Realize),
+            (K::Absent, S::Terminating, confirm),
+            (K::Absent, S::Gone, A::Nothing),
+            (K::Recorded, S::Live, A::Realize),
+            (K::Recorded, S::Terminating, confirm),
+            (K::Recorded, S::Gone, quiet),
+            (K::Starting, S::Live, A::Nothing),
+            (K::Starting, S::Terminating, A::Doom),
+            (K::Starting, S::Gone, A::Doom),
+            (K::Running, S::Live, A::Nothing),
+            (K::Running, S::Terminating, confirm),
+            (K::Running, S::Gone, quiet),
+            (K::Deleting, S::Live, A::Nothing),
+            (K::Deleting, S::Terminating, A::Nothing),
+            (K::Deleting, S::Gone, A::Nothing),
+        ];
+        for (known, seen, want) in table {
+            assert_eq!(decide(known, seen), want, "{known:?} + {seen:?}");
+        }
     }
 }
