@@ -9,7 +9,39 @@ use tokio::runtime::Runtime;
 use crate::backend::Capabilities;
 use crate::case::Feature;
 use crate::kube::exec::ExecProber;
-use crate::kube::{KubeCluster, KubeOptions, KubeTimeouts, NetnsProber, client_from_kubeconfig};
+use crate::backend::ProbeJob;
+use crate::kube::{
+    KubeCluster, KubeOptions, KubeTimeouts, NetnsProber, Prober, client_from_kubeconfig,
+};
+use crate::reachability::Outcome;
+
+/// Probes pods that live in a network namespace on this machine (the local cluster reached
+/// through its kubeconfig) from inside it, and every other pod through exec.
+struct HybridProber {
+    exec: ExecProber,
+    netns: NetnsProber,
+}
+
+impl Prober for HybridProber {
+    fn probe(&self, job: &ProbeJob) -> Outcome {
+        let here = job
+            .from
+            .netns
+            .as_deref()
+            .is_some_and(|p| std::path::Path::new(p).exists());
+        if here {
+            self.netns.probe(job)
+        } else {
+            self.exec.probe(job)
+        }
+    }
+    fn parallelism(&self) -> usize {
+        self.exec.parallelism
+    }
+    fn name(&self) -> &'static str {
+        "exec or netns"
+    }
+}
 
 /// The agnhost image the dummy pods run on real clusters.
 pub const AGNHOST_IMAGE: &str = "registry.k8s.io/e2e-test-images/agnhost:2.53";
@@ -121,6 +153,9 @@ pub fn connect(spec: &TargetSpec, run_id: &str) -> Result<Target, String> {
                 enforcer: enforcer_bin,
                 ..Default::default()
             };
+            // A cluster that is already up (`local up`) is used and left running; one the run
+            // brings up itself is torn down when the run ends.
+            let existed = netpol_local::cluster::status(&opts.state_dir).is_ok_and(|s| s.healthy());
             let guard = netpol_local::cluster::ClusterGuard::up(&opts).map_err(|e| {
                 format!(
                     "bringing up the local cluster: {}",
@@ -128,6 +163,12 @@ pub fn connect(spec: &TargetSpec, run_id: &str) -> Result<Target, String> {
                 )
             })?;
             let local = guard.cluster.clone();
+            let guard = if existed {
+                guard.disarm();
+                None
+            } else {
+                Some(guard)
+            };
             match sctp_in_kernel() {
                 Ok(()) => {
                     caps.features.insert(Feature::Sctp);
@@ -164,7 +205,7 @@ pub fn connect(spec: &TargetSpec, run_id: &str) -> Result<Target, String> {
             Ok(Target {
                 cluster: Arc::new(cluster),
                 local: true,
-                guard: Some(guard),
+                guard,
                 _rt: rt,
             })
         }
@@ -182,11 +223,14 @@ pub fn connect(spec: &TargetSpec, run_id: &str) -> Result<Target, String> {
             } else {
                 caps.features.insert(Feature::Sctp);
             }
-            let prober = ExecProber {
-                rt: rt.handle().clone(),
-                client: client.clone(),
-                parallelism: 8,
-                exec_slack: std::time::Duration::from_secs(30),
+            let prober = HybridProber {
+                exec: ExecProber {
+                    rt: rt.handle().clone(),
+                    client: client.clone(),
+                    parallelism: 8,
+                    exec_slack: std::time::Duration::from_secs(30),
+                },
+                netns: NetnsProber { parallelism: 32 },
             };
             let target = match path {
                 Some(p) => format!("kubeconfig {}", p.display()),
