@@ -29,7 +29,16 @@ const APISERVER_READY: Duration = Duration::from_secs(90);
 const POD_READY: Duration = Duration::from_secs(30);
 const POD_GONE: Duration = Duration::from_secs(30);
 const PROBE: Duration = Duration::from_secs(2);
+/// Pods created at once in the burst step; `NPT_AGENT_BURST` overrides it (e.g. 200 to
+/// measure).
 const BURST: usize = 30;
+
+fn burst() -> usize {
+    std::env::var("NPT_AGENT_BURST")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(BURST)
+}
 
 fn skip_reason() -> Option<String> {
     if !nix::unistd::Uid::effective().is_root() {
@@ -526,10 +535,11 @@ fn agent_registers_node_realizes_pods_readopts_and_confirms_deletion() {
             .all(|r| r.name != "a")
     );
 
+    let burst = burst();
     // A burst of pods, as a StatefulSet-heavy scenario creates them.
     let started = Instant::now();
     rt.block_on(async {
-        for i in 0..BURST {
+        for i in 0..burst {
             let pod = pod_manifest(
                 &format!("burst-{i}"),
                 false,
@@ -537,11 +547,11 @@ fn agent_registers_node_realizes_pods_readopts_and_confirms_deletion() {
             );
             pods_api.create(&PostParams::default(), &pod).await.unwrap();
         }
-        for i in 0..BURST {
+        for i in 0..burst {
             ready(&pods_api, &format!("burst-{i}")).await;
         }
     });
-    eprintln!("{BURST} pods created and Ready in {:?}", started.elapsed());
+    eprintln!("{burst} pods created and Ready in {:?}", started.elapsed());
     // Deleted right after creation, likely while its setup runs: still torn down.
     rt.block_on(async {
         let pod = pod_manifest("quick", false, json!([serve_hostname("c", "tcp", 80)]));
@@ -561,13 +571,13 @@ fn agent_registers_node_realizes_pods_readopts_and_confirms_deletion() {
         })
         .await;
     });
-    let (ip, _) = rt.block_on(ready(&pods_api, &format!("burst-{}", BURST - 1)));
+    let (ip, _) = rt.block_on(ready(&pods_api, &format!("burst-{}", burst - 1)));
     assert_eq!(
         probe_from(&b_ns, ip, 80, Protocol::Tcp),
         ProbeResult::Connected
     );
     rt.block_on(async {
-        for i in 0..BURST {
+        for i in 0..burst {
             pods_api
                 .delete(&format!("burst-{i}"), &DeleteParams::default())
                 .await
