@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The README's test command: set-up, then every test tier that can run on one Linux machine.
+#
+#   sudo hack/test.sh
+#
+#   1. checks: cargo fmt, cargo clippy -D warnings, shellcheck + actionlint (hack/lint.sh);
+#   2. unit tests (no root, no cluster), privileged tests (root, throwaway network namespaces),
+#      and the whole conformance table on the local cluster with the bundled enforcer
+#      (`cargo test --workspace`, NETPOL_REQUIRE_LOCAL=1 so nothing skips for want of a cluster);
+#   3. server-side dry-run of every manifest (plugin, RBAC, enforcer DaemonSet) against a local
+#      cluster's API server.
+# The conformance run's JUnit lands in target/conformance/junit.xml.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+
+step "set-up"
+bash hack/setup.sh
+NETPOL_CONTROL_PLANE_DIR="$(hack/control-plane.sh)"
+export NETPOL_CONTROL_PLANE_DIR
+
+step "checks"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+bash hack/lint.sh
+
+step "build"
+cargo build --workspace --all-targets --locked
+
+step "tests: unit, privileged, local cluster"
+mkdir -p target/conformance
+NETPOL_REQUIRE_LOCAL=1 NETPOL_JUNIT="$PWD/target/conformance/junit.xml" \
+  cargo test --workspace --locked
+
+step "manifests: server-side dry-run against the local cluster"
+export NETPOL_LOCAL_DIR="${TMPDIR:-/tmp}/netpol-manifest-check.$$"
+export NETPOL_LOCAL_INSTANCE=mc
+cleanup() { ./target/debug/netpol-conformance local down >/dev/null 2>&1 || true; }
+trap cleanup EXIT
+./target/debug/netpol-conformance local up --no-enforcer
+bash hack/check-manifests.sh "$NETPOL_LOCAL_DIR/kubeconfig"
+cleanup
+trap - EXIT
+step "all tiers passed"
