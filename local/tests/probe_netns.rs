@@ -61,6 +61,17 @@ fn ip_in(ns: &str, args: &[&str]) {
     sh_in(ns, "ip", args);
 }
 
+/// Runs `cmd args` inside `ns` and returns its stdout.
+fn out_in(ns: &str, cmd: &str, args: &[&str]) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, cmd])
+        .args(args)
+        .output()
+        .expect("run ip netns exec");
+    assert!(out.status.success(), "{cmd} {args:?} in {ns} failed");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 fn sh_in(ns: &str, cmd: &str, args: &[&str]) {
     let out = Command::new("ip")
         .args(["netns", "exec", ns, cmd])
@@ -168,6 +179,39 @@ fn pods_connect_refuse_and_time_out() {
     assert_eq!(statuses[0].1, ServerStatus::Bound);
     assert_eq!(statuses[1].1, ServerStatus::Bound);
     assert_eq!(statuses[2].1, ServerStatus::Bound);
+
+    // The wiring: eth0 holds the /32 and the on-link default route, IPv6 is off on both
+    // ends, the host side answers ARP for the gateway by proxy.
+    let b_ns = format!("npt-{tag}-b");
+    let node_ns = format!("npt-{tag}-n1");
+    let host_link = format!("npt{tag}b");
+    assert!(out_in(&b_ns, "ip", &["-4", "addr", "show", "dev", "eth0"]).contains("10.250.0.3/32"));
+    let routes = out_in(&b_ns, "ip", &["route", "show", "default"]);
+    assert!(
+        routes.contains("via 169.254.1.1 dev eth0") && routes.contains("onlink"),
+        "{routes}"
+    );
+    if Path::new("/proc/sys/net/ipv6").exists() {
+        assert_eq!(
+            out_in(&b_ns, "ip", &["-6", "addr", "show", "dev", "eth0"]).trim(),
+            ""
+        );
+        assert_eq!(
+            out_in(&node_ns, "ip", &["-6", "addr", "show", "dev", &host_link]).trim(),
+            ""
+        );
+    }
+    let proxy = out_in(
+        &node_ns,
+        "sysctl",
+        &["-n", &format!("net.ipv4.conf.{host_link}.proxy_arp")],
+    );
+    assert_eq!(proxy.trim(), "1");
+    let node_routes = out_in(&node_ns, "ip", &["route", "show", "10.250.0.3"]);
+    assert!(
+        node_routes.contains(&format!("dev {host_link}")),
+        "{node_routes}"
+    );
 
     // TCP and UDP get through; closed ports are refused, not timed out.
     assert_eq!(

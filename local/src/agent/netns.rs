@@ -340,6 +340,9 @@ pub fn wire_pod_here(w: &PodWiring) -> Result<()> {
             .await
             .map_err(nl(|| "bringing lo up".to_string()))?;
         let eth0 = link_index(&pod, POD_LINK, &pod_label).await?;
+        // IPv4 only: no link-local addresses, DAD or router solicitations from pods.
+        // Best effort (the file is absent on kernels without IPv6).
+        let _ = sysctl(&format!("net/ipv6/conf/{POD_LINK}/disable_ipv6"), "1");
         pod.address()
             .add(eth0, IpAddr::V4(w.pod_ip), 32)
             .execute()
@@ -392,6 +395,7 @@ pub fn wire_pod_here(w: &PodWiring) -> Result<()> {
 
     enter_fd(&node_ns, &w.node_netns)?;
     let proxy = sysctl(&format!("net/ipv4/conf/{}/proxy_arp", w.host_link), "1");
+    let _ = sysctl(&format!("net/ipv6/conf/{}/disable_ipv6", w.host_link), "1");
     enter_fd(&pod_ns, &w.pod_netns)?;
     proxy
 }
