@@ -908,13 +908,19 @@ fn bring_up(
                 }
             },
         )
-        .await?;
+        .await
+    })??;
+    // The controller manager exits if the apiserver does not answer yet, so it starts
+    // now; its start-up (until the service-account controller creates `default/default`)
+    // is most of `up`'s time, so it overlaps with everything that follows.
+    let kcm = start(state, &cp.controller_manager())?;
+    let sched = start(state, &cp.scheduler())?;
+    block_on(async {
+        let client = client_for(&kubeconfig).await?;
         install_crds(&client).await
     })??;
 
-    // Controllers, scheduler, the external host, node agents.
-    let kcm = start(state, &cp.controller_manager())?;
-    let sched = start(state, &cp.scheduler())?;
+    // The external host, node agents, enforcers.
     let mut ext_spec = Spec::new("external-host", agent, vec![]);
     ext_spec.env = vec![
         (ROLE_ENV.into(), ROLE_EXTERNAL_HOST.into()),
@@ -1155,10 +1161,18 @@ fn wait_for(
     vital: &[&ProcRecord],
     mut check: impl FnMut() -> Result<(), String>,
 ) -> Result<()> {
-    let deadline = Instant::now() + within;
+    let started = Instant::now();
+    let deadline = started + within;
     loop {
         let last = match check() {
-            Ok(()) => return Ok(()),
+            Ok(()) => {
+                tracing::info!(
+                    what,
+                    waited_ms = started.elapsed().as_millis() as u64,
+                    "ready"
+                );
+                return Ok(());
+            }
             Err(e) => e,
         };
         check_alive(vital, what)?;
@@ -1180,10 +1194,18 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<(), String>>,
 {
-    let deadline = Instant::now() + within;
+    let started = Instant::now();
+    let deadline = started + within;
     loop {
         let last = match check().await {
-            Ok(()) => return Ok(()),
+            Ok(()) => {
+                tracing::info!(
+                    what,
+                    waited_ms = started.elapsed().as_millis() as u64,
+                    "ready"
+                );
+                return Ok(());
+            }
             Err(e) => e,
         };
         check_alive(vital, what)?;
@@ -1397,9 +1419,14 @@ pub fn down(state_dir: &Path) -> Result<DownReport> {
     // finish each.
     if let Some(s) = &state {
         let recs: Vec<ProcRecord> = s.processes.iter().rev().cloned().collect();
+        let running: Vec<bool> = recs.iter().map(procs::alive).collect();
         procs::signal_all(&recs, nix::sys::signal::Signal::SIGTERM);
-        for rec in &recs {
-            let how = procs::stop(rec, t.stop_grace);
+        for (rec, was_running) in recs.iter().zip(running) {
+            let how = match procs::stop(rec, t.stop_grace) {
+                // It went with the SIGTERM sent to all just before.
+                Stopped::NotRunning if was_running => Stopped::Terminated,
+                how => how,
+            };
             if how == Stopped::Survived {
                 report
                     .errors

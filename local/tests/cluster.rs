@@ -52,6 +52,15 @@ fn main() -> ExitCode {
     if let Some(code) = netpol_local::maybe_run_role() {
         return code;
     }
+    // Phase timings of `up` (RUST_LOG overrides).
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("netpol_local::cluster=info")
+            }),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
     if std::env::var_os(CHILD_ENV).is_some() {
         return child_up();
     }
