@@ -23,7 +23,7 @@ use serde_json::json;
 use super::ipam::Allocator;
 use super::netns::{self, PodWiring};
 use super::records::{
-    self, PodRecord, destroy, host_link_name, load_records, netns_name, remove_record, save_record,
+    self, PodRecord, destroy, host_link_name, load_records, remove_record, save_record,
 };
 use super::servers::{self, ServerSpec, Servers};
 use super::status::pod_status;
@@ -503,12 +503,13 @@ impl PodManager {
                     cidr: self.cfg.pod_cidr,
                     pod: key.clone(),
                 })?;
+                let (netns_path, host_link) = records::fresh_names(&uid, netns::exists);
                 PodRecord {
                     uid: uid.clone(),
                     namespace: pod.namespace().unwrap_or_default(),
                     name: pod.name_any(),
-                    netns: netns::path_of(&netns_name(&uid)),
-                    host_link: Some(host_link_name(&uid)),
+                    netns: netns_path,
+                    host_link: Some(host_link),
                     ip,
                     host_network: false,
                 }

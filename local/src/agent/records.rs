@@ -66,6 +66,22 @@ pub fn host_link_name(uid: &str) -> String {
     format!("npc{}", uid_hash(uid))
 }
 
+/// The namespace path and host link for a new pod: normally from [`netns_name`] and
+/// [`host_link_name`]; if that namespace already exists (another pod's UID hashed to the
+/// same 8 digits), from the hash of `<uid>/<n>` for the first free `n`. Records keep the
+/// names actually used, so nothing later needs to re-derive them.
+pub fn fresh_names(uid: &str, exists: impl Fn(&Path) -> bool) -> (PathBuf, String) {
+    let candidates = std::iter::once(uid.to_string()).chain((1..).map(|n| format!("{uid}/{n}")));
+    for seed in candidates.take(64) {
+        let path = netns::path_of(&netns_name(&seed));
+        if !exists(&path) {
+            return (path, host_link_name(&seed));
+        }
+    }
+    // 64 collisions in a row cannot happen with distinct pods; fall back to the plain name.
+    (netns::path_of(&netns_name(uid)), host_link_name(uid))
+}
+
 /// What the agent records about a realized pod, so `down` and a restarted agent can find
 /// its kernel objects.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -186,6 +202,19 @@ pub fn destroy(record: &PodRecord, node_netns: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fresh_names_step_around_a_taken_namespace() {
+        let uid = "0b9c7e4e-1f8a-4c7e-9a51-2a3f0c1d2e3f";
+        let (path, link) = fresh_names(uid, |_| false);
+        assert_eq!(path, netns::path_of(&netns_name(uid)));
+        assert_eq!(link, host_link_name(uid));
+        let taken = path.clone();
+        let (other, other_link) = fresh_names(uid, |p| p == taken);
+        assert_ne!(other, taken);
+        assert_ne!(other_link, link);
+        assert!(other_link.len() <= 15 && other_link.starts_with("npc"));
+    }
 
     #[test]
     fn names_are_short_stable_and_prefixed() {
