@@ -118,8 +118,8 @@ impl fmt::Display for ProbeResult {
 /// Connects from inside the network namespace at `netns` (e.g. `/run/netns/npc-1a2b3c4d`)
 /// to `target` and reports what happened, waiting at most about `timeout`.
 ///
-/// Blocking: call it from a plain thread or `spawn_blocking`; async callers use
-/// [`connect_async`].
+/// Blocking: it parks the calling thread until the answer comes (any thread may call
+/// it, but async code should use [`connect_async`] rather than block a runtime worker).
 pub fn connect(
     netns: &Path,
     target: SocketAddr,
@@ -127,8 +127,8 @@ pub fn connect(
     timeout: Duration,
 ) -> ProbeResult {
     match submit(netns, target, protocol, timeout) {
-        Ok(rx) => rx
-            .blocking_recv()
+        // Not `blocking_recv`, which panics inside a runtime context.
+        Ok(rx) => futures::executor::block_on(rx)
             .unwrap_or_else(|_| ProbeResult::Error(worker_gone(netns))),
         Err(result) => result,
     }

@@ -383,6 +383,20 @@ fn servers_in_existing_namespace_and_probe_rate() {
     )
     .unwrap();
     assert!(on_node.all_up());
+    // The blocking call also works from inside a runtime (it only parks the thread).
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let inside = rt.block_on(async {
+        probe::connect(
+            &c.ns.path,
+            SocketAddr::from((GATEWAY, 80)),
+            Protocol::Tcp,
+            Duration::from_secs(2),
+        )
+    });
+    assert_eq!(inside, ProbeResult::Connected);
     assert_eq!(
         probe(&c.ns.path, GATEWAY, 80, Protocol::Tcp, 2000),
         ProbeResult::Connected
@@ -397,10 +411,6 @@ fn servers_in_existing_namespace_and_probe_rate() {
     // buffer, which is the kernel dropping them, not the prober failing).
     const IN_FLIGHT: usize = 200;
     let n = 2000;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
     let started = Instant::now();
     let from = c.ns.path.clone();
     let results: Vec<ProbeResult> = rt.block_on(async {
@@ -439,6 +449,39 @@ fn servers_in_existing_namespace_and_probe_rate() {
         "{:?}",
         results.iter().find(|r| !r.is_connected())
     );
+
+    // The blocking API as the suite uses it: a pool of threads, one probe each at a time.
+    const THREADS: usize = 16;
+    const PER_THREAD: usize = 100;
+    let started = Instant::now();
+    let connected: usize = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..THREADS)
+            .map(|_| {
+                let from = c.ns.path.clone();
+                scope.spawn(move || {
+                    (0..PER_THREAD)
+                        .filter(|_| {
+                            probe::connect(
+                                &from,
+                                SocketAddr::from((GATEWAY, 80)),
+                                Protocol::Tcp,
+                                Duration::from_secs(3),
+                            )
+                            .is_connected()
+                        })
+                        .count()
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).sum()
+    });
+    let elapsed = started.elapsed();
+    eprintln!(
+        "{} blocking TCP probes from {THREADS} threads in {elapsed:?}: {:.0} probes/s",
+        THREADS * PER_THREAD,
+        (THREADS * PER_THREAD) as f64 / elapsed.as_secs_f64()
+    );
+    assert_eq!(connected, THREADS * PER_THREAD);
 
     // Stopping the servers closes the ports.
     on_node.stop();
