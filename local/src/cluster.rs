@@ -17,8 +17,10 @@
 //! owner mark in their environment, namespaces matching our names). [`status`] reports.
 //!
 //! Ctrl-C: spawned processes run in their own process groups, so a terminal's SIGINT reaches
-//! only the caller. The caller installs a SIGINT handler that calls [`down`] (or drops a
-//! [`ClusterGuard`], which downs the cluster on Drop, panics included).
+//! only the caller. [`down_on_signal`] installs handlers for SIGINT/SIGTERM/SIGHUP that
+//! down the cluster and exit; a [`ClusterGuard`] downs it on Drop (normal return, panics).
+//! After a SIGKILL, `down` (e.g. `netpol-conformance local down`) cleans up from the state
+//! file.
 
 use std::cell::RefCell;
 use std::fmt;
@@ -356,6 +358,64 @@ impl Drop for ClusterGuard {
             eprintln!("netpol-local: tearing down the local cluster failed: {e}");
         }
     }
+}
+
+/// Makes SIGINT, SIGTERM and SIGHUP tear the cluster of `state_dir` down and then exit the
+/// process (with 130, 143, 129). For runs that bring a cluster up implicitly: a terminal's
+/// Ctrl-C reaches only the caller (cluster processes have their own process groups), and
+/// the default action would end the caller without running any Drop.
+///
+/// Returns once the handlers are installed. Call it once, right after `up`.
+pub fn down_on_signal(state_dir: &Path) -> Result<()> {
+    let dir = state_dir.to_path_buf();
+    let (installed_tx, installed_rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("npc-local-signals".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = installed_tx.send(Err(e));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                use tokio::signal::unix::{SignalKind, signal};
+                let handlers = (|| {
+                    Ok::<_, std::io::Error>((
+                        signal(SignalKind::interrupt())?,
+                        signal(SignalKind::terminate())?,
+                        signal(SignalKind::hangup())?,
+                    ))
+                })();
+                let (mut int, mut term, mut hup) = match handlers {
+                    Ok(h) => h,
+                    Err(e) => {
+                        let _ = installed_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = installed_tx.send(Ok(()));
+                let code = tokio::select! {
+                    _ = int.recv() => 130,
+                    _ = term.recv() => 143,
+                    _ = hup.recv() => 129,
+                };
+                eprintln!("netpol-local: interrupted; tearing the local cluster down");
+                if let Err(e) = down(&dir) {
+                    eprintln!("netpol-local: tearing the local cluster down failed: {e}");
+                }
+                std::process::exit(code);
+            })
+        })
+        .map_err(Error::Runtime)?;
+    installed_rx
+        .recv()
+        .map_err(|_| Error::Runtime(std::io::Error::other("signal thread died")))?
+        .map_err(Error::Runtime)
 }
 
 // ---------------------------------------------------------------------------------------

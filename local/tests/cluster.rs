@@ -38,6 +38,7 @@ struct Waits {
     probe: Duration,
     child_ready: Duration,
     policy_applied: Duration,
+    child_down: Duration,
 }
 
 const WAITS: Waits = Waits {
@@ -46,6 +47,7 @@ const WAITS: Waits = Waits {
     probe: Duration::from_secs(3),
     child_ready: Duration::from_secs(240),
     policy_applied: Duration::from_secs(30),
+    child_down: Duration::from_secs(60),
 };
 
 fn main() -> ExitCode {
@@ -256,6 +258,7 @@ fn trials(ctx: &Arc<Ctx>) -> Vec<Trial> {
             "a10_down_after_sigkilled_runner_leaves_nothing",
             sigkill_cleanup,
         ),
+        t("a12_sigint_to_the_runner_downs_the_cluster", sigint_cleanup),
     ];
     // The enforced run needs the netpol-enforcer binary (cargo build -p netpol-enforcer).
     let enforced = t(
@@ -645,6 +648,12 @@ fn child_up() -> ExitCode {
     let opts = Ctx::new().opts();
     match cluster::up(&opts) {
         Ok(_) => {
+            if std::env::var(CHILD_ENV).as_deref() == Ok("signal")
+                && let Err(e) = cluster::down_on_signal(&opts.state_dir)
+            {
+                println!("FAILED {e}");
+                return ExitCode::FAILURE;
+            }
             println!("READY");
             loop {
                 std::thread::park();
@@ -669,28 +678,7 @@ impl Drop for ChildGuard {
 
 fn sigkill_cleanup(ctx: &Ctx) -> Result<(), Failed> {
     let before = snapshot();
-    let exe = std::env::current_exe().unwrap();
-    let mut child = ChildGuard(
-        Command::new(exe)
-            .env(CHILD_ENV, "1")
-            .env(cluster::STATE_DIR_ENV, &ctx.state_dir)
-            .env(netpol_local::fabric::INSTANCE_ENV, &ctx.instance)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| format!("spawning the child runner: {e}"))?,
-    );
-    let stdout = child.0.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    match rx.recv_timeout(WAITS.child_ready) {
-        Ok(l) if l == "READY" => {}
-        other => return Err(format!("child runner did not come up: {other:?}").into()),
-    }
+    let mut child = spawn_child(ctx, "up")?;
     // A pod, so its namespace (created by an agent that dies too) must be found by down.
     let bin_dir = cluster::find_bin_dir().map_err(|e| e.to_string())?;
     let kc = ctx.state_dir.join("kubeconfig");
@@ -749,6 +737,56 @@ fn sigkill_cleanup(ctx: &Ctx) -> Result<(), Failed> {
         !pod_netns.exists(),
         "down left the pod namespace {}",
         pod_netns.display()
+    );
+    check_clean(ctx, &before)
+}
+
+/// Starts this binary as a child runner in `mode` and waits for its `READY`.
+fn spawn_child(ctx: &Ctx, mode: &str) -> Result<ChildGuard, Failed> {
+    let exe = std::env::current_exe().unwrap();
+    let mut child = ChildGuard(
+        Command::new(exe)
+            .env(CHILD_ENV, mode)
+            .env(cluster::STATE_DIR_ENV, &ctx.state_dir)
+            .env(netpol_local::fabric::INSTANCE_ENV, &ctx.instance)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("spawning the child runner: {e}"))?,
+    );
+    let stdout = child.0.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    match rx.recv_timeout(WAITS.child_ready) {
+        Ok(l) if l == "READY" => Ok(child),
+        other => Err(format!("child runner did not come up: {other:?}").into()),
+    }
+}
+
+fn sigint_cleanup(ctx: &Ctx) -> Result<(), Failed> {
+    let before = snapshot();
+    let mut child = spawn_child(ctx, "signal")?;
+    let pid = nix::unistd::Pid::from_raw(child.0.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT)
+        .map_err(|e| format!("SIGINT: {e}"))?;
+    let deadline = Instant::now() + WAITS.child_down;
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("runner still alive {:?} after SIGINT", WAITS.child_down).into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        status.code(),
+        Some(130),
+        "exit status after SIGINT: {status:?}"
     );
     check_clean(ctx, &before)
 }
