@@ -259,6 +259,10 @@ fn trials(ctx: &Arc<Ctx>) -> Vec<Trial> {
             sigkill_cleanup,
         ),
         t("a12_sigint_to_the_runner_downs_the_cluster", sigint_cleanup),
+        t(
+            "a13_down_after_runner_killed_mid_up_leaves_nothing",
+            killed_mid_up,
+        ),
     ];
     // The enforced run needs the netpol-enforcer binary (cargo build -p netpol-enforcer).
     let enforced = t(
@@ -765,6 +769,46 @@ fn spawn_child(ctx: &Ctx, mode: &str) -> Result<ChildGuard, Failed> {
         Ok(l) if l == "READY" => Ok(child),
         other => Err(format!("child runner did not come up: {other:?}").into()),
     }
+}
+
+/// SIGKILLs the runner while `up` waits for the apiserver (namespaces and some processes
+/// exist, the cluster is not ready), then checks `down` still leaves nothing.
+fn killed_mid_up(ctx: &Ctx) -> Result<(), Failed> {
+    let before = snapshot();
+    let exe = std::env::current_exe().unwrap();
+    let mut child = ChildGuard(
+        Command::new(exe)
+            .env(CHILD_ENV, "up")
+            .env(cluster::STATE_DIR_ENV, &ctx.state_dir)
+            .env(netpol_local::fabric::INSTANCE_ENV, &ctx.instance)
+            .stdout(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("spawning the child runner: {e}"))?,
+    );
+    let deadline = Instant::now() + WAITS.child_ready;
+    loop {
+        let state = netpol_local::state::State::load(&ctx.state_dir)
+            .ok()
+            .flatten();
+        if state.is_some_and(|s| s.processes.iter().any(|p| p.name == "kube-apiserver")) {
+            break;
+        }
+        if Instant::now() >= deadline {
+            return Err("the runner never started the apiserver".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.0.kill().map_err(|e| format!("SIGKILL: {e}"))?;
+    child.0.wait().unwrap();
+    assert!(
+        !cluster_processes(&ctx.state_dir).is_empty(),
+        "the half-started cluster's processes should outlive the runner"
+    );
+    let report = cluster::down(&ctx.state_dir).map_err(|e| e.to_string())?;
+    if !report.errors.is_empty() {
+        return Err(format!("down reported errors:\n{report}").into());
+    }
+    check_clean(ctx, &before)
 }
 
 fn sigint_cleanup(ctx: &Ctx) -> Result<(), Failed> {
