@@ -424,7 +424,14 @@ fn agent_registers_node_realizes_pods_readopts_and_confirms_deletion() {
                 "command": ["/agnhost", "porter"],
                 "env": [{"name": "SERVE_TCP_PORT_81", "value": "foo"}, {"name": "SERVE_SCTP_PORT_9003", "value": "foo"}],
             }])),
-            pod_manifest("h", true, json!([serve_hostname("c8080", "tcp", 8080)])),
+            pod_manifest(
+                "h",
+                true,
+                json!([
+                    serve_hostname("c8080", "tcp", 8080),
+                    serve_hostname("c5353", "udp", 5353)
+                ]),
+            ),
             pod_manifest("g", false, json!([serve_hostname("c80", "tcp", 80)])),
         ] {
             pods_api.create(&PostParams::default(), &pod).await.unwrap();
@@ -465,6 +472,11 @@ fn agent_registers_node_realizes_pods_readopts_and_confirms_deletion() {
     );
     assert_eq!(
         probe_from(&a_ns, h_ip, 8080, Protocol::Tcp),
+        ProbeResult::Connected
+    );
+    // UDP to a host-network pod on the same node: answered from the node IP.
+    assert_eq!(
+        probe_from(&a_ns, h_ip, 5353, Protocol::Udp),
         ProbeResult::Connected
     );
     assert!(matches!(

@@ -383,6 +383,23 @@ fn servers_in_existing_namespace_and_probe_rate() {
     )
     .unwrap();
     assert!(on_node.all_up());
+    // A host-network UDP server answers from the address it was asked at, not from the
+    // address the route back prefers (here the gateway on the pod's veth).
+    let node_name = format!("npt-{tag}-n2");
+    let node_ip = Ipv4Addr::new(172, 31, 98, 1);
+    ip_in(
+        &node_name,
+        &["addr", "add", &format!("{node_ip}/32"), "dev", "lo"],
+    );
+    assert_eq!(
+        probe(&c.ns.path, node_ip, 53, Protocol::Udp, 2000),
+        ProbeResult::Connected
+    );
+    assert_eq!(
+        probe(&c.ns.path, node_ip, 80, Protocol::Tcp, 2000),
+        ProbeResult::Connected
+    );
+
     // The blocking call also works from inside a runtime (it only parks the thread).
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -281,6 +281,9 @@ fn bind(spec: &ServerSpec) -> Result<Listener, ServerStatus> {
                     nix::sys::socket::sockopt::RcvBufForce,
                     &UDP_RECEIVE_BUFFER,
                 );
+                // Learn each datagram's destination, to answer from it.
+                nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::Ipv4PacketInfo, &true)
+                    .map_err(std::io::Error::from)?;
                 s.set_nonblocking(true)?;
                 tokio::net::UdpSocket::from_std(s)
             })
@@ -365,16 +368,27 @@ async fn run_listener(listener: Listener, mode: Mode, hostname: String) {
             }
         }
         Listener::Udp(socket) => {
+            use std::os::fd::AsRawFd;
+            let fd = socket.as_raw_fd();
             let mut buf = vec![0u8; 65536];
             loop {
-                let Ok((n, peer)) = socket.recv_from(&mut buf).await else {
+                let received = socket
+                    .async_io(tokio::io::Interest::READABLE, || {
+                        recv_with_dst(fd, &mut buf)
+                    })
+                    .await;
+                let Ok((n, peer, dst)) = received else {
                     continue;
                 };
                 let answer = match &mode {
                     Mode::Raw(reply) | Mode::Http(reply) => reply_text(reply, &hostname),
-                    Mode::Netexec => netexec_udp(&buf[..n], peer, &hostname),
+                    Mode::Netexec => netexec_udp(&buf[..n], SocketAddr::V4(peer), &hostname),
                 };
-                let _ = socket.send_to(answer.as_bytes(), peer).await;
+                let _ = socket
+                    .async_io(tokio::io::Interest::WRITABLE, || {
+                        send_from(fd, answer.as_bytes(), peer, dst)
+                    })
+                    .await;
             }
         }
         Listener::Sctp(fd) => loop {
@@ -397,6 +411,59 @@ async fn run_listener(listener: Listener, mode: Mode, hostname: String) {
             }
         },
     }
+}
+
+/// Receives one datagram and the address it was sent to (from `IP_PKTINFO`).
+fn recv_with_dst(
+    fd: std::os::fd::RawFd,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, std::net::SocketAddrV4, Option<Ipv4Addr>)> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrIn, recvmsg};
+    let mut iov = [std::io::IoSliceMut::new(buf)];
+    let mut cmsg = nix::cmsg_space!(nix::libc::in_pktinfo);
+    let msg = recvmsg::<SockaddrIn>(fd, &mut iov, Some(&mut cmsg), MsgFlags::empty())
+        .map_err(std::io::Error::from)?;
+    let dst = msg.cmsgs().ok().and_then(|mut cmsgs| {
+        cmsgs.find_map(|c| match c {
+            ControlMessageOwned::Ipv4PacketInfo(info) => {
+                Some(Ipv4Addr::from(u32::from_be(info.ipi_addr.s_addr)))
+            }
+            _ => None,
+        })
+    });
+    let peer = msg
+        .address
+        .map(|a| std::net::SocketAddrV4::new(a.ip(), a.port()))
+        .ok_or_else(|| std::io::Error::other("datagram without a source address"))?;
+    Ok((msg.bytes, peer, dst))
+}
+
+/// Sends `data` to `peer` with `src` as source address when known, so a server bound to
+/// all addresses answers from the address it was asked at (on a node namespace the route
+/// back to a pod would otherwise pick the gateway address of the pod's veth).
+fn send_from(
+    fd: std::os::fd::RawFd,
+    data: &[u8],
+    peer: std::net::SocketAddrV4,
+    src: Option<Ipv4Addr>,
+) -> std::io::Result<usize> {
+    use nix::sys::socket::{ControlMessage, MsgFlags, SockaddrIn, sendmsg};
+    let info = src.map(|src| nix::libc::in_pktinfo {
+        ipi_ifindex: 0,
+        ipi_spec_dst: nix::libc::in_addr {
+            s_addr: u32::from(src).to_be(),
+        },
+        ipi_addr: nix::libc::in_addr { s_addr: 0 },
+    });
+    let cmsgs: Vec<ControlMessage<'_>> = info.iter().map(ControlMessage::Ipv4PacketInfo).collect();
+    sendmsg(
+        fd,
+        &[std::io::IoSlice::new(data)],
+        &cmsgs,
+        MsgFlags::empty(),
+        Some(&SockaddrIn::from(peer)),
+    )
+    .map_err(std::io::Error::from)
 }
 
 async fn serve_tcp(
