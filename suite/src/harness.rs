@@ -452,7 +452,7 @@ fn install_interrupt_handler() {
 }
 
 enum TargetState {
-    Ready(Target),
+    Ready(Box<Target>),
     Failed(String),
 }
 
@@ -626,7 +626,7 @@ fn run(mut args: RunArgs, mode: Mode) -> ExitCode {
                     if slot.is_none() {
                         let spec = spec.clone().expect("checked above");
                         *slot = Some(match target::connect(&spec, &run_id) {
-                            Ok(t) => TargetState::Ready(t),
+                            Ok(t) => TargetState::Ready(Box::new(t)),
                             Err(e) => TargetState::Failed(e),
                         });
                     }

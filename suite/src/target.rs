@@ -7,9 +7,9 @@ use std::sync::Arc;
 use tokio::runtime::Runtime;
 
 use crate::backend::Capabilities;
+use crate::backend::ProbeJob;
 use crate::case::Feature;
 use crate::kube::exec::ExecProber;
-use crate::backend::ProbeJob;
 use crate::kube::{
     KubeCluster, KubeOptions, KubeTimeouts, NetnsProber, Prober, client_from_kubeconfig,
 };

@@ -46,7 +46,8 @@ struct Scratch {
 
 impl Scratch {
     fn new(instance: &'static str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("netpol-suite-{instance}-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("netpol-suite-{instance}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         Scratch { dir, instance }
@@ -127,15 +128,24 @@ fn plugin_mode_leaves_results_sonobuoy_accepts() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "plugin mode exits 0 once results are written:\n{stderr}");
+    assert!(
+        out.status.success(),
+        "plugin mode exits 0 once results are written:\n{stderr}"
+    );
     let done = std::fs::read_to_string(results.join("done")).unwrap();
     assert_eq!(Path::new(&done), results.join("junit.xml"));
     let xml = std::fs::read_to_string(&done).unwrap();
     // Without an enforcer the deny cases fail with the tables; SCTP is skipped with its reason.
     assert!(xml.contains("tests=\"3\""), "{xml}");
-    assert!(xml.contains("<failure message=\"step 1 (TCP/80) had wrong results\""), "{xml}");
+    assert!(
+        xml.contains("<failure message=\"step 1 (TCP/80) had wrong results\""),
+        "{xml}"
+    );
     assert!(xml.contains("comparison:"), "{xml}");
-    assert!(xml.contains("<skipped message=\"SCTP: SCTP is not supported by this kernel"), "{xml}");
+    assert!(
+        xml.contains("<skipped message=\"SCTP: SCTP is not supported by this kernel"),
+        "{xml}"
+    );
     let bodies = bodies.lock().unwrap().clone();
     assert_eq!(bodies.len(), 3, "one progress update per trial: {bodies:?}");
     let last: serde_json::Value = serde_json::from_str(bodies.last().unwrap()).unwrap();
@@ -161,10 +171,16 @@ fn an_interrupted_run_leaves_no_namespace_or_policy_behind() {
     }
     let scratch = Scratch::new("int");
     let up = scratch.command().args(["local", "up"]).output().unwrap();
-    assert!(up.status.success(), "local up: {}", String::from_utf8_lossy(&up.stderr));
+    assert!(
+        up.status.success(),
+        "local up: {}",
+        String::from_utf8_lossy(&up.stderr)
+    );
     let kubeconfig = scratch.dir.join("cluster/kubeconfig");
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let client = rt.block_on(client_from_kubeconfig(Some(&kubeconfig))).unwrap();
+    let client = rt
+        .block_on(client_from_kubeconfig(Some(&kubeconfig)))
+        .unwrap();
 
     // An npa case (cluster-scoped policies, a shared world) and upstream cases run together.
     let mut run = scratch
@@ -172,7 +188,10 @@ fn an_interrupted_run_leaves_no_namespace_or_policy_behind() {
         .args(["run", "--kubeconfig"])
         .arg(&kubeconfig)
         .args(["--probe-target", "pod-ip", "--test-threads", "2"])
-        .env("E2E_FOCUS", "admin-egress-tcp::v1alpha2|upstream::ingress::default-deny-all")
+        .env(
+            "E2E_FOCUS",
+            "admin-egress-tcp::v1alpha2|upstream::ingress::default-deny-all",
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -185,13 +204,21 @@ fn an_interrupted_run_leaves_no_namespace_or_policy_behind() {
     loop {
         let cnps: Api<DynamicObject> = Api::all_with(client.clone(), &cnp);
         let nps: Api<NetworkPolicy> = Api::all(client.clone());
-        let n = rt.block_on(cnps.list(&ListParams::default())).map(|l| l.items.len()).unwrap_or(0)
-            + rt.block_on(nps.list(&ListParams::default())).map(|l| l.items.len()).unwrap_or(0);
+        let n = rt
+            .block_on(cnps.list(&ListParams::default()))
+            .map(|l| l.items.len())
+            .unwrap_or(0)
+            + rt.block_on(nps.list(&ListParams::default()))
+                .map(|l| l.items.len())
+                .unwrap_or(0);
         if n > 0 {
             break;
         }
         assert!(Instant::now() < deadline, "the run never created a policy");
-        assert!(run.try_wait().unwrap().is_none(), "the run ended before it could be interrupted");
+        assert!(
+            run.try_wait().unwrap().is_none(),
+            "the run ended before it could be interrupted"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     nix::sys::signal::kill(
@@ -201,7 +228,11 @@ fn an_interrupted_run_leaves_no_namespace_or_policy_behind() {
     .unwrap();
     let status = wait_for(&mut run, Duration::from_secs(300)).expect("the run stops after SIGINT");
     let mut stderr = String::new();
-    run.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    run.stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
     assert!(!status.success(), "an interrupted run fails:\n{stderr}");
     assert!(stderr.contains("interrupted"), "{stderr}");
 
@@ -209,12 +240,27 @@ fn an_interrupted_run_leaves_no_namespace_or_policy_behind() {
     let left = rt
         .block_on(namespaces.list(&ListParams::default().labels(LABEL_RUN)))
         .unwrap();
-    let names: Vec<_> = left.items.iter().filter_map(|n| n.metadata.name.clone()).collect();
-    assert!(names.is_empty(), "namespaces left behind: {names:?}\n{stderr}");
-    for kind in ["ClusterNetworkPolicy", "AdminNetworkPolicy", "BaselineAdminNetworkPolicy"] {
+    let names: Vec<_> = left
+        .items
+        .iter()
+        .filter_map(|n| n.metadata.name.clone())
+        .collect();
+    assert!(
+        names.is_empty(),
+        "namespaces left behind: {names:?}\n{stderr}"
+    );
+    for kind in [
+        "ClusterNetworkPolicy",
+        "AdminNetworkPolicy",
+        "BaselineAdminNetworkPolicy",
+    ] {
         let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource_of(kind).unwrap().0);
         let left = rt.block_on(api.list(&ListParams::default())).unwrap();
-        assert!(left.items.is_empty(), "{kind}s left behind: {:?}", left.items);
+        assert!(
+            left.items.is_empty(),
+            "{kind}s left behind: {:?}",
+            left.items
+        );
     }
     let nps: Api<NetworkPolicy> = Api::all(client);
     let left = rt.block_on(nps.list(&ListParams::default())).unwrap();
