@@ -18,7 +18,8 @@
 #                                 namespace, which enforces the `restricted` Pod Security level;
 #                                 the plugin's sonobuoy-config is checked for the keys the
 #                                 contract needs (driver Job, result-format junit, result-files);
-#   enforcer/deploy/*.yaml        when present, as written.
+#   enforcer/deploy/              when present: rendered with `kubectl kustomize` if it is a
+#                                 kustomization, else each *.yaml as written.
 #
 # The only objects really created are the scratch namespace (labelled
 # netpol-conformance/manifest-check=true, with one ServiceAccount so the Pod's account exists)
@@ -226,13 +227,27 @@ else
   failures=$((failures + 1))
 fi
 
-# --- enforcer/deploy/*.yaml ------------------------------------------------------------------
-shopt -s nullglob
-enforcer_manifests=("$root"/enforcer/deploy/*.yaml)
-shopt -u nullglob
-if [[ ${#enforcer_manifests[@]} -eq 0 ]]; then
-  log "skip  enforcer/deploy/*.yaml (none present)"
+# --- enforcer/deploy/ --------------------------------------------------------------------------
+# A kustomization (kustomization.yaml) is rendered with `kubectl kustomize` and checked as one;
+# otherwise each *.yaml is checked as written.
+deploy="$root/enforcer/deploy"
+enforcer_manifests=()
+if [[ -f "$deploy/kustomization.yaml" ]]; then
+  if k kustomize "$deploy" >"$tmp/enforcer.yaml" 2>"$tmp/kustomize.err"; then
+    enforcer_manifests=("$tmp/enforcer.yaml")
+  else
+    log "FAIL  enforcer/deploy: kubectl kustomize failed"
+    sed 's/^/        /' "$tmp/kustomize.err" >&2
+    failures=$((failures + 1))
+  fi
 else
+  shopt -s nullglob
+  enforcer_manifests=("$deploy"/*.yaml)
+  shopt -u nullglob
+fi
+if [[ ! -d "$deploy" ]]; then
+  log "skip  enforcer/deploy (not present)"
+elif [[ ${#enforcer_manifests[@]} -gt 0 ]]; then
   # A namespace the manifests declare must exist for their namespaced objects to be dry-run.
   declared="$(python3 - "${enforcer_manifests[@]}" <<'PY'
 import sys, yaml
@@ -241,14 +256,18 @@ for path in sys.argv[1:]:
         if isinstance(doc, dict) and doc.get("kind") == "Namespace":
             print(doc["metadata"]["name"])
 PY
-  )" || die "cannot parse enforcer/deploy/*.yaml as YAML"
+  )" || die "cannot parse enforcer/deploy as YAML"
   for ns in $declared; do
     if ! k get namespace "$ns" >/dev/null 2>&1; then
       create_namespace "$ns"
     fi
   done
   for f in "${enforcer_manifests[@]}"; do
-    dry_run "enforcer/deploy/${f##*/}" "$f"
+    if [[ "$f" == "$tmp/enforcer.yaml" ]]; then
+      dry_run "enforcer/deploy (kubectl kustomize)" "$f"
+    else
+      dry_run "enforcer/deploy/${f##*/}" "$f"
+    fi
   done
 fi
 

@@ -159,18 +159,25 @@ install_npa_crds() {
 }
 
 # The enforcer's manifests name its published image; point them at the locally built one.
+# enforcer/deploy is a kustomization when it has kustomization.yaml (rendered with
+# `kubectl kustomize`), else a directory of plain manifests.
 render_enforcer_manifests() {
-  local out=$1 f
-  : >"$out"
-  for f in "$REPO_ROOT"/enforcer/deploy/*.yaml; do
-    printf -- '---\n' >>"$out"
-    sed -E \
-      -e "s#^([[:space:]]*(- )?image:[[:space:]]*)[\"']?[^\"'[:space:]]*netpol-enforcer[^\"'[:space:]]*[\"']?#\1$NETPOL_ENFORCER_IMAGE#" \
-      -e 's#^([[:space:]]*imagePullPolicy:[[:space:]]*)Always#\1IfNotPresent#' \
-      "$f" >>"$out"
-  done
+  local out=$1 dir="$REPO_ROOT/enforcer/deploy" f
+  if [[ -f "$dir/kustomization.yaml" ]]; then
+    "$KUBECTL" kustomize "$dir" >"$tmp/enforcer-raw.yaml" || die "kubectl kustomize $dir failed"
+  else
+    : >"$tmp/enforcer-raw.yaml"
+    for f in "$dir"/*.yaml; do
+      printf -- '---\n' >>"$tmp/enforcer-raw.yaml"
+      cat "$f" >>"$tmp/enforcer-raw.yaml"
+    done
+  fi
+  sed -E \
+    -e "s#^([[:space:]]*(- )?image:[[:space:]]*)[\"']?[^\"'[:space:]]*netpol-enforcer[^\"'[:space:]]*[\"']?#\1$NETPOL_ENFORCER_IMAGE#" \
+    -e 's#^([[:space:]]*imagePullPolicy:[[:space:]]*)Always#\1IfNotPresent#' \
+    "$tmp/enforcer-raw.yaml" >"$out"
   grep -qE "image:[[:space:]]*$NETPOL_ENFORCER_IMAGE\$" "$out" ||
-    die "no 'image: ...netpol-enforcer...' line in enforcer/deploy/*.yaml to point at $NETPOL_ENFORCER_IMAGE"
+    die "no 'image: ...netpol-enforcer...' line in enforcer/deploy to point at $NETPOL_ENFORCER_IMAGE"
 }
 
 install_bundled_enforcer() {
