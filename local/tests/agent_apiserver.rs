@@ -418,7 +418,12 @@ fn agent_registers_node_realizes_pods_readopts_and_confirms_deletion() {
         assert_eq!(lease.spec.unwrap().holder_identity.as_deref(), Some(NODE));
 
         for pod in [
-            pod_manifest("a", false, json!([serve_hostname("c80", "tcp", 80), serve_hostname("c53", "udp", 53)])),
+            pod_manifest("a", false, json!([
+                serve_hostname("c80", "tcp", 80),
+                serve_hostname("c53", "udp", 53),
+                {"name": "nx", "image": "registry.k8s.io/e2e-test-images/agnhost:2.53",
+                 "args": ["netexec", "--http-port=8082", "--udp-port=8083"]},
+            ])),
             pod_manifest("b", false, json!([{
                 "name": "porter", "image": "registry.k8s.io/e2e-test-images/agnhost:2.53",
                 "command": ["/agnhost", "porter"],
@@ -479,6 +484,18 @@ fn agent_registers_node_realizes_pods_readopts_and_confirms_deletion() {
         probe_from(&a_ns, h_ip, 5353, Protocol::Udp),
         ProbeResult::Connected
     );
+    // And the other way: a host-network pod reaches a pod from the node IP.
+    let seen_as = netns::run_in(&h_ns, move || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        s.set_read_timeout(Some(PROBE)).unwrap();
+        s.connect(SocketAddr::from((a_ip, 8083))).unwrap();
+        s.send(b"clientip").unwrap();
+        let mut buf = [0u8; 128];
+        let n = s.recv(&mut buf).unwrap();
+        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+    })
+    .unwrap();
+    assert!(seen_as.starts_with(&format!("{node_ip}:")), "{seen_as}");
     assert!(matches!(
         probe_from(&a_ns, b_ip, 9003, Protocol::Sctp),
         ProbeResult::Unsupported(_) | ProbeResult::Connected

@@ -92,7 +92,14 @@ struct Pod {
     ns: NsGuard,
 }
 
-fn pod(node: &NsGuard, name: &str, host_link: &str, ip: Ipv4Addr, specs: &[ServerSpec]) -> Pod {
+fn pod(
+    node: &NsGuard,
+    name: &str,
+    host_link: &str,
+    ip: Ipv4Addr,
+    node_ip: Option<Ipv4Addr>,
+    specs: &[ServerSpec],
+) -> Pod {
     let path = netns::path_of(name);
     let _ = netns::remove(&path);
     let wiring = PodWiring {
@@ -101,6 +108,7 @@ fn pod(node: &NsGuard, name: &str, host_link: &str, ip: Ipv4Addr, specs: &[Serve
         host_link: host_link.to_string(),
         pod_ip: ip,
         gateway: GATEWAY,
+        node_ip,
     };
     let started = Instant::now();
     let servers = servers::spawn_in_new_pod(&wiring, name, specs).expect("pod comes up");
@@ -165,6 +173,7 @@ fn pods_connect_refuse_and_time_out() {
         &format!("npt-{tag}-a"),
         &format!("npt{tag}a"),
         Ipv4Addr::new(10, 250, 0, 2),
+        None,
         &[],
     );
     let b = pod(
@@ -172,6 +181,7 @@ fn pods_connect_refuse_and_time_out() {
         &format!("npt-{tag}-b"),
         &format!("npt{tag}b"),
         Ipv4Addr::new(10, 250, 0, 3),
+        None,
         &specs(),
     );
 
@@ -364,13 +374,28 @@ fn servers_in_existing_namespace_and_probe_rate() {
     }
     let tag = std::process::id() % 100_000;
     let node = node(&format!("npt-{tag}-n2"));
+    let node_name = format!("npt-{tag}-n2");
+    let node_ip = Ipv4Addr::new(172, 31, 98, 1);
+    ip_in(
+        &node_name,
+        &["addr", "add", &format!("{node_ip}/32"), "dev", "lo"],
+    );
+    let c_ip = Ipv4Addr::new(10, 250, 1, 2);
     let c = pod(
         &node,
         &format!("npt-{tag}-c"),
         &format!("npt{tag}c"),
-        Ipv4Addr::new(10, 250, 1, 2),
-        &[],
+        c_ip,
+        Some(node_ip),
+        &[ServerSpec {
+            protocol: Protocol::Udp,
+            port: 8081,
+            mode: Mode::Netexec,
+        }],
     );
+    // Traffic from the node namespace (host-network pods) reaches pods from the node IP.
+    let seen_as = udp_exchange(&node.path, SocketAddr::from((c_ip, 8081)), b"clientip");
+    assert!(seen_as.starts_with(&format!("{node_ip}:")), "{seen_as}");
     // Servers started separately in an existing namespace (what the cluster does for its
     // external host): here the node namespace itself, reached at the gateway address.
     let on_node = servers::spawn_in(
@@ -384,13 +409,7 @@ fn servers_in_existing_namespace_and_probe_rate() {
     .unwrap();
     assert!(on_node.all_up());
     // A host-network UDP server answers from the address it was asked at, not from the
-    // address the route back prefers (here the gateway on the pod's veth).
-    let node_name = format!("npt-{tag}-n2");
-    let node_ip = Ipv4Addr::new(172, 31, 98, 1);
-    ip_in(
-        &node_name,
-        &["addr", "add", &format!("{node_ip}/32"), "dev", "lo"],
-    );
+    // route's preferred source (the gateway below checks the opposite case).
     assert_eq!(
         probe(&c.ns.path, node_ip, 53, Protocol::Udp, 2000),
         ProbeResult::Connected

@@ -9,7 +9,8 @@
 //!
 //! Pod wiring (Calico-like): the pod's `eth0` holds `<pod ip>/32` and a default route via
 //! the gateway (169.254.1.1) marked on-link; the node side of the veth (`npc<8 hex>`) holds
-//! `<gateway>/32`, has proxy ARP on, and the node namespace routes `<pod ip>/32` to it.
+//! `<gateway>/32`, has proxy ARP on, and the node namespace routes `<pod ip>/32` to it
+//! with the node IP as preferred source.
 
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr};
@@ -237,6 +238,11 @@ pub struct PodWiring {
     pub pod_ip: Ipv4Addr,
     /// The pod's default gateway, also the address of every host-side veth.
     pub gateway: Ipv4Addr,
+    /// The node's own address, made the preferred source of the node's route to the pod so
+    /// traffic from the node (host-network pods) reaches pods from the node IP, not from
+    /// the gateway address. Must be an address of the node namespace; `None`: no
+    /// preference.
+    pub node_ip: Option<Ipv4Addr>,
 }
 
 /// The pod-side interface name.
@@ -378,13 +384,16 @@ pub fn wire_pod_here(w: &PodWiring) -> Result<()> {
             .await
             .map_err(nl(|| format!("bringing {} up", w.host_link)))?;
         node.route()
-            .add(
-                RouteMessageBuilder::<Ipv4Addr>::new()
+            .add({
+                let route = RouteMessageBuilder::<Ipv4Addr>::new()
                     .destination_prefix(w.pod_ip, 32)
                     .output_interface(host)
-                    .scope(RouteScope::Link)
-                    .build(),
-            )
+                    .scope(RouteScope::Link);
+                match w.node_ip {
+                    Some(src) => route.pref_source(src).build(),
+                    None => route.build(),
+                }
+            })
             .execute()
             .await
             .map_err(nl(|| {

@@ -519,6 +519,7 @@ impl PodManager {
         save_record(&self.cfg.state_dir, &record)?;
         let node_netns = self.cfg.node_netns.clone();
         let gateway = self.cfg.gateway;
+        let node_ip = self.cfg.node_ip;
         let rec = record.clone();
         let is_adopted = adopted.is_some();
         let started = tokio::task::spawn_blocking(move || {
@@ -544,6 +545,7 @@ impl PodManager {
                 host_link: link,
                 pod_ip: rec.ip,
                 gateway,
+                node_ip: Some(node_ip),
             };
             servers::spawn_in_new_pod(&wiring, &hostname, &specs)
         })
