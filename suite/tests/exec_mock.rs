@@ -39,6 +39,8 @@ fn status_json(exit: i32) -> serde_json::Value {
 }
 
 /// Serves exec upgrades on loopback; records each request's path and query.
+// tungstenite fixes the handshake callback's error type (an HTTP response).
+#[allow(clippy::result_large_err)]
 async fn mock_apiserver(script: Script, seen: Arc<Mutex<Vec<String>>>) -> u16 {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
