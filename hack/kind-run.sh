@@ -17,8 +17,9 @@
 #                                     without policy support, kind-up.sh none)
 #                     report          print the counts; any JUnit file is a success
 #
-# E2E_FOCUS, E2E_SKIP, NETPOL_PROBE_TARGET and NETPOL_TEST_THREADS are passed on when set
-# (in plugin mode as --plugin-env). Exit status: 0 when the run meets --expect, 1 when it
+# E2E_FOCUS, E2E_SKIP, NETPOL_PROBE_TARGET, NETPOL_TEST_THREADS, NETPOL_SCTP (0: no SCTP cases),
+# NETPOL_AGNHOST_IMAGE and NETPOL_IMPLEMENTATION (the JUnit property; default kind/<what
+# kind-up.sh installed>) are passed on when set (in plugin mode as --plugin-env). Exit status: 0 when the run meets --expect, 1 when it
 # does not or wrote no JUnit, 2 on bad usage.
 set -euo pipefail
 
@@ -70,7 +71,17 @@ kubeconfig="$tmp/kubeconfig"
 "$KIND" get kubeconfig --name "$KIND_CLUSTER_NAME" >"$kubeconfig" ||
   die "could not get the kubeconfig of kind cluster '$KIND_CLUSTER_NAME'"
 
-passed_env=(E2E_FOCUS E2E_SKIP NETPOL_PROBE_TARGET NETPOL_TEST_THREADS)
+passed_env=(E2E_FOCUS E2E_SKIP NETPOL_PROBE_TARGET NETPOL_TEST_THREADS NETPOL_SCTP NETPOL_AGNHOST_IMAGE NETPOL_IMPLEMENTATION)
+
+# The JUnit's `implementation` property: what hack/kind-up.sh recorded for this cluster.
+if [[ -z "${NETPOL_IMPLEMENTATION:-}" ]]; then
+  NETPOL_IMPLEMENTATION="$("$KUBECTL" --kubeconfig "$kubeconfig" -n kube-system get configmap netpol-kind-info \
+    -o jsonpath='{.data.implementation}' 2>/dev/null || true)"
+  if [[ -n "$NETPOL_IMPLEMENTATION" ]]; then
+    NETPOL_IMPLEMENTATION="kind/$NETPOL_IMPLEMENTATION"
+    export NETPOL_IMPLEMENTATION
+  fi
+fi
 
 run_binary() {
   local bin="${NETPOL_BIN:-}"

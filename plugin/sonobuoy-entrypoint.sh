@@ -4,7 +4,8 @@
 # Runs `netpol-conformance run --sonobuoy`, which writes $SONOBUOY_RESULTS_DIR/junit.xml and then
 # the `done` file naming it. This wrapper only adds what the binary cannot do for itself:
 #   - Sonobuoy's plugin env carries E2E_FOCUS="" and friends; an empty value is dropped so the
-#     suite sees "not set" rather than an empty regular expression;
+#     suite sees "not set" rather than an empty regular expression (an empty E2E_SKIP would
+#     match, and skip, every case);
 #   - if the binary dies before writing `done` (crash, OOM kill of a child, bad kubeconfig),
 #     Sonobuoy would wait for its timeout (6 h by default) and report nothing. The wrapper then
 #     writes a one-case junit.xml whose <error> carries the exit status and the end of the log,
@@ -16,7 +17,8 @@ results_dir="${SONOBUOY_RESULTS_DIR:-/tmp/sonobuoy/results}"
 export SONOBUOY_RESULTS_DIR="$results_dir"
 mkdir -p "$results_dir"
 
-for var in E2E_FOCUS E2E_SKIP NETPOL_PROBE_TARGET NETPOL_TEST_THREADS NETPOL_KUBECONFIG; do
+for var in E2E_FOCUS E2E_SKIP NETPOL_PROBE_TARGET NETPOL_TEST_THREADS NETPOL_KUBECONFIG \
+  NETPOL_IMPLEMENTATION NETPOL_SCTP NETPOL_AGNHOST_IMAGE; do
   if [[ -z "${!var:-}" ]]; then
     unset "$var"
   fi
