@@ -741,12 +741,13 @@ pub fn up(opts: &UpOptions) -> Result<Cluster> {
     if !is_root() {
         return Err(Error::NotRoot);
     }
+    let _lock = lock_parent(&opts.state_dir)?;
     if let Some(existing) = State::load(&opts.state_dir)? {
         if existing.phase == Phase::Ready && existing.processes.iter().all(procs::alive) {
             return Ok(Cluster::from_state(&existing));
         }
         tracing::info!(dir = %opts.state_dir.display(), "tearing down a stale local cluster");
-        down(&opts.state_dir)?;
+        down_unlocked(&opts.state_dir)?;
     }
     let plan = plan_for(opts)?;
     let existing = fabric::list_netns();
@@ -789,7 +790,7 @@ pub fn up(opts: &UpOptions) -> Result<Cluster> {
             Ok(Cluster::from_state(&s))
         }
         Err(e) => {
-            if let Err(down_err) = down(&opts.state_dir) {
+            if let Err(down_err) = down_unlocked(&opts.state_dir) {
                 tracing::warn!(error = %down_err, "cleanup after a failed up failed");
             }
             Err(e)
@@ -1464,6 +1465,30 @@ pub fn down(state_dir: &Path) -> Result<DownReport> {
     if !is_root() {
         return Err(Error::NotRoot);
     }
+    let _lock = lock_parent(state_dir)?;
+    down_unlocked(state_dir)
+}
+
+/// Serializes `up` and `down` of state directories under the same parent (two runs that
+/// bring up the same cluster at once would otherwise tear each other's halves down): an
+/// exclusive `flock` on the parent directory, released on drop.
+fn lock_parent(state_dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
+    let parent = state_dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("/"));
+    let fail = |source| Error::Io {
+        op: "locking",
+        path: parent.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(parent).map_err(fail)?;
+    let dir = std::fs::File::open(parent).map_err(fail)?;
+    nix::fcntl::Flock::lock(dir, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, errno)| fail(errno.into()))
+}
+
+fn down_unlocked(state_dir: &Path) -> Result<DownReport> {
     let t = Timeouts::default();
     let mut report = DownReport::default();
     let state = match State::load(state_dir) {
