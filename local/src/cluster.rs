@@ -1897,6 +1897,62 @@ mod tests {
     }
 
     #[test]
+    fn the_parent_lock_excludes_a_second_holder_until_dropped() {
+        let parent = std::env::temp_dir().join(format!("npc-lock-{}", std::process::id()));
+        let state_dir = parent.join("cluster");
+        let held = lock_parent(&state_dir).unwrap();
+        let try_again = || {
+            let dir = std::fs::File::open(&parent).unwrap();
+            nix::fcntl::Flock::lock(dir, nix::fcntl::FlockArg::LockExclusiveNonblock).is_ok()
+        };
+        assert!(!try_again(), "a second exclusive lock succeeded while held");
+        drop(held);
+        assert!(try_again(), "the lock was not released on drop");
+        std::fs::remove_dir_all(&parent).unwrap();
+    }
+
+    #[test]
+    fn status_and_down_report_render_what_matters() {
+        let st = Status {
+            state_dir: "/run/npc".into(),
+            phase: Some(Phase::Ready),
+            kubeconfig: Some("/run/npc/kubeconfig".into()),
+            processes: vec![
+                ("etcd".into(), 10, true),
+                ("kube-apiserver".into(), 11, false),
+            ],
+            netns: vec![("npc-node-0".into(), true)],
+            apiserver_ready: Some(false),
+            external_host_ip: Some(Ipv4Addr::new(172, 30, 254, 100)),
+        };
+        assert!(!st.healthy(), "a dead apiserver is not healthy");
+        let text = st.to_string();
+        assert!(text.contains("Ready, degraded"), "{text}");
+        assert!(
+            text.contains("kube-apiserver") && text.contains("GONE"),
+            "{text}"
+        );
+        assert!(text.contains("172.30.254.100"), "{text}");
+        let report = DownReport {
+            had_state: false,
+            processes: vec![("etcd".into(), Stopped::Killed)],
+            swept_processes: vec![42],
+            netns_removed: vec!["npc-ext".into()],
+            errors: vec!["boom".into()],
+        };
+        let text = report.to_string();
+        for want in [
+            "no state file",
+            "etcd: Killed",
+            "[42]",
+            "npc-ext",
+            "error: boom",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in {text}");
+        }
+    }
+
+    #[test]
     fn status_of_an_empty_dir_says_no_cluster() {
         let dir = std::env::temp_dir().join(format!("npc-status-{}", std::process::id()));
         let s = status(&dir).unwrap();
