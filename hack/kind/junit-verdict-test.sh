@@ -12,8 +12,8 @@ verdict="$here/junit-verdict.py"
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 
-# make_junit OUT MODE: one <testcase> per case id of the table, named like a trial
-# (<source>::<area>::<id>); MODE says how each case ends:
+# make_junit OUT MODE: one <testcase> per case id of the table, named as the suite names them
+# ("<trial>: <case name>"); MODE says how each case ends:
 #   no-enforcement  denial cases fail, allow-only cases pass (what a policy-free CNI gives)
 #   all-pass        every case passes
 #   flip-allow      like no-enforcement, but one allow-only case fails
@@ -40,7 +40,9 @@ for i, cid in enumerate(sorted(cases)):
         body = '<error message="exec failed"/>'
     if mode == "skip-some" and i == 0:
         body = '<skipped message="feature not supported"/>'
-    lines.append(f'<testcase classname="netpol.test" name="upstream::area::{cid}">{body}</testcase>')
+    # The suite names a JUnit case "<trial>: <case name>"; npa trials carry a ::v1alphaN variant.
+    trial = f"npa::area::{cid}::v1alpha2" if i % 2 else f"upstream::area::{cid}"
+    lines.append(f'<testcase classname="netpol-conformance.test" name="{trial}: case &apos;{cid}&apos;">{body}</testcase>')
 lines += ["</testsuite>", "</testsuites>"]
 pathlib.Path(out).write_text("\n".join(lines))
 PY

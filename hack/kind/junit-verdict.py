@@ -14,7 +14,8 @@
 A case "expects a denial" when, after its expectation entries are applied in order (later
 entries override earlier ones, starting from all-allowed; self pairs ignored), some probe step
 leaves at least one pair blocked. The cases come from the YAML table (cases/README.md); a JUnit
-test case is tied to its case by the trial name <source>::<area>::<id>[::<variant>].
+test case is tied to its case by its name, "<trial>: <case name>", whose trial is
+<source>::<area>::<id>[::<variant>].
 
 Needs Python 3.9+ and PyYAML.
 """
@@ -179,12 +180,13 @@ def load_junit(path: pathlib.Path) -> list[dict]:
 
 
 def case_id_of(result: dict, cases: dict[str, dict]) -> str | None:
-    for candidate in (result["name"], f'{result["classname"]}::{result["name"]}'):
-        parts = candidate.split("::")
-        if len(parts) >= 3 and parts[2] in cases:
-            return parts[2]
-    if result["name"] in cases:
-        return result["name"]
+    """The case id of a JUnit test case named "<trial>: <case name>" (or just "<trial>")."""
+    trial = result["name"].split(": ", 1)[0].strip()
+    parts = trial.split("::")
+    if len(parts) >= 3 and parts[2] in cases:
+        return parts[2]
+    if trial in cases:
+        return trial
     return None
 
 
