@@ -772,30 +772,48 @@ pub fn up(opts: &UpOptions) -> Result<Cluster> {
         None => None,
     };
     let agent = agent_program()?;
-    let state = RefCell::new(State::new(&opts.state_dir, &bin_dir));
-    let result = bring_up(
-        &state,
-        opts,
-        &plan,
-        &bin_dir,
-        enforcer.as_deref(),
-        &agent,
-        Timeouts::default(),
-    );
-    match result {
-        Ok(()) => {
-            let mut s = state.borrow_mut();
-            s.phase = Phase::Ready;
-            s.save()?;
-            Ok(Cluster::from_state(&s))
-        }
-        Err(e) => {
-            if let Err(down_err) = down_unlocked(&opts.state_dir) {
-                tracing::warn!(error = %down_err, "cleanup after a failed up failed");
+    let mut attempt = 1;
+    loop {
+        let state = RefCell::new(State::new(&opts.state_dir, &bin_dir));
+        let result = bring_up(
+            &state,
+            opts,
+            &plan,
+            &bin_dir,
+            enforcer.as_deref(),
+            &agent,
+            Timeouts::default(),
+        );
+        match result {
+            Ok(()) => {
+                let mut s = state.borrow_mut();
+                s.phase = Phase::Ready;
+                s.save()?;
+                return Ok(Cluster::from_state(&s));
             }
-            Err(e)
+            Err(e) => {
+                if let Err(down_err) = down_unlocked(&opts.state_dir) {
+                    tracing::warn!(error = %down_err, "cleanup after a failed up failed");
+                }
+                // Free ports are picked by binding port 0 and closing; another process can
+                // take one before our server binds it. Such a race is worth one retry.
+                if attempt < UP_ATTEMPTS && lost_a_port_race(&e) {
+                    tracing::warn!(error = %e, "a port was taken meanwhile; starting over");
+                    attempt += 1;
+                    continue;
+                }
+                return Err(e);
+            }
         }
     }
+}
+
+/// How often `up` starts over after losing a port race.
+const UP_ATTEMPTS: u32 = 2;
+
+/// Whether a failed `up` died because a picked port was taken in the meantime.
+fn lost_a_port_race(e: &Error) -> bool {
+    matches!(e, Error::Died { tail, .. } if tail.contains("address already in use"))
 }
 
 fn plan_for(opts: &UpOptions) -> Result<Plan> {
@@ -1950,6 +1968,21 @@ mod tests {
         ] {
             assert!(text.contains(want), "missing {want:?} in {text}");
         }
+    }
+
+    #[test]
+    fn only_a_taken_port_is_worth_a_retry() {
+        let died = |tail: &str| Error::Died {
+            name: "etcd".into(),
+            waiting_for: "etcd /health".into(),
+            log: "/x".into(),
+            tail: tail.into(),
+        };
+        assert!(lost_a_port_race(&died(
+            "listen tcp 127.0.0.1:40001: bind: address already in use"
+        )));
+        assert!(!lost_a_port_race(&died("panic: something else")));
+        assert!(!lost_a_port_race(&Error::NotRoot));
     }
 
     #[test]
