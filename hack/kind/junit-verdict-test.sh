@@ -77,6 +77,11 @@ check 0 "no-enforcement accepts skipped cases" no-enforcement "$tmp/skip-some.xm
 check 1 "no-enforcement rejects a run with no case" no-enforcement "$tmp/empty.xml" --cases "$cases"
 check 2 "no-enforcement reports a file that is not JUnit" no-enforcement "$tmp/not-junit.xml" --cases "$cases"
 check 2 "no-enforcement reports a missing cases directory" no-enforcement "$tmp/all-pass.xml" --cases "$tmp/nope"
+# A real JUnit from `netpol-conformance run --no-enforcer` on the local cluster (three upstream
+# cases: two allow-only, one default deny), as the suite writes it.
+real="$here/testdata/local-no-enforcer.junit.xml"
+check 0 "no-enforcement accepts the suite's own JUnit of a run without enforcer" no-enforcement "$real" --cases "$cases"
+check 1 "summary rejects the suite's own JUnit of a run without enforcer" summary "$real"
 check 0 "summary accepts a run where everything passed" summary "$tmp/all-pass.xml"
 check 1 "summary rejects failures" summary "$tmp/no-enforcement.xml"
 check 1 "summary rejects an empty run" summary "$tmp/empty.xml"
