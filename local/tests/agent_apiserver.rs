@@ -446,6 +446,38 @@ fn agent_registers_node_realizes_pods_readopts_and_confirms_deletion() {
     let (b_ip, b_ns) = rt.block_on(ready(&pods_api, "b"));
     let (h_ip, h_ns) = rt.block_on(ready(&pods_api, "h"));
     let (_, g_ns) = rt.block_on(ready(&pods_api, "g"));
+
+    // A second host-network pod on the same port cannot bind: Running but not Ready, and
+    // the Ready condition says why.
+    rt.block_on(async {
+        let clash = pod_manifest("h2", true, json!([serve_hostname("c8080", "tcp", 8080)]));
+        pods_api
+            .create(&PostParams::default(), &clash)
+            .await
+            .unwrap();
+        let message = poll("pod h2 reported not ready", POD_READY, || async {
+            let p = pods_api.get_opt("h2").await.ok().flatten()?;
+            let ready = p
+                .status?
+                .conditions?
+                .into_iter()
+                .find(|c| c.type_ == "Ready")?;
+            (ready.status == "False").then_some(ready.message.unwrap_or_default())
+        })
+        .await;
+        assert!(
+            message.contains("c8080: binding 8080/TCP failed"),
+            "{message}"
+        );
+        pods_api
+            .delete("h2", &DeleteParams::default())
+            .await
+            .unwrap();
+        poll("pod h2 gone", POD_GONE, || async {
+            matches!(pods_api.get_opt("h2").await, Ok(None)).then_some(())
+        })
+        .await;
+    });
     assert!(cfg.pod_cidr.contains(&a_ip) && cfg.pod_cidr.contains(&b_ip) && a_ip != b_ip);
     assert_eq!(h_ip, node_ip, "host-network pods get the node's address");
     assert_eq!(

@@ -8,7 +8,7 @@
 //! restart the agent re-adopts a recorded pod whose namespace and link still exist
 //! (restarting only its servers) and recreates it otherwise.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -418,7 +418,8 @@ impl PodManager {
                 return;
             }
         };
-        let ready = servers.all_up();
+        let problems = problems_by_container(&pod, &servers);
+        let ready = problems.is_empty();
         let servers = {
             let mut inner = self.lock();
             if matches!(inner.pods.get(&uid), Some(Slot::Starting { doomed: true })) {
@@ -455,7 +456,7 @@ impl PodManager {
         // Retry transient API failures while the pod is still ours and running.
         let mut pause = SETUP_RETRY;
         loop {
-            match self.report(&pod, &record, ready).await {
+            match self.report(&pod, &record, &problems).await {
                 Ok(()) => break,
                 Err(e) => {
                     tracing::warn!(pod = %key, error = %error_chain(&e), "writing pod status failed; retrying")
@@ -565,7 +566,12 @@ impl PodManager {
     }
 
     /// Writes the netns annotation and the Running/Ready status.
-    async fn report(&self, pod: &Pod, record: &PodRecord, ready: bool) -> Result<()> {
+    async fn report(
+        &self,
+        pod: &Pod,
+        record: &PodRecord,
+        problems: &BTreeMap<String, Vec<String>>,
+    ) -> Result<()> {
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &record.namespace);
         let key = record.key();
         api.patch(
@@ -581,7 +587,7 @@ impl PodManager {
             pod: key.clone(),
             source,
         })?;
-        let status = pod_status(pod, record, self.cfg.node_ip, ready, Timestamp::now());
+        let status = pod_status(pod, record, self.cfg.node_ip, problems, Timestamp::now());
         api.patch_status(&record.name, &PatchParams::default(), &Patch::Merge(status))
             .await
             .map(drop)
@@ -608,6 +614,25 @@ impl PodManager {
         };
         let _ = tokio::task::spawn_blocking(move || drop(servers)).await;
     }
+}
+
+/// The servers that failed to bind, by the container that asked for them. The servers
+/// were started from the containers' [`agnhost::servers_for`] in order, so statuses map
+/// back one to one.
+fn problems_by_container(pod: &Pod, servers: &Servers) -> BTreeMap<String, Vec<String>> {
+    let mut statuses = servers.statuses().iter();
+    let mut problems = BTreeMap::new();
+    for container in pod.spec.iter().flat_map(|s| &s.containers) {
+        for _ in agnhost::servers_for(container) {
+            if let Some((_, servers::ServerStatus::Failed(why))) = statuses.next() {
+                problems
+                    .entry(container.name.clone())
+                    .or_insert_with(Vec::new)
+                    .push(why.clone());
+            }
+        }
+    }
+    problems
 }
 
 #[cfg(test)]

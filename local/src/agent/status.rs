@@ -1,6 +1,7 @@
 //! The pod status the agent reports: Running, the pod's IPs, the kubelet's conditions and
 //! container statuses, so readiness waits and StatefulSets behave.
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use k8s_openapi::api::core::v1::Pod;
@@ -11,13 +12,17 @@ use serde_json::json;
 use super::records::PodRecord;
 
 /// The status the agent writes for a realized pod (a JSON merge patch body).
+///
+/// `problems` maps a container name to why it is not ready (its servers that failed to
+/// bind); a container without problems is ready, the pod is ready when all are.
 pub fn pod_status(
     pod: &Pod,
     record: &PodRecord,
     node_ip: Ipv4Addr,
-    ready: bool,
+    problems: &BTreeMap<String, Vec<String>>,
     now: Timestamp,
 ) -> serde_json::Value {
+    let ready = problems.values().all(Vec::is_empty);
     let time = serde_json::to_value(Time(now)).expect("Time serializes");
     let started = pod
         .status
@@ -26,7 +31,26 @@ pub fn pod_status(
         .map(|t| serde_json::to_value(t).expect("Time serializes"))
         .unwrap_or_else(|| time.clone());
     let flag = |b: bool| if b { "True" } else { "False" };
-    let condition = |kind: &str, ok: bool| json!({"type": kind, "status": flag(ok), "lastProbeTime": null, "lastTransitionTime": time});
+    let not_ready: Vec<&String> = problems
+        .iter()
+        .filter(|(_, p)| !p.is_empty())
+        .map(|(name, _)| name)
+        .collect();
+    let message = problems
+        .iter()
+        .flat_map(|(name, p)| p.iter().map(move |why| format!("{name}: {why}")))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let condition = |kind: &str, ok: bool| {
+        let mut c = json!({"type": kind, "status": flag(ok), "lastProbeTime": null, "lastTransitionTime": time});
+        if !ok {
+            c["reason"] = json!("ContainersNotReady");
+            c["message"] = json!(format!(
+                "containers with unready status: {not_ready:?}: {message}"
+            ));
+        }
+        c
+    };
     let spec = pod.spec.clone().unwrap_or_default();
     let uid = &record.uid;
     let containers: Vec<serde_json::Value> = spec
@@ -38,7 +62,7 @@ pub fn pod_status(
                 "image": c.image.clone().unwrap_or_default(),
                 "imageID": "",
                 "containerID": format!("netpol-local://{uid}/{}", c.name),
-                "ready": ready,
+                "ready": problems.get(&c.name).is_none_or(Vec::is_empty),
                 "started": true,
                 "restartCount": 0,
                 "state": {"running": {"startedAt": time}},
@@ -94,11 +118,13 @@ mod tests {
     fn status_is_running_with_ips_conditions_and_container_statuses() {
         let pod = Pod {
             spec: Some(PodSpec {
-                containers: vec![Container {
-                    name: "cont-80-tcp".into(),
-                    image: Some("agnhost".into()),
-                    ..Default::default()
-                }],
+                containers: ["cont-80-tcp", "cont-81-tcp"]
+                    .map(|name| Container {
+                        name: name.into(),
+                        image: Some("agnhost".into()),
+                        ..Default::default()
+                    })
+                    .to_vec(),
                 ..Default::default()
             }),
             ..Default::default()
@@ -113,7 +139,8 @@ mod tests {
             host_network: false,
         };
         let now = Timestamp::from_second(1_800_000_000).unwrap();
-        let v = pod_status(&pod, &record, Ipv4Addr::new(172, 31, 0, 1), true, now);
+        let none = BTreeMap::new();
+        let v = pod_status(&pod, &record, Ipv4Addr::new(172, 31, 0, 1), &none, now);
         let status: PodStatus = serde_json::from_value(v["status"].clone()).unwrap();
         assert_eq!(status.phase.as_deref(), Some("Running"));
         assert_eq!(status.pod_ip.as_deref(), Some("10.244.0.5"));
@@ -128,7 +155,13 @@ mod tests {
         assert!(cs.ready);
         assert!(cs.state.as_ref().unwrap().running.is_some());
 
-        let v = pod_status(&pod, &record, Ipv4Addr::new(172, 31, 0, 1), false, now);
+        // One container's server could not bind: that container and the pod are not
+        // ready, the other container is, and the condition says why.
+        let problems = BTreeMap::from([(
+            "cont-81-tcp".to_string(),
+            vec!["binding 81/TCP failed: Address in use".to_string()],
+        )]);
+        let v = pod_status(&pod, &record, Ipv4Addr::new(172, 31, 0, 1), &problems, now);
         let status: PodStatus = serde_json::from_value(v["status"].clone()).unwrap();
         let ready = status
             .conditions
@@ -137,5 +170,15 @@ mod tests {
             .find(|c| c.type_ == "Ready")
             .unwrap();
         assert_eq!(ready.status, "False");
+        assert_eq!(ready.reason.as_deref(), Some("ContainersNotReady"));
+        assert!(
+            ready
+                .message
+                .unwrap()
+                .contains("cont-81-tcp: binding 81/TCP failed")
+        );
+        let cs = status.container_statuses.unwrap();
+        assert!(cs[0].ready);
+        assert!(!cs[1].ready);
     }
 }
