@@ -26,7 +26,11 @@ pub use crate::Protocol;
     status = "AdminNetworkPolicyStatus",
     derive = "PartialEq",
     annotation("policy.networking.k8s.io/bundle-version", "v0.1.7"),
-    printcolumn(name = "Priority", type_ = "string", json_path = ".spec.priority"),
+    annotation(
+        "api-approved.kubernetes.io",
+        "https://github.com/kubernetes-sigs/network-policy-api/pull/30"
+    ),
+    printcolumn(name = "Priority", type_ = "integer", json_path = ".spec.priority"),
     printcolumn(
         name = "Age",
         type_ = "date",
@@ -72,6 +76,7 @@ pub struct AdminNetworkPolicyStatus {
     status = "BaselineAdminNetworkPolicyStatus",
     derive = "PartialEq",
     annotation("policy.networking.k8s.io/bundle-version", "v0.1.7"),
+    annotation("api-approved.kubernetes.io", "https://github.com/kubernetes-sigs/network-policy-api/pull/30"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = kube::core::Rule::new("self.metadata.name == 'default'")
         .message("Only one baseline admin network policy with metadata.name=\"default\" can be created in the cluster"),

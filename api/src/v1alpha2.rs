@@ -24,8 +24,12 @@ pub use crate::v1alpha1::NamespacedPod;
     status = "ClusterNetworkPolicyStatus",
     derive = "PartialEq",
     annotation("policy.networking.k8s.io/bundle-version", "v0.2.0"),
+    annotation(
+        "api-approved.kubernetes.io",
+        "https://github.com/kubernetes-sigs/network-policy-api/pull/30"
+    ),
     printcolumn(name = "Tier", type_ = "string", json_path = ".spec.tier"),
-    printcolumn(name = "Priority", type_ = "string", json_path = ".spec.priority"),
+    printcolumn(name = "Priority", type_ = "integer", json_path = ".spec.priority"),
     printcolumn(
         name = "Age",
         type_ = "date",
