@@ -102,21 +102,6 @@ pub const MAX_NODES: usize = 90;
 /// test cluster next to a user's). Unset or empty: the plain names.
 pub const INSTANCE_ENV: &str = "NETPOL_LOCAL_INSTANCE";
 
-/// The instance from [`INSTANCE_ENV`] (empty when unset); only `[a-z0-9]{1,8}` is accepted.
-pub fn instance_from_env() -> Result<String> {
-    let tag = std::env::var(INSTANCE_ENV).unwrap_or_default();
-    if tag.is_empty()
-        || (tag.len() <= 8
-            && tag
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()))
-    {
-        Ok(tag)
-    } else {
-        Err(Error::Instance { tag })
-    }
-}
-
 /// The namespace name of `base` (`fabric`, `ext`, `node-0`) in an instance.
 pub fn instance_netns(instance: &str, base: &str) -> String {
     if instance.is_empty() {
