@@ -204,6 +204,10 @@ pub trait Cluster: Send + Sync {
     fn delete_world(&self, realized: &RealizedWorld) -> Result<(), BackendError>;
     /// Carries out probes, as many at once as the prober allows; one outcome per job, in order.
     fn probe(&self, jobs: &[ProbeJob]) -> Vec<Outcome>;
+    /// How many transport calls (execs, netns probes) [`Cluster::probe`] makes for these jobs.
+    fn probe_calls(&self, jobs: &[ProbeJob]) -> usize {
+        jobs.len()
+    }
 }
 
 pub mod fake {

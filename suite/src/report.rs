@@ -71,6 +71,9 @@ pub struct StepReport {
     pub errors: usize,
     /// Pairs that were wrong at first and right later (recorded, not hidden).
     pub flaky: Vec<String>,
+    /// Transport calls the step made (execs on real clusters, netns probes locally), retries
+    /// included.
+    pub calls: usize,
     /// Expected / observed / comparison tables, when the step did not pass.
     pub tables: Option<String>,
     /// Commands to repeat the failing probes by hand.
@@ -103,7 +106,7 @@ impl TrialReport {
         for step in &self.steps {
             let _ = writeln!(
                 out,
-                "step {} {}{}: {} (correct {}, wrong {}, errors {})",
+                "step {} {}{}: {} (correct {}, wrong {}, errors {}; {} probe calls)",
                 step.index,
                 step.probe,
                 step.name
@@ -113,7 +116,8 @@ impl TrialReport {
                 step.result,
                 step.correct,
                 step.wrong,
-                step.errors
+                step.errors,
+                step.calls
             );
             if !step.flaky.is_empty() {
                 let _ = writeln!(

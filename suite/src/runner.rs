@@ -368,6 +368,7 @@ fn probe_step(
         wrong: 0,
         errors: 0,
         flaky: Vec::new(),
+        calls: 0,
         tables: None,
         rerun: Vec::new(),
     };
@@ -394,6 +395,7 @@ fn probe_step(
             observed.set(&job.from.model, &job.to_model, outcome);
         }
     };
+    step.calls += cluster.probe_calls(&jobs);
     record(&mut observed, &jobs, cluster.probe(&jobs));
     let first = Comparison::new(&probe.expected, &observed, plan.block_rule);
     let wrong_at_first = |c: &Comparison| -> Vec<(String, String)> {
@@ -419,12 +421,14 @@ fn probe_step(
             })
             .cloned()
             .collect();
+        step.calls += cluster.probe_calls(&retry);
         record(&mut observed, &retry, cluster.probe(&retry));
         comparison = Comparison::new(&probe.expected, &observed, plan.block_rule);
     }
     // Still wrong: probe the whole matrix once more, as upstream's second try does.
     if !comparison.passed() {
         let mut second = Observed::new(probe.expected.pods().to_vec());
+        step.calls += cluster.probe_calls(&jobs);
         record(&mut second, &jobs, cluster.probe(&jobs));
         observed = second;
         comparison = Comparison::new(&probe.expected, &observed, plan.block_rule);

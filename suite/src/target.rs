@@ -24,12 +24,7 @@ struct HybridProber {
 
 impl Prober for HybridProber {
     fn probe(&self, job: &ProbeJob) -> Outcome {
-        let here = job
-            .from
-            .netns
-            .as_deref()
-            .is_some_and(|p| std::path::Path::new(p).exists());
-        if here {
+        if Self::is_local(job) {
             self.netns.probe(job)
         } else {
             self.exec.probe(job)
@@ -40,6 +35,38 @@ impl Prober for HybridProber {
     }
     fn name(&self) -> &'static str {
         "exec or netns"
+    }
+    fn probe_all(&self, jobs: &[ProbeJob]) -> Vec<Outcome> {
+        let (local, remote): (Vec<usize>, Vec<usize>) =
+            (0..jobs.len()).partition(|i| Self::is_local(&jobs[*i]));
+        let pick = |idx: &[usize]| idx.iter().map(|i| jobs[*i].clone()).collect::<Vec<_>>();
+        let mut out = vec![Outcome::Error("not probed".into()); jobs.len()];
+        for (idx, outcomes) in [
+            (&local, self.netns.probe_all(&pick(&local))),
+            (&remote, self.exec.probe_all(&pick(&remote))),
+        ] {
+            for (i, o) in idx.iter().zip(outcomes) {
+                out[*i] = o;
+            }
+        }
+        out
+    }
+    fn calls(&self, jobs: &[ProbeJob]) -> usize {
+        let remote: Vec<ProbeJob> = jobs
+            .iter()
+            .filter(|j| !Self::is_local(j))
+            .cloned()
+            .collect();
+        jobs.len() - remote.len() + self.exec.calls(&remote)
+    }
+}
+
+impl HybridProber {
+    fn is_local(job: &ProbeJob) -> bool {
+        job.from
+            .netns
+            .as_deref()
+            .is_some_and(|p| std::path::Path::new(p).exists())
     }
 }
 
@@ -229,6 +256,8 @@ pub fn connect(spec: &TargetSpec, run_id: &str) -> Result<Target, String> {
                     client: client.clone(),
                     parallelism: 8,
                     exec_slack: std::time::Duration::from_secs(30),
+                    batch: std::env::var("NETPOL_EXEC_BATCH").as_deref() != Ok("0"),
+                    batch_works: std::sync::atomic::AtomicBool::new(true),
                 },
                 netns: NetnsProber { parallelism: 32 },
             };

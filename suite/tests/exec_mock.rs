@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use futures::SinkExt;
 use netpol_conformance::backend::{ProbeJob, RealizedPod};
+use std::sync::atomic::AtomicBool;
+
 use netpol_conformance::kube::Prober;
 use netpol_conformance::kube::exec::ExecProber;
 use netpol_conformance::reachability::{BlockKind, Outcome};
@@ -22,6 +24,58 @@ struct Script {
     stdout: &'static str,
     stderr: &'static str,
     exit: i32,
+}
+
+/// Percent-decodes one query value.
+fn unescape(v: &str) -> String {
+    let bytes = v.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap();
+                out.push(u8::from_str_radix(hex, 16).unwrap());
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
+
+/// The `command` values of an exec request.
+fn command_of(uri: &str) -> Vec<String> {
+    uri.split_once('?')
+        .map(|(_, q)| q)
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|kv| kv.strip_prefix("command="))
+        .map(unescape)
+        .collect()
+}
+
+/// How the mocked agnhost answers a target in batch mode: `.2` connects, `.3` times out, `.4`
+/// is refused.
+fn batch_stdout(command: &[String]) -> String {
+    command
+        .iter()
+        .skip(6)
+        .map(
+            |t| match t.split(':').next().unwrap().rsplit('.').next().unwrap() {
+                "2" => format!("@@{t} 0 \n"),
+                "3" => format!("@@{t} 1 TIMEOUT\n"),
+                _ => format!("@@{t} 1 REFUSED\n"),
+            },
+        )
+        .collect()
 }
 
 fn status_json(exit: i32) -> serde_json::Value {
@@ -52,8 +106,11 @@ async fn mock_apiserver(script: Script, seen: Arc<Mutex<Vec<String>>>) -> u16 {
             let script = script.clone();
             let seen = seen.clone();
             tokio::spawn(async move {
+                let uri = Arc::new(Mutex::new(String::new()));
+                let uri_in = uri.clone();
                 let callback = |req: &Request, mut resp: Response| {
                     seen.lock().unwrap().push(req.uri().to_string());
+                    *uri_in.lock().unwrap() = req.uri().to_string();
                     let offered = req
                         .headers()
                         .get("Sec-WebSocket-Protocol")
@@ -77,8 +134,14 @@ async fn mock_apiserver(script: Script, seen: Arc<Mutex<Vec<String>>>) -> u16 {
                     v.extend_from_slice(bytes);
                     Message::Binary(v.into())
                 };
-                if !script.stdout.is_empty() {
-                    let _ = ws.send(frame(1, script.stdout.as_bytes())).await;
+                let command = command_of(&uri.lock().unwrap());
+                let stdout = if command.first().map(String::as_str) == Some("sh") {
+                    batch_stdout(&command)
+                } else {
+                    script.stdout.to_string()
+                };
+                if !stdout.is_empty() {
+                    let _ = ws.send(frame(1, stdout.as_bytes())).await;
                 }
                 if !script.stderr.is_empty() {
                     let _ = ws.send(frame(2, script.stderr.as_bytes())).await;
@@ -93,6 +156,10 @@ async fn mock_apiserver(script: Script, seen: Arc<Mutex<Vec<String>>>) -> u16 {
 }
 
 fn job() -> ProbeJob {
+    job_to(2)
+}
+
+fn job_to(last_octet: u8) -> ProbeJob {
     ProbeJob {
         from: RealizedPod {
             model: "x/a".into(),
@@ -104,14 +171,17 @@ fn job() -> ProbeJob {
             netns: None,
         },
         to_model: "x/b".into(),
-        to_ip: IpAddr::from([10, 0, 0, 2]),
+        to_ip: IpAddr::from([10, 0, 0, last_octet]),
         port: 80,
         protocol: Protocol::Tcp,
         timeout: Duration::from_secs(1),
     }
 }
 
-fn probe_with(script: Script) -> (Outcome, Vec<String>) {
+fn prober_with(
+    script: Script,
+    batch: bool,
+) -> (ExecProber, Arc<Mutex<Vec<String>>>, tokio::runtime::Runtime) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -124,12 +194,86 @@ fn probe_with(script: Script) -> (Outcome, Vec<String>) {
     let prober = ExecProber {
         rt: rt.handle().clone(),
         client,
-        parallelism: 1,
+        parallelism: 2,
         exec_slack: Duration::from_secs(10),
+        batch,
+        batch_works: AtomicBool::new(true),
     };
+    (prober, seen, rt)
+}
+
+fn probe_with(script: Script) -> (Outcome, Vec<String>) {
+    let (prober, seen, _rt) = prober_with(script, false);
     let outcome = prober.probe(&job());
     let seen = seen.lock().unwrap().clone();
     (outcome, seen)
+}
+
+#[test]
+fn batch_mode_probes_a_row_with_one_exec() {
+    let (prober, seen, _rt) = prober_with(
+        Script {
+            stdout: "",
+            stderr: "",
+            exit: 0,
+        },
+        true,
+    );
+    let jobs: Vec<ProbeJob> = [2, 3, 4, 2].into_iter().map(job_to).collect();
+    let mut other_source = job_to(3);
+    other_source.from.name = "b".into();
+    let mut all = jobs.clone();
+    all.push(other_source);
+    assert_eq!(prober.calls(&all), 2, "one exec per source pod");
+    let outcomes = prober.probe_all(&all);
+    assert_eq!(
+        outcomes,
+        [
+            Outcome::Connected,
+            Outcome::Blocked(BlockKind::Timeout),
+            Outcome::Blocked(BlockKind::Refused),
+            Outcome::Connected,
+            Outcome::Blocked(BlockKind::Timeout),
+        ]
+    );
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    let command = command_of(seen.iter().find(|u| u.contains("/pods/a/")).unwrap());
+    assert_eq!(&command[..2], ["sh", "-c"]);
+    assert_eq!(&command[3..6], ["sh", "tcp", "1s"]);
+    assert_eq!(
+        command[6..],
+        ["10.0.0.2:80", "10.0.0.3:80", "10.0.0.4:80", "10.0.0.2:80"]
+    );
+}
+
+#[test]
+fn batch_mode_falls_back_when_the_image_has_no_shell() {
+    // The container has no `sh`: the batch exec exits 127; single probes then run as usual.
+    let (prober, seen, _rt) = prober_with(
+        Script {
+            stdout: "",
+            stderr: "exec: \"sh\": executable file not found in $PATH",
+            exit: 127,
+        },
+        true,
+    );
+    let outcomes = prober.probe_all(&[job_to(2)]);
+    // The single-probe exec gets the same scripted answer (exit 127) and says so.
+    assert!(
+        matches!(&outcomes[0], Outcome::Error(m) if m.contains("exited 127")),
+        "{outcomes:?}"
+    );
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        2,
+        "one batch attempt, then one single probe"
+    );
+    assert_eq!(
+        prober.calls(&[job_to(2), job_to(3)]),
+        2,
+        "batching is off from now on"
+    );
 }
 
 #[test]

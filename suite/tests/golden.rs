@@ -67,6 +67,7 @@ fn sample_report() -> RunReport {
         correct: if tables.is_some() { 70 } else { 72 },
         wrong: if tables.is_some() { 2 } else { 0 },
         errors: 0,
+        calls: 9,
         flaky: if tables.is_some() {
             vec![]
         } else {

@@ -36,6 +36,14 @@ pub trait Prober: Send + Sync {
     fn parallelism(&self) -> usize;
     /// A short name for reports (`exec`, `netns`).
     fn name(&self) -> &'static str;
+    /// Many probes, outcomes in job order. The default runs [`Prober::probe`] on a pool.
+    fn probe_all(&self, jobs: &[ProbeJob]) -> Vec<Outcome> {
+        run_pool(self, jobs)
+    }
+    /// How many calls to the transport (execs, netns probes) [`Prober::probe_all`] makes.
+    fn calls(&self, jobs: &[ProbeJob]) -> usize {
+        jobs.len()
+    }
 }
 
 /// Named waits of the backend.
@@ -817,13 +825,17 @@ impl Cluster for KubeCluster {
     }
 
     fn probe(&self, jobs: &[ProbeJob]) -> Vec<Outcome> {
-        run_pool(&*self.prober, jobs)
+        self.prober.probe_all(jobs)
+    }
+
+    fn probe_calls(&self, jobs: &[ProbeJob]) -> usize {
+        self.prober.calls(jobs)
     }
 }
 
 /// Runs blocking probes on a bounded pool of plain threads (probers block on exec or on
 /// netns threads, so they stay off the async runtime); outcomes come back in job order.
-pub fn run_pool(prober: &dyn Prober, jobs: &[ProbeJob]) -> Vec<Outcome> {
+pub fn run_pool<P: Prober + ?Sized>(prober: &P, jobs: &[ProbeJob]) -> Vec<Outcome> {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let next = AtomicUsize::new(0);
     let results: Vec<Mutex<Option<Outcome>>> = jobs.iter().map(|_| Mutex::new(None)).collect();
