@@ -503,6 +503,9 @@ fn networks_everything() -> Value {
 
 type Patch = Box<dyn Fn(&mut Scenario)>;
 
+/// Patches keyed by the `(subtest, step)` before which they apply.
+type Patches = Vec<((u32, u32), Patch)>;
+
 fn swap(policy: &'static str, dir: &'static str, i: usize, j: usize) -> Patch {
     Box::new(move |s| {
         s.cnp(policy)["spec"][dir]
@@ -534,9 +537,9 @@ fn prepend_pod_ip_accept(policy: &'static str) -> Patch {
 }
 
 /// The scenario and its patches, keyed by `(subtest, step)` before which they apply.
-fn scenario(test: &str) -> (Scenario, Vec<((u32, u32), Patch)>) {
+fn scenario(test: &str) -> (Scenario, Patches) {
     let rotations = |p: &'static str, dirs: &'static [&'static str]| {
-        let mut v: Vec<((u32, u32), Patch)> = Vec::new();
+        let mut v: Patches = Vec::new();
         for d in dirs {
             v.push(((3, 1), swap(p, d, 0, 1)));
             v.push(((5, 1), swap(p, d, 0, 2)));
@@ -544,7 +547,7 @@ fn scenario(test: &str) -> (Scenario, Vec<((u32, u32), Patch)>) {
         }
         v
     };
-    let base_swaps = |dirs: &'static [&'static str]| -> Vec<((u32, u32), Patch)> {
+    let base_swaps = |dirs: &'static [&'static str]| -> Patches {
         dirs.iter()
             .map(|d| -> ((u32, u32), Patch) { ((3, 1), swap("default", d, 0, 1)) })
             .collect()
@@ -566,44 +569,28 @@ fn scenario(test: &str) -> (Scenario, Vec<((u32, u32), Patch)>) {
                 &[],
             ),
         ];
-        let (name, p) = if admin {
-            (
-                "inline-cidr-as-peers-example",
-                cnp(
-                    "inline-cidr-as-peers-example",
-                    "Admin",
-                    85,
-                    house_pods("gryffindor"),
-                    vec![],
-                    rules,
-                ),
-            )
+        let name = if admin {
+            "inline-cidr-as-peers-example"
         } else {
-            (
-                "default",
-                cnp(
-                    "default",
-                    "Baseline",
-                    10,
-                    subject_ns("gryffindor"),
-                    vec![],
-                    rules,
-                ),
+            "default"
+        };
+        let p = if admin {
+            cnp(name, "Admin", 85, house_pods("gryffindor"), vec![], rules)
+        } else {
+            cnp(
+                name,
+                "Baseline",
+                10,
+                subject_ns("gryffindor"),
+                vec![],
+                rules,
             )
         };
-        let patches: Vec<((u32, u32), Patch)> = vec![
+        let patches: Patches = vec![
             ((1, 10), relabel("slytherin", "denied-namespace-label")),
             ((1, 13), relabel("slytherin", "slytherin")),
-            (
-                (2, 1),
-                prepend_pod_ip_accept(if admin {
-                    "inline-cidr-as-peers-example"
-                } else {
-                    "default"
-                }),
-            ),
+            ((2, 1), prepend_pod_ip_accept(name)),
         ];
-        let _ = name;
         (Scenario::new(vec![p], vec![]), patches)
     };
     match test {
@@ -747,7 +734,7 @@ fn scenario(test: &str) -> (Scenario, Vec<((u32, u32), Patch)>) {
                 ],
                 vec![np],
             );
-            let patches: Vec<((u32, u32), Patch)> = vec![
+            let patches: Patches = vec![
                 (
                     (3, 1),
                     Box::new(|s: &mut Scenario| {
@@ -831,7 +818,7 @@ fn scenario(test: &str) -> (Scenario, Vec<((u32, u32), Patch)>) {
                 ],
                 vec![],
             );
-            let patches: Vec<((u32, u32), Patch)> = vec![(
+            let patches: Patches = vec![(
                 (3, 1),
                 Box::new(|s: &mut Scenario| {
                     s.cnp("old-priority-60-new-priority-40-example")["spec"]["priority"] = json!(40)
