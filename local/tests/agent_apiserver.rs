@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod, ServiceAccount};
 use kube::api::{Api, DeleteParams, PostParams};
-use netpol_local::agent::{self, AgentConfig, NETNS_ANNOTATION, netns, records};
+use netpol_local::agent::{self, AgentConfig, NETNS_ANNOTATION, netns, node, records};
 use netpol_local::probe::{self, ProbeResult, Protocol};
 use serde_json::json;
 
@@ -724,6 +724,20 @@ fn node_stays_ready_under_the_node_lifecycle_controller() {
                 assert!(taints.is_empty(), "node tainted: {taints:?}");
             }
         }
+    });
+    // A deleted Node comes back at the next status heartbeat.
+    rt.block_on(async {
+        nodes.delete(NODE, &DeleteParams::default()).await.unwrap();
+        poll("the node deleted", POD_GONE, || async {
+            matches!(nodes.get_opt(NODE).await, Ok(None)).then_some(())
+        })
+        .await;
+        poll(
+            "the node registered again",
+            node::STATUS_HEARTBEAT + POD_READY,
+            || async { nodes.get_opt(NODE).await.ok().flatten() },
+        )
+        .await;
     });
     let kcm = env.children.last_mut().unwrap();
     assert!(

@@ -216,7 +216,8 @@ pub async fn renew_lease(client: &kube::Client, cfg: &AgentConfig) -> Result<()>
 }
 
 /// Renews the Lease every [`LEASE_RENEW`] and refreshes the status every
-/// [`STATUS_HEARTBEAT`], forever; failures are logged and retried on the next tick.
+/// [`STATUS_HEARTBEAT`], forever; failures are logged and retried on the next tick, and a
+/// deleted Node is registered again.
 pub async fn keep_alive(client: kube::Client, cfg: AgentConfig, since: Timestamp) {
     let mut lease = tokio::time::interval(LEASE_RENEW);
     let mut status = tokio::time::interval(STATUS_HEARTBEAT);
@@ -229,11 +230,19 @@ pub async fn keep_alive(client: kube::Client, cfg: AgentConfig, since: Timestamp
                     tracing::warn!(error = %super::error_chain(&e), "lease renewal failed");
                 }
             }
-            _ = status.tick() => {
-                if let Err(e) = write_status(&client, &cfg, since).await {
-                    tracing::warn!(error = %super::error_chain(&e), "node status heartbeat failed");
+            _ = status.tick() => match write_status(&client, &cfg, since).await {
+                Ok(()) => {}
+                // Someone deleted the Node: register it again, as the kubelet does.
+                Err(Error::Status { source: kube::Error::Api(s), .. }) if s.code == 404 => {
+                    tracing::warn!(node = %cfg.node_name, "node object deleted; registering again");
+                    if let Err(e) = register(&client, &cfg, since).await {
+                        tracing::warn!(error = %super::error_chain(&e), "re-registering the node failed");
+                    }
                 }
-            }
+                Err(e) => {
+                    tracing::warn!(error = %super::error_chain(&e), "node status heartbeat failed")
+                }
+            },
         }
     }
 }
