@@ -8,6 +8,13 @@
 //!
 //! The agent runs in the host network namespace (it reaches the API server on loopback);
 //! only dedicated threads enter node or pod namespaces.
+//!
+//! Tests, by tier: unit tests in each module (agnhost parsing, the lifecycle table,
+//! records, addresses, status and node objects; no root); `tests/probe_netns.rs` (root:
+//! wiring, servers and the prober in throwaway `npt-*` namespaces, with probe rates);
+//! `tests/agent_apiserver.rs` (root + control-plane binaries: the agent against etcd and
+//! kube-apiserver, restart, deletion, a pod burst; `-- --ignored` adds a 100 s run under
+//! kube-controller-manager's node lifecycle controller).
 
 pub mod agnhost;
 pub mod ipam;
