@@ -72,6 +72,9 @@ pub const CONTROL_PLANE_DIR_ENV: &str = "NETPOL_CONTROL_PLANE_DIR";
 /// Set on every process the cluster starts, to the state directory: `down` finds
 /// processes a crash left unrecorded by it.
 pub const OWNER_ENV: &str = "NETPOL_LOCAL_OWNER";
+/// Environment variable naming a directory `down` copies the cluster's logs into (one
+/// subdirectory per teardown) before removing the state directory; for CI artifacts.
+pub const KEEP_LOGS_ENV: &str = "NETPOL_LOCAL_KEEP_LOGS";
 /// Role value of the external host's server process.
 pub const ROLE_EXTERNAL_HOST: &str = "external-host";
 /// Environment variable carrying the external host's namespace path.
@@ -521,7 +524,9 @@ const UP_ATTEMPTS: u32 = 2;
 
 /// Whether a failed `up` died because a picked port was taken in the meantime.
 fn lost_a_port_race(e: &Error) -> bool {
-    matches!(e, Error::Died { tail, .. } if tail.contains("address already in use"))
+    // Go says "bind: address already in use", Rust "Address already in use (os error 98)".
+    matches!(e, Error::Died { tail, .. }
+        if tail.to_ascii_lowercase().contains("address already in use"))
 }
 
 fn plan_for(opts: &UpOptions) -> Result<Plan> {
@@ -1055,6 +1060,9 @@ mod tests {
         };
         assert!(lost_a_port_race(&died(
             "listen tcp 127.0.0.1:40001: bind: address already in use"
+        )));
+        assert!(lost_a_port_race(&died(
+            "Error: binding 127.0.0.1:9464: Address already in use (os error 98)"
         )));
         assert!(!lost_a_port_race(&died("panic: something else")));
         assert!(!lost_a_port_race(&Error::NotRoot));

@@ -165,6 +165,7 @@ mod tests {
             processes: vec![("etcd".into(), Stopped::Killed)],
             swept_processes: vec![42],
             netns_removed: vec!["npc-ext".into()],
+            logs_kept: None,
             errors: vec!["boom".into()],
         };
         let text = report.to_string();

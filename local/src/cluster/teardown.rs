@@ -13,8 +13,30 @@ pub struct DownReport {
     pub swept_processes: Vec<i32>,
     /// Namespaces removed (recorded, pods and swept).
     pub netns_removed: Vec<String>,
+    /// Where the logs were copied to (see [`KEEP_LOGS_ENV`]).
+    pub logs_kept: Option<PathBuf>,
     /// Things that could not be undone (each rendered with its cause).
     pub errors: Vec<String>,
+}
+
+/// Copies the files of `logs` into a new `<keep>/logs-<unix seconds>-<pid>` directory;
+/// `None` when there are no logs.
+fn keep_logs(logs: &Path, keep: &Path) -> std::io::Result<Option<PathBuf>> {
+    let Ok(entries) = std::fs::read_dir(logs) else {
+        return Ok(None);
+    };
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    let dest = keep.join(format!("logs-{stamp}-{}", std::process::id()));
+    std::fs::create_dir_all(&dest)?;
+    for e in entries.flatten() {
+        if e.file_type()?.is_file() {
+            std::fs::copy(e.path(), dest.join(e.file_name()))?;
+        }
+    }
+    Ok(Some(dest))
 }
 
 impl fmt::Display for DownReport {
@@ -34,6 +56,9 @@ impl fmt::Display for DownReport {
                 "network namespaces removed: {}",
                 self.netns_removed.join(", ")
             )?;
+        }
+        if let Some(dir) = &self.logs_kept {
+            writeln!(f, "logs kept in {}", dir.display())?;
         }
         for e in &self.errors {
             writeln!(f, "error: {e}")?;
@@ -299,6 +324,15 @@ pub(super) fn down_unlocked(state_dir: &Path) -> Result<DownReport> {
             }
         }
     }
+    if let Some(keep) = std::env::var_os(KEEP_LOGS_ENV).filter(|v| !v.is_empty()) {
+        match keep_logs(&state_dir.join("logs"), Path::new(&keep)) {
+            Ok(Some(dir)) => report.logs_kept = Some(dir),
+            Ok(None) => {}
+            Err(e) => report
+                .errors
+                .push(format!("keeping the logs in {keep:?}: {e}")),
+        }
+    }
     match std::fs::remove_dir_all(state_dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -312,6 +346,27 @@ pub(super) fn down_unlocked(state_dir: &Path) -> Result<DownReport> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn logs_are_copied_into_a_fresh_directory() {
+        let root = std::env::temp_dir().join(format!("npc-keep-{}", std::process::id()));
+        let logs = root.join("state/logs");
+        std::fs::create_dir_all(&logs).unwrap();
+        std::fs::write(logs.join("etcd.log"), "etcd says hi\n").unwrap();
+        let kept = keep_logs(&logs, &root.join("kept"))
+            .unwrap()
+            .expect("logs copied");
+        assert!(kept.starts_with(root.join("kept")));
+        assert_eq!(
+            std::fs::read_to_string(kept.join("etcd.log")).unwrap(),
+            "etcd says hi\n"
+        );
+        assert_eq!(
+            keep_logs(&root.join("none"), &root.join("kept")).unwrap(),
+            None
+        );
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 
     #[test]
     fn netns_name_classes() {
