@@ -248,6 +248,10 @@ fn trials(ctx: &Arc<Ctx>) -> Vec<Trial> {
             probes_connect,
         ),
         t(
+            "a05b_no_namespace_has_a_route_out_of_the_cluster",
+            no_route_out,
+        ),
+        t(
             "a06_invalid_networkpolicy_rejected_on_server_dry_run",
             dry_run_rejects,
         ),
@@ -509,6 +513,7 @@ fn probes_connect(ctx: &Ctx) -> Result<(), Failed> {
         check(a, SocketAddr::from((b.2, 8081)), Protocol::Udp);
         check(a, SocketAddr::from((c.external_host_ip, 80)), Protocol::Tcp);
         check(a, SocketAddr::from((c.external_host_ip, 53)), Protocol::Udp);
+        check(a, SocketAddr::from((c.external_host_ip, 53)), Protocol::Tcp);
     }
     // A closed port is refused, not connected: the probes can fail.
     let closed = probe::connect(
@@ -524,6 +529,57 @@ fn probes_connect(ctx: &Ctx) -> Result<(), Failed> {
         Ok(())
     } else {
         Err(failures.join("\n").into())
+    }
+}
+
+/// Nothing in the cluster can reach the host's uplink: the nodes, the external host and the
+/// fabric have no route to an address outside the fabric and pod CIDRs, and a pod's only way
+/// out is its node (default route via the gateway). Asked with `ip route get` (no packet
+/// is sent); TEST-NET-1 stands for any outside address.
+fn no_route_out(ctx: &Ctx) -> Result<(), Failed> {
+    let c = ctx.cluster()?;
+    let route = |ns: &Path, to: &str| {
+        let name = ns.file_name().unwrap().to_string_lossy().into_owned();
+        let out = Command::new("ip")
+            .args(["-n", &name, "route", "get", to])
+            .output()
+            .unwrap();
+        (
+            name,
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        )
+    };
+    let mut problems = Vec::new();
+    let fabric = netpol_local::fabric::netns_path(&netpol_local::fabric::instance_netns(
+        &ctx.instance,
+        "fabric",
+    ));
+    let mut dead_ends: Vec<PathBuf> = c.node_netns.clone();
+    dead_ends.push(c.external_netns.clone());
+    dead_ends.push(fabric);
+    for ns in &dead_ends {
+        let (name, ok, text) = route(ns, "192.0.2.1");
+        if ok {
+            problems.push(format!("{name} routes outside: {text}"));
+        }
+    }
+    for ns in c.node_netns.iter().chain([&c.external_netns]) {
+        let (name, ok, _) = route(ns, &c.external_host_ip.to_string());
+        if !ok {
+            problems.push(format!("{name} has no route to the external host"));
+        }
+    }
+    for pod in ready_pods(ctx, &c)? {
+        let (name, ok, text) = route(&pod.3, "192.0.2.1");
+        if ok && !text.contains("via 169.254.1.1") {
+            problems.push(format!("pod {name} leaves other than via its node: {text}"));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("\n").into())
     }
 }
 
