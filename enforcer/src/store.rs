@@ -276,6 +276,9 @@ pub struct RuleRef {
     pub lo: u16,
     /// Highest destination port.
     pub hi: u16,
+    /// Whether passing [`may_match`](RuleRef::may_match) already proves the ports match (a
+    /// number or range entry); named ports still need the destination pod's container ports.
+    pub exact: bool,
 }
 
 impl RuleRef {
@@ -297,17 +300,18 @@ pub fn protocol_bit(p: Protocol) -> u8 {
 
 fn rule_refs(policy: u32, rule: u32, ports: &PortMatch, out: &mut Vec<RuleRef>) {
     const ALL: u8 = 7;
-    let mut push = |protocols, lo, hi| {
+    let mut push = |protocols, lo, hi, exact| {
         out.push(RuleRef {
             policy,
             rule,
             protocols,
             lo,
             hi,
+            exact,
         })
     };
     match ports {
-        PortMatch::Any => push(ALL, 0, u16::MAX),
+        PortMatch::Any => push(ALL, 0, u16::MAX, true),
         PortMatch::List(specs) => {
             for spec in specs {
                 match spec {
@@ -315,9 +319,9 @@ fn rule_refs(policy: u32, rule: u32, ports: &PortMatch, out: &mut Vec<RuleRef>) 
                         protocol,
                         start,
                         end,
-                    } => push(protocol.map_or(ALL, protocol_bit), *start, *end),
+                    } => push(protocol.map_or(ALL, protocol_bit), *start, *end, true),
                     PortSpec::Named { protocol, .. } => {
-                        push(protocol.map_or(ALL, protocol_bit), 0, u16::MAX)
+                        push(protocol.map_or(ALL, protocol_bit), 0, u16::MAX, false)
                     }
                     PortSpec::Nothing => {}
                 }

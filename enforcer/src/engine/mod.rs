@@ -227,7 +227,7 @@ fn judge(
             }
             let np = &snap.netpols[r.policy as usize];
             let rule = &np.rules[d].as_deref().unwrap_or_default()[r.rule as usize];
-            if rule.ports.matches(flow, dst_ports)
+            if (r.exact || rule.ports.matches(flow, dst_ports))
                 && rule.peers.iter().any(|p| peer_matches(snap, p, peer))
             {
                 return Decision {
@@ -282,7 +282,7 @@ fn cluster_tier(
         }
         let policy = &policies[r.policy as usize];
         let rule = &policy.rules[direction.idx()][r.rule as usize];
-        if !rule.ports.matches(flow, dst_ports)
+        if !(r.exact || rule.ports.matches(flow, dst_ports))
             || !rule.peers.iter().any(|p| peer_matches(snap, p, peer))
         {
             continue;
