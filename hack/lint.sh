@@ -6,7 +6,10 @@
 # - shellcheck on every shell script under hack/ and plugin/ (by extension .sh or a sh/bash
 #   shebang) and on .ci/run when it exists;
 # - actionlint on .github/workflows/*.yml (installed on first use by hack/install-actionlint.sh
-#   into a cache outside the repository; actionlint also runs shellcheck on `run:` blocks).
+#   into a cache outside the repository; actionlint also runs shellcheck on `run:` blocks);
+# - hadolint on every Containerfile (installed on first use by hack/install-hadolint.sh), with
+#   DL3008 (pin apt package versions) off: Debian drops old versions from its archive, so pinned
+#   versions break the build, and the base image tag already fixes the release.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -56,6 +59,27 @@ else
     log "actionlint reported findings (above)"
     failed=1
   fi
+fi
+
+containerfiles=()
+while IFS= read -r -d '' f; do
+  containerfiles+=("$f")
+done < <(find . -path ./target -prune -o -path ./.git -prune -o -type f \( -name Containerfile -o -name Dockerfile \) -print0 | sort -z)
+if [[ ${#containerfiles[@]} -gt 0 ]]; then
+  hadolint="$("$root/hack/install-hadolint.sh")" || die "could not provide hadolint"
+  for f in "${containerfiles[@]}"; do
+    ignores=(--ignore DL3008)
+    if [[ "$f" == ./enforcer/Containerfile ]]; then
+      # The enforcer is a node dataplane agent: it programs nftables/iptables and binds NFQUEUE
+      # in the host network namespace, so its image runs as root on purpose.
+      ignores+=(--ignore DL3002)
+    fi
+    log "hadolint ${f#./}"
+    if ! "$hadolint" --no-color "${ignores[@]}" "$f"; then
+      log "hadolint reported findings in ${f#./} (above)"
+      failed=1
+    fi
+  done
 fi
 
 if [[ $failed -ne 0 ]]; then
