@@ -583,8 +583,53 @@ fn bring_up(
         source,
     })?;
     save(state)?;
-
     // Network first: it is cheap and the agents need it.
+    build_fabric(state, opts, plan)?;
+    let cp = write_credentials(state, &dir, bin_dir)?;
+    let kubeconfig = cp.admin_kubeconfig();
+
+    // etcd, then the apiserver.
+    let etcd = start(state, &cp.etcd())?;
+    wait_for("etcd /health", t.etcd, t.poll, &[&etcd], || match http_get(
+        SocketAddr::from(([127, 0, 0, 1], cp.etcd_port)),
+        "/health",
+    ) {
+        Ok((200, body)) if body.contains("true") => Ok(()),
+        Ok((code, body)) => Err(format!("HTTP {code}: {}", body.trim())),
+        Err(e) => Err(e.to_string()),
+    })?;
+    let apiserver = start(state, &cp.apiserver())?;
+    block_on(async {
+        let client = client_for(&kubeconfig).await?;
+        let vital = [&etcd, &apiserver];
+        wait_for_async(
+            "kube-apiserver /readyz",
+            t.apiserver,
+            t.poll,
+            &vital,
+            || apiserver_readyz(client.clone()),
+        )
+        .await
+    })??;
+    // The controller manager exits if the apiserver does not answer yet, so it starts
+    // now; its start-up (until the service-account controller creates `default/default`)
+    // is most of `up`'s time, so it overlaps with everything that follows.
+    let kcm = start(state, &cp.controller_manager())?;
+    let sched = start(state, &cp.scheduler())?;
+    block_on(async {
+        let client = client_for(&kubeconfig).await?;
+        install_crds(&client).await
+    })??;
+
+    let nodes = start_nodes(state, opts, plan, agent, &kubeconfig, enforcer)?;
+    let mut vital: Vec<&ProcRecord> = vec![&etcd, &apiserver, &kcm, &sched];
+    vital.extend(nodes.processes.iter());
+    vital.extend(nodes.enforcers.iter().map(|(r, _)| r));
+    wait_ready(&kubeconfig, plan, &nodes.enforcers, &vital, t)
+}
+
+/// Records the nodes, then builds the fabric, recording each namespace and link first.
+fn build_fabric(state: &RefCell<State>, opts: &UpOptions, plan: &Plan) -> Result<()> {
     {
         let mut s = state.borrow_mut();
         s.instance = opts.instance.clone();
@@ -596,51 +641,57 @@ fn bring_up(
                 netns: n.netns.clone(),
                 ip: n.ip,
                 pod_cidr: n.pod_cidr,
-                agent_dir: dir.join("nodes").join(&n.name),
+                agent_dir: opts.state_dir.join("nodes").join(&n.name),
                 enforcer_metrics: None,
             });
         }
     }
     save(state)?;
-    let mut record_error = None;
+    let record_error = RefCell::new(None);
+    let record = |change: &dyn Fn(&mut State)| {
+        change(&mut state.borrow_mut());
+        if let Err(e) = state.borrow().save() {
+            record_error.borrow_mut().get_or_insert(e);
+        }
+    };
     fabric::create(
         plan,
-        |ns| {
-            state.borrow_mut().netns.push(ns.to_string());
-            if let Err(e) = state.borrow().save() {
-                record_error.get_or_insert(e);
-            }
-        },
+        |ns| record(&|s: &mut State| s.netns.push(ns.to_string())),
         |ns, link| {
-            state.borrow_mut().links.push(crate::state::LinkRecord {
-                netns: ns.into(),
-                name: link.into(),
-            });
+            record(&|s: &mut State| {
+                s.links.push(crate::state::LinkRecord {
+                    netns: ns.into(),
+                    name: link.into(),
+                })
+            })
         },
     )?;
-    if let Some(e) = record_error {
+    if let Some(e) = record_error.into_inner() {
         return Err(e.into());
     }
-    save(state)?;
+    Ok(())
+}
 
-    // PKI and kubeconfigs.
+fn free_port() -> Result<u16> {
+    procs::free_port().map_err(|source| Error::Io {
+        op: "picking a free port on",
+        path: PathBuf::from("127.0.0.1"),
+        source,
+    })
+}
+
+/// Generates the PKI, picks the control plane's ports and writes its kubeconfigs.
+fn write_credentials(state: &RefCell<State>, dir: &Path, bin_dir: &Path) -> Result<ControlPlane> {
     let pki = Pki::generate()?.write(&dir.join("pki"))?;
-    let free = || {
-        procs::free_port().map_err(|source| Error::Io {
-            op: "picking a free port on",
-            path: PathBuf::from("127.0.0.1"),
-            source,
-        })
-    };
     let cp = ControlPlane {
         bin_dir: bin_dir.to_path_buf(),
-        state_dir: dir.clone(),
+        state_dir: dir.to_path_buf(),
         pki: pki.clone(),
-        etcd_port: free()?,
-        etcd_peer_port: free()?,
-        apiserver_port: free()?,
-        controller_manager_port: free()?,
-        scheduler_port: free()?,
+        etcd_port: free_port()?,
+        etcd_peer_port: free_port()?,
+        apiserver_port: free_port()?,
+        controller_manager_port: free_port()?,
+        scheduler_port: free_port()?,
     };
     let server = format!("https://127.0.0.1:{}", cp.apiserver_port);
     for (id, path) in [
@@ -663,58 +714,29 @@ fn bring_up(
         s.kubeconfig = cp.admin_kubeconfig();
     }
     save(state)?;
+    Ok(cp)
+}
 
-    // etcd, then the apiserver.
-    let etcd = start(state, &cp.etcd())?;
-    wait_for("etcd /health", t.etcd, t.poll, &[&etcd], || match http_get(
-        SocketAddr::from(([127, 0, 0, 1], cp.etcd_port)),
-        "/health",
-    ) {
-        Ok((200, body)) if body.contains("true") => Ok(()),
-        Ok((code, body)) => Err(format!("HTTP {code}: {}", body.trim())),
-        Err(e) => Err(e.to_string()),
-    })?;
-    let apiserver = start(state, &cp.apiserver())?;
-    let kubeconfig = cp.admin_kubeconfig();
-    block_on(async {
-        let client = client_for(&kubeconfig).await?;
-        wait_for_async(
-            "kube-apiserver /readyz",
-            t.apiserver,
-            t.poll,
-            &[&etcd, &apiserver],
-            || {
-                let client = client.clone();
-                async move {
-                    let req = http::Request::get("/readyz")
-                        .body(Vec::new())
-                        .expect("static request");
-                    match tokio::time::timeout(Duration::from_secs(5), client.request_text(req))
-                        .await
-                    {
-                        Ok(Ok(body)) if body.trim() == "ok" => Ok(()),
-                        Ok(Ok(body)) => Err(body),
-                        Ok(Err(e)) => Err(e.to_string()),
-                        Err(_) => Err("request timed out".into()),
-                    }
-                }
-            },
-        )
-        .await
-    })??;
-    // The controller manager exits if the apiserver does not answer yet, so it starts
-    // now; its start-up (until the service-account controller creates `default/default`)
-    // is most of `up`'s time, so it overlaps with everything that follows.
-    let kcm = start(state, &cp.controller_manager())?;
-    let sched = start(state, &cp.scheduler())?;
-    block_on(async {
-        let client = client_for(&kubeconfig).await?;
-        install_crds(&client).await
-    })??;
+/// What [`start_nodes`] started.
+struct NodeProcesses {
+    /// The external host and the node agents.
+    processes: Vec<ProcRecord>,
+    /// The enforcers with their metrics addresses.
+    enforcers: Vec<(ProcRecord, SocketAddr)>,
+}
 
-    // The external host, node agents, enforcers.
-    let mut ext_spec = Spec::new("external-host", agent, vec![]);
-    ext_spec.env = vec![
+/// Starts the external host's servers, one agent per node and, if asked, one enforcer per
+/// node.
+fn start_nodes(
+    state: &RefCell<State>,
+    opts: &UpOptions,
+    plan: &Plan,
+    agent: &Path,
+    kubeconfig: &Path,
+    enforcer: Option<&Path>,
+) -> Result<NodeProcesses> {
+    let mut ext = Spec::new("external-host", agent, vec![]);
+    ext.env = vec![
         (ROLE_ENV.into(), ROLE_EXTERNAL_HOST.into()),
         (
             EXTERNAL_NETNS_ENV.into(),
@@ -723,10 +745,9 @@ fn bring_up(
                 .to_string(),
         ),
     ];
-    let ext = start(state, &ext_spec)?;
-    let mut agents = Vec::new();
+    let mut processes = vec![start(state, &ext)?];
     for n in &plan.nodes {
-        let agent_dir = dir.join("nodes").join(&n.name);
+        let agent_dir = opts.state_dir.join("nodes").join(&n.name);
         std::fs::create_dir_all(&agent_dir).map_err(|source| Error::Io {
             op: "creating the agent directory",
             path: agent_dir.clone(),
@@ -738,7 +759,7 @@ fn bring_up(
             node_ip: n.ip,
             pod_cidr: n.pod_cidr,
             gateway: fabric::POD_GATEWAY,
-            kubeconfig: kubeconfig.clone(),
+            kubeconfig: kubeconfig.to_path_buf(),
             state_dir: agent_dir,
         };
         let mut spec = Spec::new(format!("agent-{}", n.name), agent, vec![]);
@@ -746,37 +767,47 @@ fn bring_up(
             (ROLE_ENV.into(), ROLE_NODE_AGENT.into()),
             (AGENT_CONFIG_ENV.into(), cfg.to_env_value()),
         ];
-        agents.push(start(state, &spec)?);
+        processes.push(start(state, &spec)?);
     }
     let mut enforcers = Vec::new();
     if let Some(program) = enforcer {
         for (i, n) in plan.nodes.iter().enumerate() {
-            let metrics = SocketAddr::from(([127, 0, 0, 1], free()?));
+            let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()?));
             state.borrow_mut().nodes[i].enforcer_metrics = Some(metrics);
             let spec = enforcer_spec(
                 program,
                 &n.name,
                 &fabric::netns_path(&n.netns),
-                &kubeconfig,
+                kubeconfig,
                 metrics,
                 opts.fail_open,
             );
             enforcers.push((start(state, &spec)?, metrics));
         }
     }
+    Ok(NodeProcesses {
+        processes,
+        enforcers,
+    })
+}
 
-    // Readiness.
-    let mut vital: Vec<&ProcRecord> = vec![&etcd, &apiserver, &kcm, &sched, &ext];
-    vital.extend(agents.iter());
-    vital.extend(enforcers.iter().map(|(r, _)| r));
+/// Waits for CRDs Established, every Node Ready, `default/default`, every enforcer's
+/// `/readyz`; fails early when a vital process exits.
+fn wait_ready(
+    kubeconfig: &Path,
+    plan: &Plan,
+    enforcers: &[(ProcRecord, SocketAddr)],
+    vital: &[&ProcRecord],
+    t: Timeouts,
+) -> Result<()> {
     let names: Vec<String> = plan.nodes.iter().map(|n| n.name.clone()).collect();
     block_on(async {
-        let client = client_for(&kubeconfig).await?;
-        wait_for_async("CRDs Established", t.crds, t.poll, &vital, || {
+        let client = client_for(kubeconfig).await?;
+        wait_for_async("CRDs Established", t.crds, t.poll, vital, || {
             crds_established(client.clone())
         })
         .await?;
-        wait_for_async("every Node Ready", t.nodes, t.poll, &vital, || {
+        wait_for_async("every Node Ready", t.nodes, t.poll, vital, || {
             nodes_ready(client.clone(), names.clone())
         })
         .await?;
@@ -784,7 +815,7 @@ fn bring_up(
             "service account default/default",
             t.service_account,
             t.poll,
-            &vital,
+            vital,
             || {
                 let api: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
                 async move {
@@ -798,12 +829,12 @@ fn bring_up(
         )
         .await
     })??;
-    for (rec, metrics) in &enforcers {
+    for (rec, metrics) in enforcers {
         wait_for(
             &format!("{} /readyz", rec.name),
             t.enforcer,
             t.poll,
-            &vital,
+            vital,
             || match http_get(*metrics, "/readyz") {
                 Ok((200, _)) => Ok(()),
                 Ok((code, body)) => Err(format!("HTTP {code}: {}", body.trim())),
@@ -812,6 +843,19 @@ fn bring_up(
         )?;
     }
     Ok(())
+}
+
+/// The apiserver's `/readyz` answered `ok` (within 5 s).
+async fn apiserver_readyz(client: kube::Client) -> Result<(), String> {
+    let req = http::Request::get("/readyz")
+        .body(Vec::new())
+        .expect("static request");
+    match tokio::time::timeout(Duration::from_secs(5), client.request_text(req)).await {
+        Ok(Ok(body)) if body.trim() == "ok" => Ok(()),
+        Ok(Ok(body)) => Err(body),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("request timed out".into()),
+    }
 }
 
 async fn client_for(kubeconfig: &Path) -> Result<kube::Client> {

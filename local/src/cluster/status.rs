@@ -108,16 +108,10 @@ pub fn status(state_dir: &Path) -> Result<Status> {
     let apiserver_ready = if apiserver_running {
         let kubeconfig = s.kubeconfig.clone();
         let ready = block_on(async move {
-            let Ok(client) = client_for(&kubeconfig).await else {
-                return false;
-            };
-            let req = http::Request::get("/readyz")
-                .body(Vec::new())
-                .expect("static request");
-            matches!(
-                tokio::time::timeout(Duration::from_secs(5), client.request_text(req)).await,
-                Ok(Ok(body)) if body.trim() == "ok"
-            )
+            match client_for(&kubeconfig).await {
+                Ok(client) => apiserver_readyz(client).await.is_ok(),
+                Err(_) => false,
+            }
         })?;
         Some(ready)
     } else {
