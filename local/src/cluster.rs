@@ -25,6 +25,18 @@
 //! down the cluster and exit; a [`ClusterGuard`] downs it on Drop (normal return, panics).
 //! After a SIGKILL, `down` (e.g. `netpol-conformance local down`) cleans up from the state
 //! file.
+//!
+//! Environment: `NETPOL_LOCAL_DIR` (state directory, default [`DEFAULT_STATE_DIR`]),
+//! `NETPOL_LOCAL_INSTANCE` (namespace prefix, see [`UpOptions::instance`]),
+//! `NETPOL_CONTROL_PLANE_DIR` / `NETPOL_CACHE_DIR` (control-plane binaries, as
+//! hack/control-plane.sh), `NETPOL_ENFORCER_BIN`, `NETPOL_LOCAL_AGENT_BIN` (who runs the
+//! agents; default the current executable), `NETPOL_LOCAL_KEEP_LOGS` (copy logs out on
+//! `down`).
+//!
+//! Tests: unit tests need nothing; `local/tests/cluster.rs` (root and the control-plane
+//! binaries, else it skips with the reason; `NETPOL_REQUIRE_LOCAL=1` makes that a failure)
+//! brings real clusters up and down. `cargo run -p netpol-local --example local-cluster --
+//! up|status|down` drives this module by hand.
 
 use std::cell::RefCell;
 use std::fmt;
