@@ -9,7 +9,9 @@
 #   into a cache outside the repository; actionlint also runs shellcheck on `run:` blocks);
 # - hadolint on every Containerfile (installed on first use by hack/install-hadolint.sh), with
 #   DL3008 (pin apt package versions) off: Debian drops old versions from its archive, so pinned
-#   versions break the build, and the base image tag already fixes the release.
+#   versions break the build, and the base image tag already fixes the release;
+# - the hermetic self-checks of the kind tooling (hack/kind/*-test.sh: no Docker, no cluster,
+#   a few seconds), so the scripts that only run on GitHub runners are exercised here too.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -81,6 +83,19 @@ if [[ ${#containerfiles[@]} -gt 0 ]]; then
     fi
   done
 fi
+
+selfcheck_out="$(mktemp)"
+trap 'rm -f "$selfcheck_out"' EXIT
+for t in hack/kind/junit-verdict-test.sh hack/kind/kind-scripts-test.sh; do
+  if [[ -f "$t" ]]; then
+    log "$t"
+    if ! bash "$t" >"$selfcheck_out" 2>&1; then
+      cat "$selfcheck_out" >&2
+      log "$t failed (above)"
+      failed=1
+    fi
+  fi
+done
 
 if [[ $failed -ne 0 ]]; then
   die "lint failed"
