@@ -214,6 +214,11 @@ pub async fn run_with(
     let mut poll = tokio::time::interval(options.crd_poll);
     poll.tick().await;
     let mut publish_at: Option<Instant> = None;
+    // Readiness turns on at the first publish after every enabled kind has listed, and stays on
+    // through later changes (it does not flap while single events wait to be published); it
+    // turns off only when a kind is (re)enabled and has not listed yet.
+    let mut was_synced = false;
+    let mut awaiting_publish = false;
     loop {
         tokio::select! {
             update = rx.recv() => {
@@ -235,11 +240,17 @@ pub async fn run_with(
             }
             _ = sleep_until_opt(publish_at) => {
                 publish_at = None;
-                let snap = writer.publish();
+                let snap = publish(&mut writer);
+                awaiting_publish = false;
                 tracing::debug!(generation = snap.generation, pods = snap.pods.len(), "published snapshot");
             }
         }
-        let ready = sync.is_synced() && !writer.is_dirty();
+        let now_synced = sync.is_synced();
+        if now_synced && !was_synced {
+            awaiting_publish = writer.is_dirty();
+        }
+        was_synced = now_synced;
+        let ready = now_synced && !awaiting_publish;
         synced.send_if_modified(|v| std::mem::replace(v, ready) != ready);
     }
     Err(Error::WatchersStopped)
@@ -259,6 +270,16 @@ struct AbortOnDropMap(BTreeMap<Kind, JoinHandle<()>>);
 impl Drop for AbortOnDropMap {
     fn drop(&mut self) {
         self.0.values().for_each(JoinHandle::abort);
+    }
+}
+
+/// Builds and publishes a snapshot. Building is CPU work (hundreds of milliseconds for ten
+/// thousand pods and policies), so on a multi-threaded runtime it moves off the async workers.
+fn publish(writer: &mut Writer) -> std::sync::Arc<crate::store::Snapshot> {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(|| writer.publish()),
+        _ => writer.publish(),
     }
 }
 
