@@ -11,25 +11,27 @@
 //!
 //! # The index
 //!
-//! A snapshot answers, for a pod, "which policies select you, in evaluation order" without
-//! looking at the policies that do not:
+//! A snapshot answers, for a pod and a direction, "which rules can apply to you, in evaluation
+//! order" without looking at policies that do not select the pod:
 //!
 //! - **Subject index, precomputed per pod.** When a snapshot is built, each policy's subject is
 //!   resolved to pods once: candidate namespaces come from a `label=value → namespaces` index
 //!   when the namespace selector requires such a pair (else every namespace), candidate pods from
 //!   a per-namespace `label=value → pods` index when the pod selector requires one (else every
-//!   pod of the namespace); each candidate is then checked against the full selectors. The
-//!   policy's id is appended to the pod's list for each direction in which it has rules. Admin
-//!   and baseline policies are visited in evaluation order (priority, name, kind), so every
-//!   per-pod list is already sorted. NetworkPolicies are resolved the same way inside their own
-//!   namespace; the pod's per-direction isolation flags are stored with the list.
+//!   pod of the namespace); each candidate is then checked against the full selectors. Admin and
+//!   baseline policies are visited in evaluation order (priority, name, kind), so every per-pod
+//!   list comes out sorted. NetworkPolicies are resolved the same way inside their namespace.
+//! - **Rule references with port bounds.** Each pod's policy lists are expanded into flat
+//!   [`RuleRef`] lists per tier and direction — one entry per port entry of each rule, carrying
+//!   the protocol set and port bounds — so a verdict skips rules whose ports cannot match without
+//!   touching the rule. Pods selected by the same policies share one list (`Arc`).
 //! - **Address index.** `IP → pod` for pods that are not host-networked and not finished, and
 //!   `IP → node` for node addresses (host-network pods share their node's address and are
 //!   reached as the node).
 //!
-//! A verdict therefore costs two hash lookups plus the rules of the policies that select the two
-//! pods involved; the number of policies selecting other pods does not enter. Rebuilding costs
-//! O(pods + namespaces + Σ candidates per policy), paid by the writer, never by a reader.
+//! A verdict therefore costs two hash lookups plus the rules, of the policies selecting the two
+//! pods involved, whose ports fit the connection. Rebuilding costs O(pods + namespaces +
+//! Σ candidates per policy + Σ rule entries per distinct policy set), paid by the writer.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
