@@ -444,7 +444,18 @@ fn install_interrupt_handler() {
                 );
                 CANCEL.store(true, Ordering::SeqCst);
                 tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
-                eprintln!("netpol-conformance: stopping now; `netpol-conformance cleanup` and `local down` remove leftovers");
+                let owned = target::OWNED_LOCAL.lock().unwrap_or_else(|e| e.into_inner()).take();
+                match owned {
+                    Some(dir) => {
+                        eprintln!("netpol-conformance: stopping now; tearing the local cluster down");
+                        if let Err(e) = netpol_local::cluster::down(&dir) {
+                            eprintln!("netpol-conformance: `local down` failed: {e}");
+                        }
+                    }
+                    None => eprintln!(
+                        "netpol-conformance: stopping now; `netpol-conformance cleanup` removes leftovers"
+                    ),
+                }
                 std::process::exit(130);
             });
         });
@@ -769,7 +780,10 @@ fn local(command: LocalCommand) -> ExitCode {
                 fail_open,
                 ..Default::default()
             };
-            // Ctrl-C during `up` must not leave half a cluster: the guard downs it on drop.
+            // Ctrl-C during `up` must not leave half a cluster behind.
+            if let Err(e) = cluster::down_on_signal(&opts.state_dir) {
+                return usage_error(&plan::error_chain(&e));
+            }
             match cluster::ClusterGuard::up(&opts) {
                 Ok(guard) => {
                     let c = guard.disarm();

@@ -113,6 +113,10 @@ pub fn local_binaries_present() -> bool {
     netpol_local::cluster::find_bin_dir().is_ok()
 }
 
+/// The state directory of a local cluster this run brought up and must tear down, for the
+/// interrupt handler's last resort.
+pub static OWNED_LOCAL: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
+
 /// A connected target.
 pub struct Target {
     /// The cluster.
@@ -133,6 +137,7 @@ impl Target {
             problems.push(format!("deleting shared worlds: {e}"));
         }
         drop(self.guard.take());
+        OWNED_LOCAL.lock().unwrap_or_else(|e| e.into_inner()).take();
         problems
     }
 }
@@ -194,6 +199,8 @@ pub fn connect(spec: &TargetSpec, run_id: &str) -> Result<Target, String> {
                 guard.disarm();
                 None
             } else {
+                *OWNED_LOCAL.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(opts.state_dir.clone());
                 Some(guard)
             };
             match sctp_in_kernel() {
