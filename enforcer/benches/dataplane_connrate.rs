@@ -3,7 +3,8 @@
 //! prints why and exits 0.
 //!
 //! Run: `cargo bench -p netpol-enforcer --bench dataplane_connrate` (optional env:
-//! `NPE_BENCH_SECS` per round, default 3; `NPE_BENCH_CLIENTS` client threads, default 4).
+//! `NPE_BENCH_SECS` per round, default 3; `NPE_BENCH_CLIENTS` client threads, default 4;
+//! `NPE_BENCH_DEFAULT_PRIORITY` set: queue threads keep the default nice value).
 //!
 //! Each round connects, exchanges one byte and closes with RST (SO_LINGER 0) so no TIME_WAIT
 //! piles up; rounds alternate (baseline, enforcer, …) so drift hits both sides alike, and the
@@ -36,6 +37,8 @@ fn serve(ns: &str, port: u16, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<
             match listener.accept() {
                 Ok((mut conn, _)) => {
                     let _ = conn.set_nonblocking(false);
+                    // A client that gave up must not stall the server for everyone else.
+                    let _ = conn.set_read_timeout(Some(Duration::from_secs(1)));
                     let mut b = [0u8; 1];
                     if conn.read_exact(&mut b).is_ok() {
                         let _ = conn.write_all(&b);
@@ -47,8 +50,9 @@ fn serve(ns: &str, port: u16, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<
     })
 }
 
-/// Connections per second from pod a to pod b over `secs`, with `clients` threads.
-fn measure(topology: &Topology, port: u16, secs: f64, clients: usize) -> f64 {
+/// Connections per second from pod a to pod b over `secs`, with `clients` threads, and the
+/// number of connections that failed (connect or echo not done within its timeout).
+fn measure(topology: &Topology, port: u16, secs: f64, clients: usize) -> (f64, u64) {
     let addr: SocketAddr = format!("{B}:{port}").parse().expect("addr");
     let done = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
@@ -70,6 +74,7 @@ fn measure(topology: &Topology, port: u16, secs: f64, clients: usize) -> f64 {
                                 l_linger: 0,
                             },
                         )?;
+                        s.set_read_timeout(Some(Duration::from_secs(2)))?;
                         s.write_all(b"x")?;
                         let mut b = [0u8; 1];
                         s.read_exact(&mut b)
@@ -86,10 +91,7 @@ fn measure(topology: &Topology, port: u16, secs: f64, clients: usize) -> f64 {
         t.join().expect("client thread");
     }
     let failed = failed.load(Ordering::Relaxed);
-    if failed > 0 {
-        eprintln!("  ({failed} connections failed)");
-    }
-    done.load(Ordering::Relaxed) as f64 / secs
+    (done.load(Ordering::Relaxed) as f64 / secs, failed)
 }
 
 /// The real engine over an empty snapshot (no policies: default allow), as a judge.
@@ -133,6 +135,9 @@ fn main() {
     let start = |judge: Arc<dyn Judge>, queues: u16| {
         let mut config = dataplane::Config::new(100, queues, false);
         config.netns = Some(node.clone());
+        if std::env::var("NPE_BENCH_DEFAULT_PRIORITY").is_ok() {
+            config.queue_thread_nice = None;
+        }
         Dataplane::start(config, judge, Metrics::new()).expect("dataplane")
     };
     let writer = Writer::new();
@@ -140,13 +145,13 @@ fn main() {
     let static_judge: Arc<dyn Judge> = Arc::new(StaticJudge(Verdict::Accept));
 
     // Warm up conntrack, the ARP caches and the server.
-    measure(&topology, 80, 0.5, clients);
+    let _ = measure(&topology, 80, 0.5, clients);
 
-    let mut rows: Vec<(&str, Vec<f64>)> = vec![
-        ("no enforcer", vec![]),
-        ("enforcer, static judge, 1 queue", vec![]),
-        ("enforcer, engine (empty snapshot), 1 queue", vec![]),
-        ("enforcer, engine (empty snapshot), 2 queues", vec![]),
+    let mut rows: Vec<(&str, Vec<f64>, u64)> = vec![
+        ("no enforcer", vec![], 0),
+        ("enforcer, static judge, 1 queue", vec![], 0),
+        ("enforcer, engine (empty snapshot), 1 queue", vec![], 0),
+        ("enforcer, engine (empty snapshot), 2 queues", vec![], 0),
     ];
     for round in 0..2 {
         for (i, row) in rows.iter_mut().enumerate() {
@@ -156,9 +161,13 @@ fn main() {
                 2 => Some(start(engine_judge.clone(), 1)),
                 _ => Some(start(engine_judge.clone(), 2)),
             };
-            let rate = measure(&topology, 80, secs, clients);
-            eprintln!("round {round}: {:<45} {rate:>10.0} conn/s", row.0);
+            let (rate, failed) = measure(&topology, 80, secs, clients);
+            eprintln!(
+                "round {round}: {:<45} {rate:>10.0} conn/s, {failed} failed",
+                row.0
+            );
             row.1.push(rate);
+            row.2 += failed;
             if let Some(dp) = dp {
                 let _ = dp.shutdown();
                 dataplane::remove_rules(
@@ -172,13 +181,13 @@ fn main() {
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     let baseline = mean(&rows[0].1);
     println!(
-        "| setup | conn/s (mean of {} rounds × {secs} s, {clients} clients) | ratio |",
+        "| setup | conn/s (mean of {} rounds × {secs} s, {clients} clients) | ratio | failed connections |",
         rows[0].1.len()
     );
-    println!("|---|---|---|");
-    for (name, rates) in &rows {
+    println!("|---|---|---|---|");
+    for (name, rates, failed) in &rows {
         println!(
-            "| {name} | {:.0} | {:.2} |",
+            "| {name} | {:.0} | {:.2} | {failed} |",
             mean(rates),
             mean(rates) / baseline
         );
