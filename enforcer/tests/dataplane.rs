@@ -344,3 +344,29 @@ fn sigkill_fail_open_accepts_fail_closed_drops() {
     // Fail-closed clean shutdown keeps the rules: still blocked.
     connect(&topology.a, B, 80, DROPPED).expect_err("fail-closed: rules kept after SIGTERM");
 }
+
+#[test]
+fn ipv6_connections_are_judged_and_neighbour_discovery_is_not() {
+    if !root_or_skip("ipv6_connections_are_judged_and_neighbour_discovery_is_not") {
+        return;
+    }
+    let topology = Topology::new("v6");
+    let _echo = Echo::start(&topology.b, 80);
+    let _echo81 = Echo::start(&topology.b, 81);
+    let (seen, judge) = recording_judge();
+    let dp = start(&topology, judge, false);
+
+    // Neighbour discovery (ICMPv6) is never queued, so the accepted connection can resolve
+    // its next hops at all.
+    let mut ok = connect(&topology.a, B6, 80, QUICK).expect("IPv6 port 80 is accepted");
+    round_trip(&mut ok, b"six").expect("echo over IPv6");
+    let err = connect(&topology.a, B6, 81, DROPPED).expect_err("IPv6 port 81 is dropped");
+    assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+
+    let flows = seen.lock().expect("log").clone();
+    let to_80: Vec<_> = flows.iter().filter(|f| f.dst_port == 80).collect();
+    assert_eq!(to_80.len(), 1, "{flows:?}");
+    assert_eq!(to_80[0].src.to_string(), A6);
+    assert_eq!(to_80[0].dst.to_string(), B6);
+    drop(dp);
+}

@@ -10,7 +10,8 @@
 //! Established, related and reply packets never leave the kernel. Just before queueing, the
 //! connection gets the *accepted* bit in its conntrack mark: a dropped first packet never
 //! confirms its conntrack entry, so the mark only survives on connections that were accepted
-//! (visible with `conntrack -L --mark`).
+//! (visible with `conntrack -L --mark`). Conntrack calls a packet NEW until the first reply, so
+//! a SYN retransmitted before any answer is judged again — the same verdict, one more queue trip.
 //!
 //! Exempt: loopback (`lo` in `INPUT` and `OUTPUT`); node-local health probes (sockets owned by
 //! the configured uid, root by default, in `OUTPUT`, as kubelet probes are); IPv6 neighbour

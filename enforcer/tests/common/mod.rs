@@ -65,6 +65,10 @@ pub struct Topology {
 pub const A: &str = "10.77.1.2";
 /// Pod b's address.
 pub const B: &str = "10.77.2.2";
+/// Pod a's IPv6 address.
+pub const A6: &str = "fd77:1::2";
+/// Pod b's IPv6 address.
+pub const B6: &str = "fd77:2::2";
 
 impl Topology {
     /// Create the three namespaces; `tag` names the test (keep it short).
@@ -80,53 +84,68 @@ impl Topology {
             let _ = Command::new("ip").args(["netns", "del", ns]).output();
             sh(&["ip", "netns", "add", ns]);
             sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+            // No duplicate address detection on any interface (link-local ones included), so
+            // IPv6 neighbour discovery works as soon as the links are up.
+            for conf in ["all", "default"] {
+                let key = format!("net.ipv6.conf.{conf}.accept_dad=0");
+                sh(&["ip", "netns", "exec", ns, "sysctl", "-qw", &key]);
+            }
         }
+        let node = t.node.as_str();
         sh(&[
             "ip",
             "netns",
             "exec",
-            &t.node,
+            node,
             "sysctl",
             "-qw",
             "net.ipv4.ip_forward=1",
         ]);
-        for (pod, side, subnet) in [(&t.a, "va", "10.77.1"), (&t.b, "vb", "10.77.2")] {
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            node,
+            "sysctl",
+            "-qw",
+            "net.ipv6.conf.all.forwarding=1",
+        ]);
+        for (pod, side, v4, v6) in [
+            (t.a.as_str(), "va", "10.77.1", "fd77:1:"),
+            (t.b.as_str(), "vb", "10.77.2", "fd77:2:"),
+        ] {
+            let (node_v4, pod_v4) = (format!("{v4}.1/24"), format!("{v4}.2/24"));
+            let (node_v6, pod_v6) = (format!("{v6}:1/64"), format!("{v6}:2/64"));
+            let (gw_v4, gw_v6) = (format!("{v4}.1"), format!("{v6}:1"));
+            let veth = [
+                "link", "add", side, "type", "veth", "peer", "name", "eth0", "netns", pod,
+            ];
+            sh(&[&["ip", "-n", node][..], &veth[..]].concat());
+            sh(&["ip", "-n", node, "addr", "add", &node_v4, "dev", side]);
+            // No duplicate address detection, so the IPv6 addresses are usable at once.
             sh(&[
-                "ip", "-n", &t.node, "link", "add", side, "type", "veth", "peer", "name", "eth0",
-                "netns", pod,
+                "ip", "-n", node, "addr", "add", &node_v6, "dev", side, "nodad",
             ]);
+            sh(&["ip", "-n", node, "link", "set", side, "up"]);
+            sh(&["ip", "-n", pod, "addr", "add", &pod_v4, "dev", "eth0"]);
             sh(&[
-                "ip",
-                "-n",
-                &t.node,
-                "addr",
-                "add",
-                &format!("{subnet}.1/24"),
-                "dev",
-                side,
-            ]);
-            sh(&["ip", "-n", &t.node, "link", "set", side, "up"]);
-            sh(&[
-                "ip",
-                "-n",
-                pod,
-                "addr",
-                "add",
-                &format!("{subnet}.2/24"),
-                "dev",
-                "eth0",
+                "ip", "-n", pod, "addr", "add", &pod_v6, "dev", "eth0", "nodad",
             ]);
             sh(&["ip", "-n", pod, "link", "set", "eth0", "up"]);
+            sh(&["ip", "-n", pod, "route", "add", "default", "via", &gw_v4]);
             sh(&[
-                "ip",
-                "-n",
-                pod,
-                "route",
-                "add",
-                "default",
-                "via",
-                &format!("{subnet}.1"),
+                "ip", "-n", pod, "-6", "route", "add", "default", "via", &gw_v6,
             ]);
+        }
+        // Carrier comes up asynchronously (linkwatch); routes are unusable until it has.
+        for (ns, dev) in [(node, "va"), (node, "vb"), (&t.a, "eth0"), (&t.b, "eth0")] {
+            let up = wait_until(Duration::from_secs(5), || {
+                Command::new("ip")
+                    .args(["-n", ns, "link", "show", "dev", dev])
+                    .output()
+                    .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("LOWER_UP"))
+            });
+            assert!(up, "{dev} in {ns} has no carrier");
         }
         t
     }
@@ -159,11 +178,12 @@ pub struct Echo {
 }
 
 impl Echo {
-    /// Listen on 0.0.0.0:`port` (TCP and UDP) inside `ns`.
+    /// Listen on [::]:`port` (TCP and UDP, IPv4 and IPv6) inside `ns`.
     pub fn start(ns: &str, port: u16) -> Echo {
         let (tcp, udp) = in_ns(ns, || {
-            let tcp = TcpListener::bind(("0.0.0.0", port)).expect("bind tcp");
-            let udp = UdpSocket::bind(("0.0.0.0", port)).expect("bind udp");
+            // `::` with IPV6_V6ONLY off (the Linux default) serves IPv4 and IPv6.
+            let tcp = TcpListener::bind(("::", port)).expect("bind tcp");
+            let udp = UdpSocket::bind(("::", port)).expect("bind udp");
             (tcp, udp)
         });
         let stop = Arc::new(AtomicBool::new(false));
@@ -214,9 +234,10 @@ impl Drop for Echo {
     }
 }
 
-/// Connect from namespace `ns` to `to`, within `timeout`.
+/// Connect from namespace `ns` to `to` (IPv4 or IPv6), within `timeout`.
 pub fn connect(ns: &str, to: &str, port: u16, timeout: Duration) -> std::io::Result<TcpStream> {
-    let addr: SocketAddr = format!("{to}:{port}").parse().expect("address");
+    let ip: std::net::IpAddr = to.parse().expect("address");
+    let addr = SocketAddr::new(ip, port);
     in_ns(ns, || TcpStream::connect_timeout(&addr, timeout))
 }
 
