@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
 use clap::{Parser, ValueEnum};
@@ -92,6 +93,11 @@ struct Cli {
     /// Conntrack mark bit(s) set on accepted connections (hex or decimal).
     #[arg(long, default_value = "0x200000", value_parser = parse_mark)]
     accept_mark: u32,
+
+    /// How often to check that the rules are still installed (and reinstall them if someone
+    /// flushed them), in seconds; 0 disables the check.
+    #[arg(long, default_value_t = 30)]
+    resync_seconds: u64,
 
     /// Remove every rule a previous run installed (in --netns) and exit.
     #[arg(long)]
@@ -227,6 +233,23 @@ async fn kube_client(kubeconfig: Option<&PathBuf>) -> Result<kube::Client> {
     kube::Client::try_from(config).context("creating the Kubernetes client")
 }
 
+/// Every `period`, put the rules back if someone removed them.
+async fn keep_rules(dataplane: Arc<Dataplane>, period: Duration) {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await; // the first tick fires at once; the rules were just installed
+    loop {
+        tick.tick().await;
+        let dp = dataplane.clone();
+        match tokio::task::spawn_blocking(move || dp.ensure_rules()).await {
+            Ok(Ok(true)) => tracing::warn!("rules were missing and have been reinstalled"),
+            Ok(Ok(false)) => {}
+            Ok(Err(err)) => tracing::error!(error = %format!("{err:#}"), "checking rules"),
+            Err(err) => tracing::error!(error = %err, "rule check task failed"),
+        }
+    }
+}
+
 async fn run(cli: Cli) -> Result<()> {
     let config = cli.dataplane_config();
     let node = cli.node_name.clone().unwrap_or_else(|| "-".into());
@@ -286,6 +309,13 @@ async fn run(cli: Cli) -> Result<()> {
             .await?
             .context("starting the dataplane")?;
     health.set_alive_check(dataplane.liveness());
+    let dataplane = Arc::new(dataplane);
+    let resync = (cli.resync_seconds > 0).then(|| {
+        tokio::spawn(keep_rules(
+            dataplane.clone(),
+            Duration::from_secs(cli.resync_seconds),
+        ))
+    });
     health.set_ready(true);
     tracing::info!(%node, backend = dataplane.backend().as_str(), fail_open = cli.fail_open, "enforcing");
 
@@ -302,6 +332,23 @@ async fn run(cli: Cli) -> Result<()> {
     };
 
     health.set_ready(false);
+    if let Some(task) = resync {
+        task.abort();
+        let _ = task.await;
+    }
+    // A rule check already running on the blocking pool still holds a clone; it ends quickly.
+    let mut shared = dataplane;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let dataplane = loop {
+        match Arc::try_unwrap(shared) {
+            Ok(dataplane) => break dataplane,
+            Err(still_shared) if tokio::time::Instant::now() < deadline => {
+                shared = still_shared;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(_) => return Err(anyhow!("a rule check kept the dataplane busy at shutdown")),
+        }
+    };
     let rules = tokio::task::spawn_blocking(move || dataplane.shutdown())
         .await?
         .context("stopping the dataplane")?;

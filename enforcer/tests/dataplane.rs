@@ -206,6 +206,25 @@ fn clean_shutdown_removes_rules_only_when_fail_open() {
             .count(),
         1
     );
+    // Someone deletes our jump from FORWARD: the periodic check puts the rules back, once.
+    let node = topology.node.as_str();
+    let deleted = ns_output(
+        node,
+        &["iptables", "-D", "FORWARD", "-j", "NETPOL-ENFORCER-FORWARD"],
+    );
+    assert!(
+        !rules().contains("-A FORWARD -j NETPOL-ENFORCER-FORWARD"),
+        "{deleted}"
+    );
+    assert!(
+        dp.ensure_rules().expect("check rules"),
+        "missing jump is reinstalled"
+    );
+    assert!(rules().contains("-A FORWARD -j NETPOL-ENFORCER-FORWARD"));
+    assert!(
+        !dp.ensure_rules().expect("check rules"),
+        "intact rules are left alone"
+    );
     drop(dp);
     dataplane::remove_rules(
         Some(&Topology::path(&topology.node)),

@@ -338,12 +338,17 @@ impl Dataplane {
         move || !exited.iter().any(is_set)
     }
 
-    /// Re-apply the rules (e.g. after someone flushed the tables); idempotent.
-    pub fn reinstall_rules(&self) -> Result<()> {
+    /// Re-apply the rules if any part is missing (someone flushed a table or deleted a jump).
+    /// Returns whether they had to be reinstalled.
+    pub fn ensure_rules(&self) -> Result<bool> {
         let spec = self.config.rules.clone();
         let backend = self.backend;
         netns::run_in(self.config.netns.as_deref(), || {
-            rules::install(backend, &spec).map_err(Error::from)
+            if rules::intact(backend, &spec) {
+                return Ok(false);
+            }
+            rules::install(backend, &spec)?;
+            Ok(true)
         })
     }
 

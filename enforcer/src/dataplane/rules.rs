@@ -282,6 +282,34 @@ pub fn install(backend: Backend, spec: &RuleSpec) -> Result<(), Error> {
     }
 }
 
+/// Whether the rules [`install`] adds are still in place (jumps from the built-in chains and the
+/// queue rule). Must run inside the target network namespace.
+pub fn intact(backend: Backend, spec: &RuleSpec) -> bool {
+    match backend {
+        Backend::Nftables => {
+            run("nft", &["list", "chain", "inet", NFT_TABLE, "judge"], None).is_ok()
+        }
+        Backend::Iptables => spec.families.iter().all(|family| {
+            let ipt = family.iptables();
+            let jumps = HOOKS
+                .iter()
+                .all(|(builtin, ours)| run(ipt, &["-w", "-C", builtin, "-j", ours], None).is_ok());
+            let mut queue = vec!["-w", "-C", CHAIN_JUDGE, "-j", "NFQUEUE"];
+            let (first, last) = (spec.queue_base.to_string(), spec.last_queue().to_string());
+            let balance = format!("{first}:{last}");
+            if spec.queues <= 1 {
+                queue.extend(["--queue-num", &first]);
+            } else {
+                queue.extend(["--queue-balance", &balance]);
+            }
+            if spec.fail_open {
+                queue.push("--queue-bypass");
+            }
+            jumps && run(ipt, &queue, None).is_ok()
+        }),
+    }
+}
+
 /// Remove everything [`install`] added, for both backends (whichever is present). Missing rules
 /// are not an error, so this also cleans up after a crash. Must run inside the target namespace.
 pub fn remove(families: &[Family]) -> Result<(), Error> {
