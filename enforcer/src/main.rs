@@ -90,6 +90,13 @@ struct Cli {
     #[arg(long)]
     judge_all_uids: bool,
 
+    /// Pod address range (repeatable or comma-separated). When given, only connections that
+    /// involve a pod are queued — forwarded from or to a range, to the node from one, from the
+    /// node to one — so the node's own traffic never waits on the enforcer (important with
+    /// fail-closed). Without it every new connection is judged.
+    #[arg(long, value_name = "CIDR", value_delimiter = ',')]
+    pod_cidr: Vec<ipnet::IpNet>,
+
     /// Conntrack mark bit(s) set on accepted connections (hex or decimal).
     #[arg(long, default_value = "0x200000", value_parser = parse_mark)]
     accept_mark: u32,
@@ -189,6 +196,7 @@ impl Cli {
         config.rules.families = self.families();
         config.rules.exempt_uid = (!self.judge_all_uids).then_some(self.exempt_uid);
         config.rules.accept_mark = self.accept_mark;
+        config.rules.pod_cidrs = self.pod_cidr.clone();
         config.queue_max_len = self.queue_max_len;
         if let Some(v) = self.on_unjudgeable {
             config.on_unjudgeable = v.into();

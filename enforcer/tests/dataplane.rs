@@ -480,3 +480,36 @@ fn sctp_init_is_judged_with_its_ports() {
     );
     drop(dp);
 }
+
+#[test]
+fn pod_ranges_leave_other_traffic_unqueued() {
+    if !root_or_skip("pod_ranges_leave_other_traffic_unqueued") {
+        return;
+    }
+    let topology = Topology::new("cidr");
+    let _pod = Echo::start(&topology.b, 80);
+    let _node = Echo::start(&topology.node, 90);
+    // Only pod b's range is a pod range; a judge that drops everything it is asked about.
+    let mut config = dataplane::Config::new(100, 1, false);
+    config.netns = Some(Topology::path(&topology.node));
+    config.rules.pod_cidrs = vec!["10.77.2.0/24".parse().expect("cidr")];
+    let (seen, _) = recording_judge();
+    let log = seen.clone();
+    let drop_all = move |flow: &Flow| {
+        log.lock().expect("log").push(*flow);
+        Judgement {
+            verdict: Verdict::Drop,
+            tier: "test",
+        }
+    };
+    let dp = Dataplane::start(config, Arc::new(drop_all), Metrics::new()).expect("dataplane");
+
+    // a → node: the source is outside every pod range, so INPUT does not queue it.
+    connect(&topology.a, "10.77.1.1", 90, QUICK).expect("traffic not involving a pod range");
+    // a → b: the destination is in a pod range, so FORWARD queues it and the judge drops it.
+    connect(&topology.a, B, 80, DROPPED).expect_err("traffic to a pod range is judged");
+    let flows = seen.lock().expect("log").clone();
+    assert!(flows.iter().all(|f| f.dst.to_string() == B), "{flows:?}");
+    assert!(!flows.is_empty());
+    drop(dp);
+}

@@ -132,8 +132,9 @@ pub struct Config {
 }
 
 impl Config {
-    /// Defaults for `queues` queues from `queue_base`: IPv4 and IPv6, root's sockets exempt,
-    /// accept mark `0x200000`, unjudgeable packets follow the failure mode.
+    /// Defaults for `queues` queues from `queue_base`: IPv4 and IPv6, every new connection
+    /// (no pod ranges), root's sockets exempt, accept mark `0x200000`, unjudgeable packets follow
+    /// the failure mode.
     pub fn new(queue_base: u16, queues: u16, fail_open: bool) -> Self {
         Config {
             netns: None,
@@ -145,6 +146,7 @@ impl Config {
                 accept_mark: 0x0020_0000,
                 exempt_uid: Some(0),
                 families: vec![Family::V4, Family::V6],
+                pod_cidrs: Vec::new(),
             },
             on_unjudgeable: if fail_open {
                 Verdict::Accept

@@ -107,6 +107,10 @@ pub struct RuleSpec {
     pub exempt_uid: Option<u32>,
     /// IP families to cover (iptables backend; nftables covers both in one `inet` table).
     pub families: Vec<Family>,
+    /// Pod address ranges. Empty: every new connection is judged. Otherwise only connections
+    /// that involve a pod are: `FORWARD` from or to a range, `INPUT` from one, `OUTPUT` to one —
+    /// so a node's own traffic (SSH, the kubelet) never depends on the enforcer.
+    pub pod_cidrs: Vec<ipnet::IpNet>,
 }
 
 /// Our iptables chain names: per hook, plus the shared judging chain.
@@ -131,9 +135,58 @@ impl RuleSpec {
         self.queue_base + self.queues.max(1) - 1
     }
 
+    /// Address matches (each ending in a space) under which a hook queues: one empty match
+    /// when no pod ranges are configured; none when none of them is of this family.
+    fn iptables_selectors(&self, builtin: &str, family: Family) -> Vec<String> {
+        if self.pod_cidrs.is_empty() {
+            return vec![String::new()];
+        }
+        let directions: &[&str] = match builtin {
+            "INPUT" => &["-s"],
+            "OUTPUT" => &["-d"],
+            _ => &["-s", "-d"],
+        };
+        let cidrs = self.pod_cidrs.iter().filter(|c| match family {
+            Family::V4 => matches!(c, ipnet::IpNet::V4(_)),
+            Family::V6 => matches!(c, ipnet::IpNet::V6(_)),
+        });
+        cidrs
+            .flat_map(|cidr| directions.iter().map(move |d| format!("{d} {cidr} ")))
+            .collect()
+    }
+
+    /// The nft rules that send a hook's new connections to `judge`.
+    fn nft_selectors(&self, hook: &str) -> String {
+        const JUMP: &str = "meta l4proto { tcp, udp, sctp } jump judge";
+        if self.pod_cidrs.is_empty() {
+            return format!("    {JUMP}\n");
+        }
+        let directions: &[&str] = match hook {
+            "input" => &["saddr"],
+            "output" => &["daddr"],
+            _ => &["saddr", "daddr"],
+        };
+        let mut out = String::new();
+        for (family, v4) in [("ip", true), ("ip6", false)] {
+            let set: Vec<String> = self
+                .pod_cidrs
+                .iter()
+                .filter(|c| matches!(c, ipnet::IpNet::V4(_)) == v4)
+                .map(ToString::to_string)
+                .collect();
+            if set.is_empty() {
+                continue;
+            }
+            for direction in directions {
+                out += &format!("    {family} {direction} {{ {} }} {JUMP}\n", set.join(", "));
+            }
+        }
+        out
+    }
+
     /// The `iptables-restore --noflush` input for one family: declaring our chains flushes them,
     /// so applying it twice leaves one copy.
-    pub fn iptables_restore(&self) -> String {
+    pub fn iptables_restore(&self, family: Family) -> String {
         let mut out = String::from("*filter\n");
         for chain in [CHAIN_INPUT, CHAIN_FORWARD, CHAIN_OUTPUT, CHAIN_JUDGE] {
             out += &format!(":{chain} - [0:0]\n");
@@ -143,10 +196,12 @@ impl RuleSpec {
         if let Some(uid) = self.exempt_uid {
             out += &format!("-A {CHAIN_OUTPUT} -m owner --uid-owner {uid} -j RETURN\n");
         }
-        for (_, chain) in HOOKS {
+        for (builtin, chain) in HOOKS {
             out += &format!("-A {chain} -m conntrack ! --ctstate NEW -j RETURN\n");
-            for proto in ["tcp", "udp", "sctp"] {
-                out += &format!("-A {chain} -p {proto} -j {CHAIN_JUDGE}\n");
+            for selector in self.iptables_selectors(builtin, family) {
+                for proto in ["tcp", "udp", "sctp"] {
+                    out += &format!("-A {chain} {selector}-p {proto} -j {CHAIN_JUDGE}\n");
+                }
             }
         }
         let mark = self.accept_mark;
@@ -178,15 +233,19 @@ impl RuleSpec {
             .exempt_uid
             .map(|uid| format!("    meta skuid {uid} return\n"))
             .unwrap_or_default();
-        let new_only =
-            "    ct state != new return\n    meta l4proto { tcp, udp, sctp } jump judge\n";
+        const NEW_ONLY: &str = "    ct state != new return\n";
+        let (input, forward, output) = (
+            self.nft_selectors("input"),
+            self.nft_selectors("forward"),
+            self.nft_selectors("output"),
+        );
         format!(
             "table inet {NFT_TABLE} {{}}\n\
              delete table inet {NFT_TABLE}\n\
              table inet {NFT_TABLE} {{\n\
-             \x20 chain input {{\n    type filter hook input priority filter; policy accept;\n    iifname \"lo\" return\n{new_only}  }}\n\
-             \x20 chain forward {{\n    type filter hook forward priority filter; policy accept;\n{new_only}  }}\n\
-             \x20 chain output {{\n    type filter hook output priority filter; policy accept;\n    oifname \"lo\" return\n{probe_exempt}{new_only}  }}\n\
+             \x20 chain input {{\n    type filter hook input priority filter; policy accept;\n    iifname \"lo\" return\n{NEW_ONLY}{input}  }}\n\
+             \x20 chain forward {{\n    type filter hook forward priority filter; policy accept;\n{NEW_ONLY}{forward}  }}\n\
+             \x20 chain output {{\n    type filter hook output priority filter; policy accept;\n    oifname \"lo\" return\n{probe_exempt}{NEW_ONLY}{output}  }}\n\
              \x20 chain judge {{\n    ct mark set ct mark or {mark:#x}\n    queue {flags}to {queue_to}\n  }}\n\
              }}\n",
             mark = self.accept_mark,
@@ -264,7 +323,7 @@ pub fn install(backend: Backend, spec: &RuleSpec) -> Result<(), Error> {
                 run(
                     family.restore(),
                     &["--noflush"],
-                    Some(&spec.iptables_restore()),
+                    Some(&spec.iptables_restore(*family)),
                 )?;
                 for (builtin, ours) in HOOKS {
                     let check = run(family.iptables(), &["-w", "-C", builtin, "-j", ours], None);
@@ -348,6 +407,7 @@ mod tests {
             accept_mark: 0x0020_0000,
             exempt_uid: Some(0),
             families: vec![Family::V4],
+            pod_cidrs: vec![],
         }
     }
 
@@ -378,14 +438,14 @@ mod tests {
 -A NETPOL-ENFORCER-JUDGE -j NFQUEUE --queue-balance 100:103 --queue-bypass
 COMMIT
 ";
-        assert_eq!(spec(4, true).iptables_restore(), expected);
+        assert_eq!(spec(4, true).iptables_restore(Family::V4), expected);
     }
 
     #[test]
     fn fail_closed_single_queue_has_no_bypass() {
         let mut s = spec(1, false);
         s.exempt_uid = None;
-        let text = s.iptables_restore();
+        let text = s.iptables_restore(Family::V4);
         assert!(text.contains("-j NFQUEUE --queue-num 100\n"), "{text}");
         assert!(!text.contains("bypass"));
         assert!(!text.contains("--uid-owner"));
@@ -411,5 +471,56 @@ COMMIT
         assert!(text.contains("ct mark set ct mark or 0x200000"));
         assert!(text.contains("queue flags bypass to 100-101"), "{text}");
         assert!(!spec(1, false).nft_script().contains("bypass"));
+    }
+
+    #[test]
+    fn pod_ranges_limit_what_is_queued_per_hook_and_family() {
+        let mut s = spec(1, false);
+        s.pod_cidrs = vec![
+            "10.244.0.0/16".parse().unwrap(),
+            "fd00:10::/64".parse().unwrap(),
+        ];
+        let v4 = s.iptables_restore(Family::V4);
+        assert!(v4.contains(
+            "-A NETPOL-ENFORCER-INPUT -s 10.244.0.0/16 -p tcp -j NETPOL-ENFORCER-JUDGE\n"
+        ));
+        assert!(v4.contains(
+            "-A NETPOL-ENFORCER-OUTPUT -d 10.244.0.0/16 -p udp -j NETPOL-ENFORCER-JUDGE\n"
+        ));
+        assert!(v4.contains(
+            "-A NETPOL-ENFORCER-FORWARD -s 10.244.0.0/16 -p sctp -j NETPOL-ENFORCER-JUDGE\n"
+        ));
+        assert!(v4.contains(
+            "-A NETPOL-ENFORCER-FORWARD -d 10.244.0.0/16 -p sctp -j NETPOL-ENFORCER-JUDGE\n"
+        ));
+        assert!(!v4.contains(
+            "-d 10.244.0.0/16 -p tcp -j NETPOL-ENFORCER-JUDGE\n-A NETPOL-ENFORCER-INPUT"
+        ));
+        assert!(!v4.contains("fd00"), "{v4}");
+        assert!(
+            !v4.contains("-A NETPOL-ENFORCER-INPUT -p tcp"),
+            "no unrestricted rule: {v4}"
+        );
+        let v6 = s.iptables_restore(Family::V6);
+        assert!(v6.contains(
+            "-A NETPOL-ENFORCER-INPUT -s fd00:10::/64 -p tcp -j NETPOL-ENFORCER-JUDGE\n"
+        ));
+        assert!(!v6.contains("10.244"));
+        // Only IPv4 ranges: the IPv6 rules queue nothing at all.
+        s.pod_cidrs.truncate(1);
+        assert!(
+            !s.iptables_restore(Family::V6)
+                .contains("-j NETPOL-ENFORCER-JUDGE")
+        );
+        let nft = s.nft_script();
+        assert!(
+            nft.contains("ip saddr { 10.244.0.0/16 } meta l4proto { tcp, udp, sctp } jump judge"),
+            "{nft}"
+        );
+        assert!(
+            nft.contains("ip daddr { 10.244.0.0/16 } meta l4proto"),
+            "{nft}"
+        );
+        assert!(!nft.contains("ip6 "), "{nft}");
     }
 }
