@@ -513,3 +513,57 @@ fn pod_ranges_leave_other_traffic_unqueued() {
     assert!(!flows.is_empty());
     drop(dp);
 }
+
+#[test]
+fn nft_script_is_accepted_by_nft_apart_from_the_queue_statement() {
+    if !root_or_skip("nft_script_is_accepted_by_nft_apart_from_the_queue_statement") {
+        return;
+    }
+    // This kernel lacks nft_queue, so the nftables backend cannot run here; check everything else
+    // in the script against the real nft and kernel, with the queue statement swapped for a
+    // counter, and that detection picks iptables.
+    let topology = Topology::new("nft");
+    let mut config = dataplane::Config::new(100, 2, true);
+    config.rules.pod_cidrs = vec![
+        "10.77.0.0/16".parse().expect("cidr"),
+        "fd77::/32".parse().expect("cidr"),
+    ];
+    let script = config.rules.nft_script();
+    let queue_line = script
+        .lines()
+        .find(|l| l.trim_start().starts_with("queue "))
+        .expect("a queue statement");
+    let without_queue = script.replace(queue_line, "    counter");
+    let applied = in_ns(&topology.node, || {
+        use std::io::Write;
+        let mut child = Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("nft");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(without_queue.as_bytes())
+            .expect("write script");
+        child.wait_with_output().expect("nft output")
+    });
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    let listed = ns_output(
+        &topology.node,
+        &["nft", "list", "table", "inet", "netpol-enforcer"],
+    );
+    assert!(
+        listed.contains("type filter hook forward priority filter"),
+        "{listed}"
+    );
+    assert!(listed.contains("ip6 daddr fd77::/32"), "{listed}");
+    let detected = in_ns(&topology.node, dataplane::rules::detect);
+    assert_eq!(detected, dataplane::Backend::Iptables);
+}
