@@ -4,7 +4,8 @@
 //!
 //! Run: `cargo bench -p netpol-enforcer --bench dataplane_connrate` (optional env:
 //! `NPE_BENCH_SECS` per round, default 3; `NPE_BENCH_CLIENTS` client threads, default 4;
-//! `NPE_BENCH_DEFAULT_PRIORITY` set: queue threads keep the default nice value).
+//! `NPE_BENCH_DEFAULT_PRIORITY` set: queue threads keep the default nice value;
+//! `NPE_BENCH_ROUNDS` alternations, default 2).
 //!
 //! Each round connects, exchanges one byte and closes with RST (SO_LINGER 0) so no TIME_WAIT
 //! piles up; rounds alternate (baseline, enforcer, …) so drift hits both sides alike, and the
@@ -140,6 +141,13 @@ fn main() {
         }
         Dataplane::start(config, judge, Metrics::new()).expect("dataplane")
     };
+    let start_fanout = |judge: Arc<dyn Judge>| {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u16);
+        let mut config = dataplane::Config::new(100, cpus.max(2), false);
+        config.netns = Some(node.clone());
+        config.rules.cpu_fanout = true;
+        Dataplane::start(config, judge, Metrics::new()).expect("dataplane")
+    };
     let writer = Writer::new();
     let engine_judge: Arc<dyn Judge> = Arc::new(EngineJudge(writer.reader()));
     let static_judge: Arc<dyn Judge> = Arc::new(StaticJudge(Verdict::Accept));
@@ -149,17 +157,38 @@ fn main() {
 
     let mut rows: Vec<(&str, Vec<f64>, u64)> = vec![
         ("no enforcer", vec![], 0),
+        ("rules only (fail-open, nobody bound: bypass)", vec![], 0),
         ("enforcer, static judge, 1 queue", vec![], 0),
         ("enforcer, engine (empty snapshot), 1 queue", vec![], 0),
         ("enforcer, engine (empty snapshot), 2 queues", vec![], 0),
+        (
+            "enforcer, engine, 1 queue per CPU (fanout, pinned)",
+            vec![],
+            0,
+        ),
     ];
-    for round in 0..2 {
+    let rounds: usize = std::env::var("NPE_BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2);
+    for round in 0..rounds {
         for (i, row) in rows.iter_mut().enumerate() {
             let dp = match i {
                 0 => None,
-                1 => Some(start(static_judge.clone(), 1)),
-                2 => Some(start(engine_judge.clone(), 1)),
-                _ => Some(start(engine_judge.clone(), 2)),
+                1 => {
+                    // The kernel side alone: every SYN hits the rules and the bypassing queue.
+                    let spec = dataplane::Config::new(100, 1, true).rules;
+                    dataplane::netns::run_in(Some(&node), || {
+                        dataplane::rules::install(dataplane::Backend::Iptables, &spec)
+                            .map_err(dataplane::Error::from)
+                    })
+                    .expect("install rules");
+                    None
+                }
+                2 => Some(start(static_judge.clone(), 1)),
+                3 => Some(start(engine_judge.clone(), 1)),
+                4 => Some(start(engine_judge.clone(), 2)),
+                _ => Some(start_fanout(engine_judge.clone())),
             };
             let (rate, failed) = measure(&topology, 80, secs, clients);
             eprintln!(
@@ -170,6 +199,8 @@ fn main() {
             row.2 += failed;
             if let Some(dp) = dp {
                 let _ = dp.shutdown();
+            }
+            if i > 0 {
                 dataplane::remove_rules(
                     Some(&node),
                     &[dataplane::Family::V4, dataplane::Family::V6],

@@ -55,6 +55,11 @@ struct Cli {
     #[arg(long, default_value_t = 100)]
     queue_base: u16,
 
+    /// Choose the queue by the CPU that handles the packet (with one queue thread pinned to
+    /// each group of CPUs) instead of by flow hash; use with --queues set to the CPU count.
+    #[arg(long)]
+    cpu_fanout: bool,
+
     /// Kernel queue length before the failure mode applies.
     #[arg(long, default_value_t = 1024)]
     queue_max_len: u32,
@@ -197,6 +202,7 @@ impl Cli {
         config.rules.exempt_uid = (!self.judge_all_uids).then_some(self.exempt_uid);
         config.rules.accept_mark = self.accept_mark;
         config.rules.pod_cidrs = self.pod_cidr.clone();
+        config.rules.cpu_fanout = self.cpu_fanout;
         config.queue_max_len = self.queue_max_len;
         if let Some(v) = self.on_unjudgeable {
             config.on_unjudgeable = v.into();
@@ -379,6 +385,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

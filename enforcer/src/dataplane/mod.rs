@@ -147,6 +147,7 @@ impl Config {
                 exempt_uid: Some(0),
                 families: vec![Family::V4, Family::V6],
                 pod_cidrs: Vec::new(),
+                cpu_fanout: false,
             },
             on_unjudgeable: if fail_open {
                 Verdict::Accept

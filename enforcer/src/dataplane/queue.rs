@@ -86,6 +86,12 @@ impl Worker {
         let max_len = config.queue_max_len;
         let copy_range = config.copy_range;
         let nice = config.queue_thread_nice;
+        // With CPU fanout the kernel picks queue `base + cpu % queues`: run this queue's thread
+        // on exactly those CPUs.
+        let pin = (config.rules.cpu_fanout && config.rules.queues > 1).then(|| {
+            let index = usize::from(number - config.rules.queue_base);
+            (index, usize::from(config.rules.queues))
+        });
         let handle = std::thread::Builder::new()
             .name(format!("nfqueue-{number}"))
             .spawn(move || {
@@ -98,6 +104,9 @@ impl Worker {
                 })();
                 if let Some(nice) = nice {
                     raise_priority(number, nice);
+                }
+                if let Some((index, queues)) = pin {
+                    pin_to_cpus(number, index, queues);
                 }
                 match opened {
                     Ok(mut queue) => {
@@ -165,6 +174,20 @@ fn raise_priority(number: u16, nice: i32) {
     };
     if result != 0 {
         tracing::info!(queue = number, nice, error = %std::io::Error::last_os_error(), "queue thread keeps the default priority");
+    }
+}
+
+/// Restrict this thread to the CPUs whose packets go to queue `index` of `queues`.
+fn pin_to_cpus(number: u16, index: usize, queues: usize) {
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    let mut set = nix::sched::CpuSet::new();
+    for cpu in (0..cpus).filter(|cpu| cpu % queues == index) {
+        if set.set(cpu).is_err() {
+            return;
+        }
+    }
+    if let Err(err) = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set) {
+        tracing::info!(queue = number, error = %err, "queue thread not pinned");
     }
 }
 

@@ -111,6 +111,9 @@ pub struct RuleSpec {
     /// that involve a pod are: `FORWARD` from or to a range, `INPUT` from one, `OUTPUT` to one —
     /// so a node's own traffic (SSH, the kubelet) never depends on the enforcer.
     pub pod_cidrs: Vec<ipnet::IpNet>,
+    /// Pick the queue by the CPU that handles the packet (`--queue-cpu-fanout`, nft `fanout`)
+    /// instead of by flow hash; with one queue thread pinned per CPU, the wake-up stays local.
+    pub cpu_fanout: bool,
 }
 
 /// Our iptables chain names: per hook, plus the shared judging chain.
@@ -208,6 +211,12 @@ impl RuleSpec {
         out += &format!("-A {CHAIN_JUDGE} -j CONNMARK --set-xmark {mark:#x}/{mark:#x}\n");
         let target = if self.queues <= 1 {
             format!("--queue-num {}", self.queue_base)
+        } else if self.cpu_fanout {
+            format!(
+                "--queue-balance {}:{} --queue-cpu-fanout",
+                self.queue_base,
+                self.last_queue()
+            )
         } else {
             format!("--queue-balance {}:{}", self.queue_base, self.last_queue())
         };
@@ -228,7 +237,12 @@ impl RuleSpec {
         } else {
             format!("{}-{}", self.queue_base, self.last_queue())
         };
-        let flags = if self.fail_open { "flags bypass " } else { "" };
+        let flags = match (self.fail_open, self.cpu_fanout && self.queues > 1) {
+            (true, true) => "flags bypass,fanout ",
+            (true, false) => "flags bypass ",
+            (false, true) => "flags fanout ",
+            (false, false) => "",
+        };
         let probe_exempt = self
             .exempt_uid
             .map(|uid| format!("    meta skuid {uid} return\n"))
@@ -360,6 +374,9 @@ pub fn intact(backend: Backend, spec: &RuleSpec) -> bool {
                 queue.extend(["--queue-num", &first]);
             } else {
                 queue.extend(["--queue-balance", &balance]);
+                if spec.cpu_fanout {
+                    queue.push("--queue-cpu-fanout");
+                }
             }
             if spec.fail_open {
                 queue.push("--queue-bypass");
@@ -408,6 +425,7 @@ mod tests {
             exempt_uid: Some(0),
             families: vec![Family::V4],
             pod_cidrs: vec![],
+            cpu_fanout: false,
         }
     }
 
@@ -471,6 +489,18 @@ COMMIT
         assert!(text.contains("ct mark set ct mark or 0x200000"));
         assert!(text.contains("queue flags bypass to 100-101"), "{text}");
         assert!(!spec(1, false).nft_script().contains("bypass"));
+        let mut fanout = spec(2, false);
+        fanout.cpu_fanout = true;
+        assert!(
+            fanout
+                .nft_script()
+                .contains("queue flags fanout to 100-101")
+        );
+        assert!(
+            fanout
+                .iptables_restore(Family::V4)
+                .contains("-j NFQUEUE --queue-balance 100:101 --queue-cpu-fanout\n")
+        );
     }
 
     #[test]
