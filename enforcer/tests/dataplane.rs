@@ -567,3 +567,50 @@ fn nft_script_is_accepted_by_nft_apart_from_the_queue_statement() {
     let detected = in_ns(&topology.node, dataplane::rules::detect);
     assert_eq!(detected, dataplane::Backend::Iptables);
 }
+
+#[test]
+fn accepted_udp_without_replies_is_judged_once() {
+    if !root_or_skip("accepted_udp_without_replies_is_judged_once") {
+        return;
+    }
+    // b:99 receives but never answers, so conntrack keeps calling the flow NEW; the accept mark
+    // is what keeps it out of the queue after the first judgement. (b:98 likewise.)
+    let topology = Topology::new("udp1");
+    let _sinks = in_ns(&topology.b, || {
+        let bind = |port: u16| std::net::UdpSocket::bind(("0.0.0.0", port)).expect("bind sink");
+        (bind(99), bind(98))
+    });
+    let (seen, judge) = recording_judge();
+    let mut config = dataplane::Config::new(100, 1, false); // one FIFO queue: order is kept
+    config.netns = Some(Topology::path(&topology.node));
+    let dp = Dataplane::start(config, judge, Metrics::new()).expect("dataplane");
+    let count = |port: u16| {
+        seen.lock()
+            .expect("log")
+            .iter()
+            .filter(|f| f.dst_port == port)
+            .count()
+    };
+
+    let silent = udp_client(&topology.a, B, 99);
+    silent.send(b"first").expect("send");
+    assert!(
+        wait_until(QUICK, || count(99) == 1),
+        "first datagram judged"
+    );
+    for _ in 0..5 {
+        silent.send(b"more").expect("send");
+    }
+    // A sentinel on another flow, sent after them through the same queue: once it is judged,
+    // anything of the silent flow that was queued would have been judged before it.
+    udp_client(&topology.a, B, 98)
+        .send(b"sentinel")
+        .expect("send");
+    assert!(wait_until(QUICK, || count(98) == 1), "sentinel judged");
+    assert_eq!(
+        count(99),
+        1,
+        "later datagrams of the accepted flow stayed in the kernel"
+    );
+    drop(dp);
+}

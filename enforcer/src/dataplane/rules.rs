@@ -1,17 +1,20 @@
 //! The netfilter rules that send new connections to the enforcer's queues.
 //!
 //! Where packets are judged (both backends):
-//! - `FORWARD` and `OUTPUT` at filter priority: after DNAT (a Service's backend pod and target
-//!   port are visible) and before SNAT (the source is still the pod). Mangle `POSTROUTING` would
-//!   be too late for our purpose because NAT happens in between on some paths.
+//! - `FORWARD` and `OUTPUT` at filter priority: after DNAT (PREROUTING/OUTPUT `dstnat`, so a
+//!   Service's backend pod and target port are visible) and before SNAT (POSTROUTING `srcnat`,
+//!   so the source is still the pod).
 //! - `INPUT`: pod → node traffic, which never reaches `FORWARD`.
 //!
 //! What is queued: only packets of a *new* connection (`ctstate NEW`) carrying TCP, UDP or SCTP.
 //! Established, related and reply packets never leave the kernel. Just before queueing, the
 //! connection gets the *accepted* bit in its conntrack mark: a dropped first packet never
 //! confirms its conntrack entry, so the mark only survives on connections that were accepted
-//! (visible with `conntrack -L --mark`). Conntrack calls a packet NEW until the first reply, so
-//! a SYN retransmitted before any answer is judged again — the same verdict, one more queue trip.
+//! (visible with `conntrack -L --mark 0x200000/0x200000`). A packet whose connection already
+//! carries the bit is not queued again: conntrack calls every packet NEW until the first reply,
+//! so without this a UDP stream with no answers, or a retransmitted SYN, would be judged per
+//! packet. (Packets that arrive while the first one is still queued have no confirmed entry yet
+//! and are judged too — the same verdict, one more queue trip.)
 //!
 //! Exempt: loopback (`lo` in `INPUT` and `OUTPUT`); node-local health probes (sockets owned by
 //! the configured uid, root by default, in `OUTPUT`, as kubelet probes are); IPv6 neighbour
@@ -208,6 +211,9 @@ impl RuleSpec {
             }
         }
         let mark = self.accept_mark;
+        // Already accepted (a UDP flow still waiting for its first reply is NEW to conntrack for
+        // every datagram): stay in the kernel.
+        out += &format!("-A {CHAIN_JUDGE} -m connmark --mark {mark:#x}/{mark:#x} -j RETURN\n");
         out += &format!("-A {CHAIN_JUDGE} -j CONNMARK --set-xmark {mark:#x}/{mark:#x}\n");
         let target = if self.queues <= 1 {
             format!("--queue-num {}", self.queue_base)
@@ -260,7 +266,7 @@ impl RuleSpec {
              \x20 chain input {{\n    type filter hook input priority filter; policy accept;\n    iifname \"lo\" return\n{NEW_ONLY}{input}  }}\n\
              \x20 chain forward {{\n    type filter hook forward priority filter; policy accept;\n{NEW_ONLY}{forward}  }}\n\
              \x20 chain output {{\n    type filter hook output priority filter; policy accept;\n    oifname \"lo\" return\n{probe_exempt}{NEW_ONLY}{output}  }}\n\
-             \x20 chain judge {{\n    ct mark set ct mark or {mark:#x}\n    queue {flags}to {queue_to}\n  }}\n\
+             \x20 chain judge {{\n    ct mark and {mark:#x} == {mark:#x} return\n    ct mark set ct mark or {mark:#x}\n    queue {flags}to {queue_to}\n  }}\n\
              }}\n",
             mark = self.accept_mark,
         )
@@ -452,6 +458,7 @@ mod tests {
 -A NETPOL-ENFORCER-OUTPUT -p tcp -j NETPOL-ENFORCER-JUDGE
 -A NETPOL-ENFORCER-OUTPUT -p udp -j NETPOL-ENFORCER-JUDGE
 -A NETPOL-ENFORCER-OUTPUT -p sctp -j NETPOL-ENFORCER-JUDGE
+-A NETPOL-ENFORCER-JUDGE -m connmark --mark 0x200000/0x200000 -j RETURN
 -A NETPOL-ENFORCER-JUDGE -j CONNMARK --set-xmark 0x200000/0x200000
 -A NETPOL-ENFORCER-JUDGE -j NFQUEUE --queue-balance 100:103 --queue-bypass
 COMMIT
@@ -486,7 +493,9 @@ COMMIT
         assert!(text.contains("ct state != new return"));
         assert!(text.contains("meta l4proto { tcp, udp, sctp } jump judge"));
         assert!(text.contains("meta skuid 0 return"));
-        assert!(text.contains("ct mark set ct mark or 0x200000"));
+        assert!(text.contains(
+            "ct mark and 0x200000 == 0x200000 return\n    ct mark set ct mark or 0x200000"
+        ));
         assert!(text.contains("queue flags bypass to 100-101"), "{text}");
         assert!(!spec(1, false).nft_script().contains("bypass"));
         let mut fanout = spec(2, false);
