@@ -31,7 +31,7 @@ cargo build --workspace --all-targets --locked
 step "tests: unit, privileged, local cluster"
 mkdir -p target/conformance
 NETPOL_REQUIRE_LOCAL=1 NETPOL_JUNIT="$PWD/target/conformance/junit.xml" \
-  cargo test --workspace --locked
+  cargo test --workspace --locked --no-fail-fast
 
 step "manifests: server-side dry-run against the local cluster"
 export NETPOL_LOCAL_DIR="${TMPDIR:-/tmp}/netpol-manifest-check.$$"

@@ -66,7 +66,8 @@ fn main() -> std::process::ExitCode {
             std::env::temp_dir().join(format!("netpol-latency-{}", std::process::id())),
         );
     }
-    let target = connect(&TargetSpec::Local { enforcer: true }, "latency").expect("local cluster");
+    let target =
+        connect(&TargetSpec::Local { enforcer: true }, "latency", false).expect("local cluster");
     let cluster = target.cluster.clone();
     let world = WorldKind::Upstream.model();
     let realized = cluster.create_world(&world, "lat").expect("world");

@@ -929,15 +929,9 @@ fn parse_placeholder(body: &str) -> Result<Placeholder, String> {
     }
 }
 
+/// A one-step upstream case (default deny ingress into x) shared by unit tests.
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn load(text: &str) -> Result<Vec<Case>, LoadError> {
-        load_files([("t.yaml".to_string(), text.to_string())])
-    }
-
-    const MINIMAL: &str = r#"
+pub(crate) const SAMPLE_CASE: &str = r#"
 - id: deny
   name: "should support a 'default-deny-ingress' policy"
   source: upstream
@@ -955,6 +949,16 @@ mod tests {
         expect:
           - expect_peer: {from: {}, to: {ns: x}, allowed: false}
 "#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = SAMPLE_CASE;
+
+    fn load(text: &str) -> Result<Vec<Case>, LoadError> {
+        load_files([("t.yaml".to_string(), text.to_string())])
+    }
 
     #[test]
     fn loads_a_minimal_case() {

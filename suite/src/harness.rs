@@ -537,6 +537,10 @@ fn run(mut args: RunArgs, mode: Mode) -> ExitCode {
     let exclusive = Arc::new(RwLock::new(()));
     let counter = Arc::new(AtomicUsize::new(0));
     let total = plans.len();
+    let needs_sctp = plans.iter().any(|p| {
+        p.probes()
+            .any(|probe| probe.protocol == crate::world::Protocol::Sctp)
+    });
     let progress_port: Option<u16> = std::env::var("SONOBUOY_PROGRESS_PORT")
         .ok()
         .and_then(|p| p.parse().ok())
@@ -636,7 +640,7 @@ fn run(mut args: RunArgs, mode: Mode) -> ExitCode {
                     let mut slot = target.lock().expect("target lock");
                     if slot.is_none() {
                         let spec = spec.clone().expect("checked above");
-                        *slot = Some(match target::connect(&spec, &run_id) {
+                        *slot = Some(match target::connect(&spec, &run_id, needs_sctp) {
                             Ok(t) => TargetState::Ready(Box::new(t)),
                             Err(e) => TargetState::Failed(e),
                         });
@@ -831,7 +835,7 @@ fn cleanup(kubeconfig: Option<PathBuf>) -> ExitCode {
             }
         },
     };
-    let target = match target::connect(&TargetSpec::Kube(Some(path)), "cleanup") {
+    let target = match target::connect(&TargetSpec::Kube(Some(path)), "cleanup", false) {
         Ok(t) => t,
         Err(e) => return usage_error(&e),
     };

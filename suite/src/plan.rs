@@ -12,7 +12,7 @@ use crate::case::{
 };
 use crate::reachability::{BlockRule, Expected};
 use crate::render::{self, ApiVersion, RenderError};
-use crate::world::{Protocol, World, WorldKind};
+use crate::world::{Protocol, World};
 
 /// One planned step.
 #[derive(Debug, Clone, PartialEq)]
@@ -533,30 +533,19 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-/// The expected-denied pairs of a probe, as `from->to` strings in model order.
-pub fn denied_pairs(probe: &ProbePlan) -> Vec<String> {
-    probe
-        .expected
-        .entries()
-        .filter(|(_, _, allowed)| !**allowed)
-        .map(|(f, t, _)| format!("{f}->{t}"))
-        .collect()
-}
-
-/// Whether a world has pods that need the given protocol served (used by backends).
-pub fn world_protocols(world: WorldKind) -> BTreeSet<Protocol> {
-    world
-        .model()
-        .pods
-        .iter()
-        .flat_map(|p| p.ports.iter().map(|s| s.protocol))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::case::load_files;
+
+    fn denied_pairs(probe: &ProbePlan) -> Vec<String> {
+        probe
+            .expected
+            .entries()
+            .filter(|(_, _, allowed)| !**allowed)
+            .map(|(f, t, _)| format!("{f}->{t}"))
+            .collect()
+    }
 
     fn plan_text(text: &str) -> Vec<Plan> {
         let cases = load_files([("t.yaml".to_string(), text.to_string())]).unwrap();

@@ -488,24 +488,7 @@ mod tests {
     use crate::plan::plan_all;
     use crate::reachability::BlockKind;
 
-    const CASE: &str = r#"
-- id: deny
-  name: "should support a 'default-deny-ingress' policy"
-  source: upstream
-  area: ingress
-  world: upstream
-  steps:
-    - create:
-        - apiVersion: networking.k8s.io/v1
-          kind: NetworkPolicy
-          metadata: {name: deny-all, namespace: x}
-          spec: {podSelector: {}, policyTypes: [Ingress], ingress: []}
-    - probe:
-        port: 80
-        protocol: TCP
-        expect:
-          - expect_peer: {from: {}, to: {ns: x}, allowed: false}
-"#;
+    const CASE: &str = crate::case::SAMPLE_CASE;
 
     fn plan() -> Plan {
         plan_all(&load_files([("t.yaml".into(), CASE.into())]).unwrap())

@@ -156,7 +156,9 @@ fn sctp_in_kernel() -> Result<(), String> {
 }
 
 /// Connects to the target: for the local cluster, brings it up first (as the run's own).
-pub fn connect(spec: &TargetSpec, run_id: &str) -> Result<Target, String> {
+/// `preflight_sctp`: on a real cluster, decide SCTP support with one probe between two pods
+/// (only worth it when some selected case probes SCTP).
+pub fn connect(spec: &TargetSpec, run_id: &str, preflight_sctp: bool) -> Result<Target, String> {
     let rt = Arc::new(
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -251,11 +253,17 @@ pub fn connect(spec: &TargetSpec, run_id: &str) -> Result<Target, String> {
                 Feature::ExternalHost,
                 "this target has no external host the suite may probe".into(),
             );
-            if std::env::var("NETPOL_SCTP").as_deref() == Ok("0") {
-                caps.missing
-                    .insert(Feature::Sctp, "SCTP switched off with NETPOL_SCTP=0".into());
-            } else {
-                caps.features.insert(Feature::Sctp);
+            // NETPOL_SCTP=0 / 1 decides without the pre-flight probe.
+            let sctp = std::env::var("NETPOL_SCTP").ok();
+            match sctp.as_deref() {
+                Some("0") => {
+                    caps.missing
+                        .insert(Feature::Sctp, "SCTP switched off with NETPOL_SCTP=0".into());
+                }
+                Some("1") => {
+                    caps.features.insert(Feature::Sctp);
+                }
+                _ => {}
             }
             let prober = HybridProber {
                 exec: ExecProber {
@@ -272,7 +280,7 @@ pub fn connect(spec: &TargetSpec, run_id: &str) -> Result<Target, String> {
                 Some(p) => format!("kubeconfig {}", p.display()),
                 None => "in-cluster".into(),
             };
-            let cluster = KubeCluster::new(
+            let mut cluster = KubeCluster::new(
                 rt.handle().clone(),
                 client,
                 Box::new(prober),
@@ -290,6 +298,9 @@ pub fn connect(spec: &TargetSpec, run_id: &str) -> Result<Target, String> {
                 caps,
             )
             .map_err(|e| e.to_string())?;
+            if sctp.is_none() && preflight_sctp {
+                cluster.preflight_sctp();
+            }
             Ok(Target {
                 cluster: Arc::new(cluster),
                 local: false,

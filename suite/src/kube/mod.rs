@@ -184,6 +184,82 @@ impl KubeCluster {
         })
     }
 
+    /// Decides SCTP support on a real cluster with one probe: an SCTP server pod and a client
+    /// pod in a throwaway namespace; a connection means SCTP works between pods.
+    pub fn preflight_sctp(&mut self) {
+        use crate::case::Feature;
+        use crate::world::{ModelNamespace, ModelPod, Protocol, ServedPort, WorldKind};
+        let pod = |name: &str, ports: Vec<ServedPort>| ModelPod {
+            namespace: "sctp-preflight".into(),
+            name: name.into(),
+            pod_name: name.into(),
+            labels: [("pod".to_string(), name.to_string())].into(),
+            ports,
+            host_network: false,
+            statefulset: None,
+            external: false,
+        };
+        let world = World {
+            kind: WorldKind::Upstream,
+            namespaces: vec![ModelNamespace {
+                name: "sctp-preflight".into(),
+                labels: Default::default(),
+                fixed_name: None,
+            }],
+            pods: vec![
+                pod(
+                    "server",
+                    vec![ServedPort {
+                        port: 80,
+                        protocol: Protocol::Sctp,
+                        name: Some("serve-80-sctp".into()),
+                    }],
+                ),
+                pod("client", vec![]),
+            ],
+        };
+        self.caps.features.insert(Feature::Sctp);
+        let ready = std::mem::replace(&mut self.opts.timeouts.world_ready, Duration::from_secs(90));
+        let suffix = format!("{}-sctp", self.opts.run_id);
+        let verdict = match self.create_world(&world, &suffix) {
+            Ok(realized) => {
+                let (client, server) = (
+                    &realized.pods["sctp-preflight/client"],
+                    &realized.pods["sctp-preflight/server"],
+                );
+                let outcome = self.prober.probe(&ProbeJob {
+                    from: client.clone(),
+                    to_model: server.model.clone(),
+                    to_ip: server.ip,
+                    port: 80,
+                    protocol: Protocol::Sctp,
+                    timeout: Duration::from_secs(3),
+                });
+                if let Err(e) = self.delete_world(&realized) {
+                    tracing::warn!("deleting the SCTP pre-flight namespace: {e}");
+                }
+                match outcome {
+                    Outcome::Connected => Ok(()),
+                    other => Err(format!("SCTP pre-flight probe between two pods: {other:?}")),
+                }
+            }
+            Err(e) => {
+                let names = vec![world.realized_namespace("sctp-preflight", &suffix)];
+                if let Err(e) = self.rt.block_on(self.delete_and_wait_namespaces(&names)) {
+                    tracing::warn!("deleting the SCTP pre-flight namespace: {e}");
+                }
+                Err(format!(
+                    "SCTP pre-flight: the SCTP server pod did not start ({e})"
+                ))
+            }
+        };
+        self.opts.timeouts.world_ready = ready;
+        if let Err(reason) = verdict {
+            self.caps.features.remove(&Feature::Sctp);
+            self.caps.missing.insert(Feature::Sctp, reason);
+        }
+    }
+
     /// The client.
     pub fn client(&self) -> &Client {
         &self.client
@@ -324,7 +400,7 @@ impl KubeCluster {
                         .map_err(|e| {
                             api_err("create", "Pod", &format!("{ns}/{}", pod.pod_name), e)
                         })?;
-                    if world.kind == crate::world::WorldKind::Upstream {
+                    if world.kind == crate::world::WorldKind::Upstream && !pod.ports.is_empty() {
                         let svc = objects::service(pod, ns, sctp, &self.opts.run_id);
                         let api: Api<Service> = Api::namespaced(self.client.clone(), ns);
                         api.create(&PostParams::default(), &svc)
@@ -390,21 +466,23 @@ impl KubeCluster {
                     world: world.kind.as_str().into(),
                     message: format!("pod {ns}/{} has no IP", model.pod_name),
                 })?;
-            let service_ip =
-                if self.opts.services && world.kind == crate::world::WorldKind::Upstream {
-                    let api: Api<Service> = Api::namespaced(self.client.clone(), ns);
-                    let svc = api
-                        .get(&objects::service_name(ns, &model.pod_name))
-                        .await
-                        .map_err(|e| {
-                            other(format!("reading the Service of {ns}/{}", model.pod_name), e)
-                        })?;
-                    svc.spec
-                        .and_then(|s| s.cluster_ip)
-                        .and_then(|ip| ip.parse().ok())
-                } else {
-                    None
-                };
+            let service_ip = if self.opts.services
+                && world.kind == crate::world::WorldKind::Upstream
+                && !model.ports.is_empty()
+            {
+                let api: Api<Service> = Api::namespaced(self.client.clone(), ns);
+                let svc = api
+                    .get(&objects::service_name(ns, &model.pod_name))
+                    .await
+                    .map_err(|e| {
+                        other(format!("reading the Service of {ns}/{}", model.pod_name), e)
+                    })?;
+                svc.spec
+                    .and_then(|s| s.cluster_ip)
+                    .and_then(|ip| ip.parse().ok())
+            } else {
+                None
+            };
             realized.pods.insert(
                 model.model_name(),
                 RealizedPod {
