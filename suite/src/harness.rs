@@ -722,7 +722,6 @@ fn run(mut args: RunArgs, mode: Mode) -> ExitCode {
         target: info,
         trials,
         aborted,
-        started: None,
         duration: started.elapsed(),
     };
     if let Some(path) = &args.junit

@@ -149,8 +149,6 @@ pub struct RunReport {
     pub trials: Vec<TrialReport>,
     /// Why the run stopped early, if it did.
     pub aborted: Option<String>,
-    /// RFC 3339 start time, for JUnit (left out of golden files).
-    pub started: Option<String>,
     /// Wall time of the run.
     pub duration: Duration,
 }

@@ -121,7 +121,6 @@ fn sample_report() -> RunReport {
             ),
         ],
         aborted: None,
-        started: None,
         duration: Duration::from_secs(12),
     }
 }
