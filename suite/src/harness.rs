@@ -462,6 +462,21 @@ fn install_interrupt_handler() {
     });
 }
 
+/// Whether libtest's FILTER / --exact / --skip / --ignored leave a trial out (as libtest-mimic
+/// decides it; our trials are never marked ignored).
+fn filtered_out(args: &libtest_mimic::Arguments, name: &str) -> bool {
+    let matches = |pattern: &str| {
+        if args.exact {
+            name == pattern
+        } else {
+            name.contains(pattern)
+        }
+    };
+    args.ignored
+        || args.filter.as_deref().is_some_and(|f| !matches(f))
+        || args.skip.iter().any(|s| matches(s))
+}
+
 enum TargetState {
     Ready(Box<Target>),
     Failed(String),
@@ -532,15 +547,43 @@ fn run(mut args: RunArgs, mode: Mode) -> ExitCode {
         install_interrupt_handler();
     }
     let run_id = random_id();
-    let target: Arc<Mutex<Option<TargetState>>> = Arc::new(Mutex::new(None));
-    let reports: Arc<Mutex<Vec<TrialReport>>> = Arc::new(Mutex::new(Vec::new()));
-    let exclusive = Arc::new(RwLock::new(()));
-    let counter = Arc::new(AtomicUsize::new(0));
-    let total = plans.len();
     let needs_sctp = plans.iter().any(|p| {
         p.probes()
             .any(|probe| probe.protocol == crate::world::Protocol::Sctp)
     });
+    let target: Arc<Mutex<Option<TargetState>>> = Arc::new(Mutex::new(None));
+    // The CLI connects before any trial runs, so a target that cannot be had is one clear
+    // error, not one per trial (the JUnit file still says why).
+    let selected = plans
+        .iter()
+        .filter(|p| !filtered_out(&args.harness, &p.trial))
+        .count();
+    if let (Mode::Cli, false, None, Ok(spec)) = (mode, listing, &unavailable, &spec)
+        && selected > 0
+    {
+        match target::connect(spec, &run_id, needs_sctp) {
+            Ok(t) => *target.lock().expect("target lock") = Some(TargetState::Ready(Box::new(t))),
+            Err(e) => {
+                let report = RunReport {
+                    suite_version: env!("CARGO_PKG_VERSION").to_string(),
+                    aborted: Some(format!("no target: {e}")),
+                    duration: started.elapsed(),
+                    ..Default::default()
+                };
+                if let Some(path) = &args.junit {
+                    let _ = report::write_junit(&report, path);
+                }
+                if let Some(dir) = &sonobuoy_dir {
+                    let _ = report::write_sonobuoy(&report, dir);
+                }
+                return usage_error(&format!("no target: {e}"));
+            }
+        }
+    }
+    let reports: Arc<Mutex<Vec<TrialReport>>> = Arc::new(Mutex::new(Vec::new()));
+    let exclusive = Arc::new(RwLock::new(()));
+    let counter = Arc::new(AtomicUsize::new(0));
+    let total = plans.len();
     let progress_port: Option<u16> = std::env::var("SONOBUOY_PROGRESS_PORT")
         .ok()
         .and_then(|p| p.parse().ok())

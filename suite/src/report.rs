@@ -323,14 +323,22 @@ pub fn post_progress(port: u16, progress: &Progress) -> std::io::Result<()> {
 pub fn summary(report: &RunReport) -> String {
     let c = report.counts();
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "netpol-conformance {} against {} (Kubernetes {}, {})",
-        report.suite_version,
-        report.target.target,
-        report.target.kubernetes_version,
-        report.target.implementation
-    );
+    if report.target.target.is_empty() {
+        let _ = writeln!(
+            out,
+            "netpol-conformance {} (no cluster contacted)",
+            report.suite_version
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "netpol-conformance {} against {} (Kubernetes {}, {})",
+            report.suite_version,
+            report.target.target,
+            report.target.kubernetes_version,
+            report.target.implementation
+        );
+    }
     for t in &report.trials {
         match &t.outcome {
             TrialOutcome::Failed { message } => {
