@@ -457,15 +457,10 @@ impl KubeCluster {
                     world: world.kind.as_str().into(),
                     message: format!("pod {ns}/{} is missing", model.pod_name),
                 })?;
-            let ip: IpAddr = pod
-                .status
-                .as_ref()
-                .and_then(|s| s.pod_ip.as_deref())
-                .and_then(|ip| ip.parse().ok())
-                .ok_or_else(|| BackendError::World {
-                    world: world.kind.as_str().into(),
-                    message: format!("pod {ns}/{} has no IP", model.pod_name),
-                })?;
+            let ip: IpAddr = objects::pod_ip(pod).ok_or_else(|| BackendError::World {
+                world: world.kind.as_str().into(),
+                message: format!("pod {ns}/{} has no IP", model.pod_name),
+            })?;
             let service_ip = if self.opts.services
                 && world.kind == crate::world::WorldKind::Upstream
                 && !model.ports.is_empty()
@@ -860,11 +855,7 @@ impl Cluster for KubeCluster {
                     .ok_or_else(|| {
                         other(format!("recreating {model}"), "the pod did not come back")
                     })?;
-                let ip = pod
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.pod_ip.as_deref())
-                    .and_then(|ip| ip.parse().ok())
+                let ip = objects::pod_ip(pod)
                     .ok_or_else(|| other(format!("recreating {model}"), "the pod has no IP"))?;
                 out.push(RealizedPod {
                     ip,

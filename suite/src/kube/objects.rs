@@ -211,6 +211,11 @@ pub fn label_patch(set: &BTreeMap<String, String>, remove: &[String]) -> Value {
     json!({"metadata": {"labels": labels}})
 }
 
+/// The pod's IP, once it has one.
+pub fn pod_ip(pod: &Pod) -> Option<std::net::IpAddr> {
+    pod.status.as_ref()?.pod_ip.as_deref()?.parse().ok()
+}
+
 /// Running, Ready and with an IP.
 pub fn pod_ready(pod: &Pod) -> bool {
     let Some(status) = &pod.status else {
