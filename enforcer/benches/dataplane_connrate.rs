@@ -5,7 +5,7 @@
 //! Run: `cargo bench -p netpol-enforcer --bench dataplane_connrate` (optional env:
 //! `NPE_BENCH_SECS` per round, default 3; `NPE_BENCH_CLIENTS` client threads, default 4;
 //! `NPE_BENCH_DEFAULT_PRIORITY` set: queue threads keep the default nice value;
-//! `NPE_BENCH_ROUNDS` alternations, default 2).
+//! `NPE_BENCH_ROUNDS` alternations, default 2; `NPE_BENCH_ROWS=0,6` only those rows, by index).
 //!
 //! Each round connects, exchanges one byte and closes with RST (SO_LINGER 0) so no TIME_WAIT
 //! piles up; rounds alternate (baseline, enforcer, …) so drift hits both sides alike, and the
@@ -27,28 +27,45 @@ use netpol_enforcer::flow::Flow;
 use netpol_enforcer::metrics::Metrics;
 use netpol_enforcer::store::Writer;
 
-/// A server in pod b that accepts, echoes one byte and closes.
-fn serve(ns: &str, port: u16, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+/// Servers in pod b: `threads` threads share one listener; each waits in `poll(2)` (so a new
+/// connection is taken at once, not after a sleep), accepts, echoes one byte and closes.
+fn serve(
+    ns: &str,
+    port: u16,
+    threads: usize,
+    stop: Arc<AtomicBool>,
+) -> Vec<std::thread::JoinHandle<()>> {
     let listener = in_ns(ns, || {
         std::net::TcpListener::bind(("0.0.0.0", port)).expect("bind")
     });
     listener.set_nonblocking(true).expect("nonblocking");
-    std::thread::spawn(move || {
-        while !stop.load(Ordering::Acquire) {
-            match listener.accept() {
-                Ok((mut conn, _)) => {
+    let listener = Arc::new(listener);
+    (0..threads)
+        .map(|_| {
+            let (listener, stop) = (listener.clone(), stop.clone());
+            std::thread::spawn(move || {
+                use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+                use std::os::fd::AsFd;
+                while !stop.load(Ordering::Acquire) {
+                    let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+                    if !matches!(poll(&mut fds, PollTimeout::from(50u8)), Ok(n) if n > 0) {
+                        continue;
+                    }
+                    // Another thread may have taken it: accept is non-blocking.
+                    let Ok((mut conn, _)) = listener.accept() else {
+                        continue;
+                    };
                     let _ = conn.set_nonblocking(false);
-                    // A client that gave up must not stall the server for everyone else.
+                    // A client that gave up must not stall this server thread for long.
                     let _ = conn.set_read_timeout(Some(Duration::from_secs(1)));
                     let mut b = [0u8; 1];
                     if conn.read_exact(&mut b).is_ok() {
                         let _ = conn.write_all(&b);
                     }
                 }
-                Err(_) => std::thread::sleep(Duration::from_micros(200)),
-            }
-        }
-    })
+            })
+        })
+        .collect()
 }
 
 /// Connections per second from pod a to pod b over `secs`, with `clients` threads, and the
@@ -95,12 +112,29 @@ fn measure(topology: &Topology, port: u16, secs: f64, clients: usize) -> (f64, u
     (done.load(Ordering::Relaxed) as f64 / secs, failed)
 }
 
+/// kube-proxy's rule dropping packets conntrack finds invalid, inserted (`-I`) or deleted (`-D`).
+fn conntrack_rule(op: &str) -> [&str; 10] {
+    [
+        "iptables",
+        "-w",
+        op,
+        "FORWARD",
+        "-m",
+        "conntrack",
+        "--ctstate",
+        "INVALID",
+        "-j",
+        "DROP",
+    ]
+}
+
 /// The real engine over an empty snapshot (no policies: default allow), as a judge.
 struct EngineJudge(netpol_enforcer::store::Reader);
 
 impl Judge for EngineJudge {
     fn judge(&self, flow: &Flow) -> Judgement {
-        let decision = engine::decide(&self.0.snapshot(), flow);
+        let snapshot = self.0.snapshot();
+        let decision = engine::decide(&snapshot, flow);
         Judgement {
             verdict: match decision.verdict {
                 engine::Verdict::Accept => Verdict::Accept,
@@ -131,7 +165,7 @@ fn main() {
         );
     }
     let stop = Arc::new(AtomicBool::new(false));
-    let server = serve(&topology.b, 80, stop.clone());
+    let servers = serve(&topology.b, 80, clients, stop.clone());
     let node = Topology::path(&topology.node);
     let start = |judge: Arc<dyn Judge>, queues: u16| {
         let mut config = dataplane::Config::new(100, queues, false);
@@ -157,6 +191,11 @@ fn main() {
 
     let mut rows: Vec<(&str, Vec<f64>, u64)> = vec![
         ("no enforcer", vec![], 0),
+        (
+            "no enforcer, conntrack on (kube-proxy's INVALID drop rule)",
+            vec![],
+            0,
+        ),
         ("rules only (fail-open, nobody bound: bypass)", vec![], 0),
         ("enforcer, static judge, 1 queue", vec![], 0),
         ("enforcer, engine (empty snapshot), 1 queue", vec![], 0),
@@ -171,11 +210,24 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(2);
+    // `NPE_BENCH_ROWS=0,6`: only these rows (by index), e.g. to profile one setup.
+    let only: Option<Vec<usize>> = std::env::var("NPE_BENCH_ROWS")
+        .ok()
+        .map(|s| s.split(',').filter_map(|i| i.trim().parse().ok()).collect());
     for round in 0..rounds {
         for (i, row) in rows.iter_mut().enumerate() {
+            if only.as_ref().is_some_and(|only| !only.contains(&i)) {
+                continue;
+            }
             let dp = match i {
                 0 => None,
                 1 => {
+                    // What every node running kube-proxy has: conntrack tracking forwarded
+                    // traffic, through kube-proxy's own `ctstate INVALID` rule.
+                    common::ns_output(&topology.node, &conntrack_rule("-I"));
+                    None
+                }
+                2 => {
                     // The kernel side alone: every SYN hits the rules and the bypassing queue.
                     let spec = dataplane::Config::new(100, 1, true).rules;
                     dataplane::netns::run_in(Some(&node), || {
@@ -185,9 +237,9 @@ fn main() {
                     .expect("install rules");
                     None
                 }
-                2 => Some(start(static_judge.clone(), 1)),
-                3 => Some(start(engine_judge.clone(), 1)),
-                4 => Some(start(engine_judge.clone(), 2)),
+                3 => Some(start(static_judge.clone(), 1)),
+                4 => Some(start(engine_judge.clone(), 1)),
+                5 => Some(start(engine_judge.clone(), 2)),
                 _ => Some(start_fanout(engine_judge.clone())),
             };
             let (rate, failed) = measure(&topology, 80, secs, clients);
@@ -200,7 +252,9 @@ fn main() {
             if let Some(dp) = dp {
                 let _ = dp.shutdown();
             }
-            if i > 0 {
+            if i == 1 {
+                common::ns_output(&topology.node, &conntrack_rule("-D"));
+            } else if i > 1 {
                 dataplane::remove_rules(
                     Some(&node),
                     &[dataplane::Family::V4, dataplane::Family::V6],
@@ -209,7 +263,7 @@ fn main() {
             }
         }
     }
-    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
     let baseline = mean(&rows[0].1);
     println!(
         "| setup | conn/s (mean of {} rounds × {secs} s, {clients} clients) | ratio | failed connections |",
@@ -224,5 +278,7 @@ fn main() {
         );
     }
     stop.store(true, Ordering::Release);
-    let _ = server.join();
+    for server in servers {
+        let _ = server.join();
+    }
 }

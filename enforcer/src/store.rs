@@ -41,9 +41,11 @@ use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use netpol_api::{v1alpha1, v1alpha2};
 
+use ipnet::IpNet;
+
 use crate::engine::policy::{
-    ClusterPolicy, ClusterTier, ContainerPort, Direction, Netpol, compile_anp, compile_banp,
-    compile_cnp, compile_netpol,
+    Action, ClusterPolicy, ClusterTier, ContainerPort, Direction, NamespaceMatch, Netpol, Peer,
+    compile_anp, compile_banp, compile_cnp, compile_netpol,
 };
 use crate::engine::policy::{PortMatch, PortSpec};
 use crate::engine::selector::{Labels, Selector};
@@ -258,13 +260,28 @@ pub struct PodEntry {
     pub record: Arc<PodRecord>,
     /// Index of its namespace in [`Snapshot::namespaces`].
     pub namespace: u32,
+    /// Its named container ports, names interned ([`RuleRef::port_name`]).
+    pub named_ports: Box<[NamedPort]>,
 }
 
-/// One rule of a policy selecting a pod, with a cheap port pre-check.
+/// A named container port with its name interned for the snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NamedPort {
+    /// Interned name (never 0).
+    pub name: u32,
+    /// Port number.
+    pub port: u16,
+    /// Protocol.
+    pub protocol: Protocol,
+}
+
+/// One rule of a policy selecting a pod, laid out so that a verdict can test it without
+/// touching the policy: port bounds, action and the rule's peers resolved to sets.
 ///
 /// A rule with several port entries appears once per entry (consecutively, so evaluation order
-/// is unchanged); the pre-check (`protocols` bit set, `lo <= port <= hi`) is exact for numbers
-/// and ranges and conservative for named ports, and the full rule is checked after it passes.
+/// is unchanged); the port pre-check (`protocols` bit set, `lo <= port <= hi`) is exact for
+/// numbers and ranges and conservative for named ports, which are then checked on the rule.
+/// Rules whose peers select nothing at all in the snapshot are left out: they cannot match.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct RuleRef {
     /// Index of the policy in its tier's list ([`Snapshot::admin`], [`Snapshot::baseline`] or
@@ -272,15 +289,23 @@ pub struct RuleRef {
     pub policy: u32,
     /// Index of the rule in the policy's list for the direction.
     pub rule: u32,
-    /// Bit set of protocols (`1 << Protocol as u8`).
-    pub protocols: u8,
+    /// First of the rule's peers in [`Snapshot::peers`].
+    pub peers: u32,
+    /// How many peers the rule has there (any of them may match).
+    pub peer_count: u16,
     /// Lowest destination port.
     pub lo: u16,
     /// Highest destination port.
     pub hi: u16,
-    /// Whether passing [`may_match`](RuleRef::may_match) already proves the ports match (a
-    /// number or range entry); named ports still need the destination pod's container ports.
-    pub exact: bool,
+    /// Bit set of protocols (`1 << Protocol as u8`).
+    pub protocols: u8,
+    /// 0 for a number or range entry, where passing [`may_match`](RuleRef::may_match) proves
+    /// the ports match; otherwise the interned name of a named port, which must also be a
+    /// [`PodEntry::named_ports`] entry of the destination pod with the connection's port and
+    /// protocol.
+    pub port_name: u32,
+    /// The rule's action (admin and baseline tiers; `Accept` for NetworkPolicy rules).
+    pub action: Action,
 }
 
 impl RuleRef {
@@ -300,20 +325,40 @@ pub fn protocol_bit(p: Protocol) -> u8 {
     }
 }
 
-fn rule_refs(policy: u32, rule: u32, ports: &PortMatch, out: &mut Vec<RuleRef>) {
+/// Where one rule's peer list starts in [`Snapshot::peers`], and its length.
+#[derive(Debug, Clone, Copy)]
+struct PeerSpan {
+    start: u32,
+    count: u16,
+}
+
+/// Appends the rule's entries; `port_name` interns a named port's name (`None`: no pod has a
+/// port of that name, so the entry can never match and is left out).
+fn rule_refs(
+    policy: u32,
+    rule: u32,
+    action: Action,
+    peers: PeerSpan,
+    ports: &PortMatch,
+    port_name: impl Fn(&str) -> Option<u32>,
+    out: &mut Vec<RuleRef>,
+) {
     const ALL: u8 = 7;
-    let mut push = |protocols, lo, hi, exact| {
+    let mut push = |protocols, lo, hi, port_name| {
         out.push(RuleRef {
             policy,
             rule,
-            protocols,
+            peers: peers.start,
+            peer_count: peers.count,
             lo,
             hi,
-            exact,
+            protocols,
+            port_name,
+            action,
         })
     };
     match ports {
-        PortMatch::Any => push(ALL, 0, u16::MAX, true),
+        PortMatch::Any => push(ALL, 0, u16::MAX, 0),
         PortMatch::List(specs) => {
             for spec in specs {
                 match spec {
@@ -321,14 +366,83 @@ fn rule_refs(policy: u32, rule: u32, ports: &PortMatch, out: &mut Vec<RuleRef>) 
                         protocol,
                         start,
                         end,
-                    } => push(protocol.map_or(ALL, protocol_bit), *start, *end, true),
-                    PortSpec::Named { protocol, .. } => {
-                        push(protocol.map_or(ALL, protocol_bit), 0, u16::MAX, false)
+                    } => push(protocol.map_or(ALL, protocol_bit), *start, *end, 0),
+                    PortSpec::Named { name, protocol } => {
+                        if let Some(id) = port_name(name) {
+                            push(protocol.map_or(ALL, protocol_bit), 0, u16::MAX, id);
+                        }
                     }
                     PortSpec::Nothing => {}
                 }
             }
         }
+    }
+}
+
+/// A set of pod or node indexes: a sorted list when small, a bit set when large.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdSet {
+    /// Sorted, without duplicates.
+    Sorted(Box<[u32]>),
+    /// Bit `i` set when `i` is a member.
+    Bits(Box<[u64]>),
+}
+
+impl IdSet {
+    /// A set from sorted, distinct ids below `universe`, in whichever form is smaller.
+    fn new(ids: Vec<u32>, universe: usize) -> IdSet {
+        if ids.len() * 32 <= universe {
+            return IdSet::Sorted(ids.into_boxed_slice());
+        }
+        let mut bits = vec![0u64; universe.div_ceil(64)];
+        for id in ids {
+            bits[id as usize / 64] |= 1 << (id % 64);
+        }
+        IdSet::Bits(bits.into_boxed_slice())
+    }
+
+    /// Whether `id` is a member.
+    #[inline]
+    pub fn contains(&self, id: u32) -> bool {
+        match self {
+            IdSet::Sorted(ids) => match ids.len() {
+                0..=8 => ids.contains(&id),
+                _ => ids.binary_search(&id).is_ok(),
+            },
+            IdSet::Bits(bits) => bits
+                .get(id as usize / 64)
+                .is_some_and(|w| w & (1 << (id % 64)) != 0),
+        }
+    }
+}
+
+/// A rule's peer, resolved against the snapshot's pods and nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerMatch {
+    /// Any address.
+    All,
+    /// Pods whose indexes are in [`Snapshot::pod_sets`]`[i]`.
+    Pods(u32),
+    /// Nodes whose indexes are in [`Snapshot::node_sets`]`[i]`.
+    Nodes(u32),
+    /// Addresses in the block [`Snapshot::networks`]`[i]`.
+    Network(u32),
+}
+
+/// An address block with holes (`ipBlock` / `networks`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Network {
+    /// The block.
+    pub cidr: IpNet,
+    /// Holes in it.
+    pub except: Box<[IpNet]>,
+}
+
+impl Network {
+    /// Whether the address is in the block and in none of its holes.
+    #[inline]
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.cidr.contains(&ip) && !self.except.iter().any(|e| e.contains(&ip))
     }
 }
 
@@ -374,6 +488,14 @@ pub struct Snapshot {
     pub netpols: Vec<Arc<Netpol>>,
     /// Per pod (parallel to `pods`): the policies selecting it.
     pub selected: Vec<PodPolicies>,
+    /// The peers of every rule some pod's lists refer to ([`RuleRef::peers`]).
+    pub peers: Vec<PeerMatch>,
+    /// Pod sets that [`PeerMatch::Pods`] refers to.
+    pub pod_sets: Vec<IdSet>,
+    /// Node sets that [`PeerMatch::Nodes`] refers to.
+    pub node_sets: Vec<IdSet>,
+    /// Address blocks that [`PeerMatch::Network`] refers to.
+    pub networks: Vec<Network>,
     by_ip: HashMap<IpAddr, Endpoint>,
     ns_by_name: HashMap<Arc<str>, u32>,
     pod_by_name: HashMap<(Arc<str>, Arc<str>), u32>,
@@ -438,6 +560,16 @@ impl Snapshot {
         }
         state.build(1)
     }
+}
+
+/// Peers resolved while a snapshot is built.
+#[derive(Default)]
+struct Resolved {
+    by_peer: HashMap<Peer, Option<PeerMatch>>,
+    peers: Vec<PeerMatch>,
+    pod_sets: Vec<IdSet>,
+    node_sets: Vec<IdSet>,
+    networks: Vec<Network>,
 }
 
 /// The writer's own state: trimmed records and compiled policies, keyed by object.
@@ -523,6 +655,7 @@ impl State {
             });
         }
         let mut ns_pods: Vec<Vec<u32>> = vec![Vec::new(); snap.namespaces.len()];
+        let mut port_names: HashMap<Box<str>, u32> = HashMap::new();
         for record in self.pods.values() {
             let ns = match snap.ns_by_name.get(&record.namespace) {
                 Some(i) => *i,
@@ -546,9 +679,24 @@ impl State {
                     snap.by_ip.insert(*ip, Endpoint::Pod(idx));
                 }
             }
+            let named_ports = record
+                .ports
+                .iter()
+                .filter_map(|p| {
+                    let name = p.name.as_deref()?;
+                    let next = port_names.len() as u32 + 1;
+                    let id = *port_names.entry(name.into()).or_insert(next);
+                    Some(NamedPort {
+                        name: id,
+                        port: p.port,
+                        protocol: p.protocol,
+                    })
+                })
+                .collect();
             snap.pods.push(PodEntry {
                 record: record.clone(),
                 namespace: ns,
+                named_ports,
             });
         }
         for node in self.nodes.values() {
@@ -663,7 +811,70 @@ impl State {
                 }
             }
         }
-        // Expand each pod's policy lists into rule lists, sharing identical ones between pods.
+        // Resolve peers to sets of pods, nodes or addresses, once per distinct peer and only for
+        // rules some pod's lists reach; then expand each pod's policy lists into rule lists,
+        // sharing identical lists between pods.
+        let mut resolved = Resolved::default();
+        let resolve = |peer: &Peer, resolved: &mut Resolved| -> Option<PeerMatch> {
+            if let Some(hit) = resolved.by_peer.get(peer) {
+                return *hit;
+            }
+            let found = match peer {
+                Peer::All => Some(PeerMatch::All),
+                Peer::Nothing => None,
+                Peer::Network { cidr, except } => {
+                    resolved.networks.push(Network {
+                        cidr: *cidr,
+                        except: except.clone().into_boxed_slice(),
+                    });
+                    Some(PeerMatch::Network(resolved.networks.len() as u32 - 1))
+                }
+                Peer::Nodes(sel) => {
+                    let ids: Vec<u32> = (0..snap.nodes.len() as u32)
+                        .filter(|n| sel.matches(&snap.nodes[*n as usize].labels))
+                        .collect();
+                    (!ids.is_empty()).then(|| {
+                        resolved.node_sets.push(IdSet::new(ids, snap.nodes.len()));
+                        PeerMatch::Nodes(resolved.node_sets.len() as u32 - 1)
+                    })
+                }
+                Peer::Pods { namespaces, pods } => {
+                    let mut ids = Vec::new();
+                    match namespaces {
+                        NamespaceMatch::Named(name) => {
+                            if let Some(&ns) = snap.ns_by_name.get(name) {
+                                select(&Selector::everything(), Some(pods), Some(ns), &mut ids);
+                            }
+                        }
+                        NamespaceMatch::Selector(sel) => select(sel, Some(pods), None, &mut ids),
+                    }
+                    ids.sort_unstable();
+                    (!ids.is_empty()).then(|| {
+                        resolved.pod_sets.push(IdSet::new(ids, snap.pods.len()));
+                        PeerMatch::Pods(resolved.pod_sets.len() as u32 - 1)
+                    })
+                }
+            };
+            resolved.by_peer.insert(peer.clone(), found);
+            found
+        };
+        // A rule's peer list: `None` when no peer can match anything.
+        let span = |peers: &[Peer], resolved: &mut Resolved| -> Option<PeerSpan> {
+            let start = resolved.peers.len();
+            for peer in peers {
+                if let Some(m) = resolve(peer, resolved)
+                    && !resolved.peers[start..].contains(&m)
+                {
+                    resolved.peers.push(m);
+                }
+            }
+            let count = resolved.peers.len() - start;
+            (count > 0).then(|| PeerSpan {
+                start: start as u32,
+                count: u16::try_from(count).unwrap_or(u16::MAX),
+            })
+        };
+        let mut spans: HashMap<(usize, u32, usize, u32), Option<PeerSpan>> = HashMap::new();
         let mut cache: HashMap<(usize, usize, Vec<u32>), Arc<[RuleRef]>> = HashMap::new();
         let mut expand = |tier: usize, d: Direction, ids: &Vec<u32>| -> Arc<[RuleRef]> {
             if let Some(hit) = cache.get(&(tier, d.idx(), ids.clone())) {
@@ -671,21 +882,33 @@ impl State {
             }
             let mut refs = Vec::new();
             for &id in ids {
-                match tier {
+                let rules: Vec<(Action, &[Peer], &PortMatch)> = match tier {
                     0 | 1 => {
                         let list = if tier == 0 { &admin } else { &baseline };
-                        for (r, rule) in list[id as usize].rules[d.idx()].iter().enumerate() {
-                            rule_refs(id, r as u32, &rule.ports, &mut refs);
-                        }
-                    }
-                    _ => {
-                        for (r, rule) in netpols[id as usize].rules[d.idx()]
+                        list[id as usize].rules[d.idx()]
                             .iter()
-                            .flatten()
-                            .enumerate()
-                        {
-                            rule_refs(id, r as u32, &rule.ports, &mut refs);
+                            .map(|r| (r.action, r.peers.as_slice(), &r.ports))
+                            .collect()
+                    }
+                    _ => netpols[id as usize].rules[d.idx()]
+                        .iter()
+                        .flatten()
+                        .map(|r| (Action::Accept, r.peers.as_slice(), &r.ports))
+                        .collect(),
+                };
+                for (r, (action, peers, ports)) in rules.into_iter().enumerate() {
+                    let key = (tier, id, d.idx(), r as u32);
+                    let peers = match spans.get(&key) {
+                        Some(s) => *s,
+                        None => {
+                            let s = span(peers, &mut resolved);
+                            spans.insert(key, s);
+                            s
                         }
+                    };
+                    if let Some(peers) = peers {
+                        let name = |n: &str| port_names.get(n).copied();
+                        rule_refs(id, r as u32, action, peers, ports, name, &mut refs);
                     }
                 }
             }
@@ -694,7 +917,7 @@ impl State {
             refs
         };
         let (i, e) = (Direction::Ingress, Direction::Egress);
-        snap.selected = per_pod
+        let selected: Vec<PodPolicies> = per_pod
             .into_iter()
             .map(|[a, b, n]| PodPolicies {
                 admin: [expand(0, i, &a[0]), expand(0, e, &a[1])],
@@ -703,6 +926,11 @@ impl State {
                 isolated_by: [n[0].len() as u32, n[1].len() as u32],
             })
             .collect();
+        snap.selected = selected;
+        snap.peers = resolved.peers;
+        snap.pod_sets = resolved.pod_sets;
+        snap.node_sets = resolved.node_sets;
+        snap.networks = resolved.networks;
         snap.admin = admin;
         snap.baseline = baseline;
         snap.netpols = netpols;

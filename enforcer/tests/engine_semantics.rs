@@ -73,7 +73,13 @@ fn ns_sel(ns: &str) -> Value {
     json!({"namespaces": {"matchLabels": {"kubernetes.io/metadata.name": ns}}})
 }
 
-fn judge(snap: &Snapshot, src: &str, dst: &str, protocol: Protocol, port: u16) -> Decision {
+fn judge<'s>(
+    snap: &'s Snapshot,
+    src: &str,
+    dst: &str,
+    protocol: Protocol,
+    port: u16,
+) -> Decision<'s> {
     decide(snap, &flow(src, dst, protocol, port))
 }
 
@@ -186,7 +192,7 @@ fn ingress_only_isolation_still_reaches_baseline_egress() {
     let d = judge(&snap, A1, B1, Tcp, 80);
     assert_verdict(&d, Verdict::Drop, Tier::Baseline);
     assert!(
-        matches!(d.reason, Reason::Rule { direction: Direction::Egress, ref rule, .. } if &**rule == "no-b"),
+        matches!(d.reason, Reason::Rule { direction: Direction::Egress, rule, .. } if rule == "no-b"),
         "{}",
         d.reason
     );
@@ -357,7 +363,7 @@ fn admin_order_is_priority_then_name_and_pass_skips_to_baseline() {
             direction,
         } => {
             assert_eq!(
-                (policy.kind, &*policy.name, &*rule, action, direction),
+                (policy.kind, &*policy.name, rule, action, direction),
                 (
                     PolicyKind::BaselineAdminNetworkPolicy,
                     "default",

@@ -33,8 +33,8 @@ use std::fmt;
 use std::net::IpAddr;
 
 use crate::flow::Flow;
-use crate::store::{Endpoint, PodEntry, RuleRef, Snapshot};
-use policy::{Action, ClusterPolicy, ContainerPort, Direction, NamespaceMatch, Peer, PolicyRef};
+use crate::store::{Endpoint, NamedPort, PeerMatch, RuleRef, Snapshot};
+use policy::{Action, ClusterPolicy, Direction, PolicyRef};
 
 /// Accept or drop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -58,17 +58,18 @@ pub enum Tier {
     Default,
 }
 
-/// Why a connection got its verdict.
+/// Why a connection got its verdict. It borrows the policy from the snapshot that decided, so
+/// deciding copies no names.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Reason {
+pub enum Reason<'s> {
     /// An admin or baseline rule matched.
     Rule {
         /// Direction judged.
         direction: Direction,
         /// The policy.
-        policy: PolicyRef,
+        policy: &'s PolicyRef,
         /// Rule name (or `#index`).
-        rule: std::sync::Arc<str>,
+        rule: &'s str,
         /// Its action.
         action: Action,
     },
@@ -77,7 +78,7 @@ pub enum Reason {
         /// Direction judged.
         direction: Direction,
         /// The policy.
-        policy: PolicyRef,
+        policy: &'s PolicyRef,
         /// Index of the matching rule in the policy's ingress or egress list.
         rule: usize,
     },
@@ -92,7 +93,7 @@ pub enum Reason {
     NoMatch,
 }
 
-impl fmt::Display for Reason {
+impl fmt::Display for Reason<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Reason::Rule {
@@ -132,16 +133,16 @@ impl fmt::Display for Reason {
 
 /// The verdict on one connection, with the tier and reason that decided it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Decision {
+pub struct Decision<'s> {
     /// Accept or drop.
     pub verdict: Verdict,
     /// The tier that decided.
     pub tier: Tier,
     /// Why.
-    pub reason: Reason,
+    pub reason: Reason<'s>,
 }
 
-impl Decision {
+impl Decision<'_> {
     fn default_allow() -> Self {
         Decision {
             verdict: Verdict::Accept,
@@ -153,25 +154,25 @@ impl Decision {
 
 /// The other end of the connection, as resolved in the snapshot.
 #[derive(Clone, Copy)]
-struct PeerView<'a> {
+struct PeerView {
     ip: IpAddr,
     endpoint: Option<Endpoint>,
-    pod: Option<&'a PodEntry>,
 }
 
 /// Judges one connection (its first packet, after DNAT).
-pub fn decide(snapshot: &Snapshot, flow: &Flow) -> Decision {
-    let view = |ip: IpAddr| {
-        let endpoint = snapshot.endpoint(ip);
-        let pod = match endpoint {
-            Some(Endpoint::Pod(i)) => Some(&snapshot.pods[i as usize]),
-            _ => None,
-        };
-        PeerView { ip, endpoint, pod }
+pub fn decide<'s>(snapshot: &'s Snapshot, flow: &Flow) -> Decision<'s> {
+    let src = PeerView {
+        ip: flow.src,
+        endpoint: snapshot.endpoint(flow.src),
     };
-    let src = view(flow.src);
-    let dst = view(flow.dst);
-    let dst_ports: &[ContainerPort] = dst.pod.map(|p| p.record.ports.as_slice()).unwrap_or(&[]);
+    let dst = PeerView {
+        ip: flow.dst,
+        endpoint: snapshot.endpoint(flow.dst),
+    };
+    let dst_ports: &[NamedPort] = match dst.endpoint {
+        Some(Endpoint::Pod(i)) => &snapshot.pods[i as usize].named_ports,
+        _ => &[],
+    };
 
     let egress = match src.endpoint {
         Some(Endpoint::Pod(i)) => Some(judge(snapshot, Direction::Egress, i, dst, flow, dst_ports)),
@@ -196,14 +197,14 @@ pub fn decide(snapshot: &Snapshot, flow: &Flow) -> Decision {
     }
 }
 
-fn judge(
-    snap: &Snapshot,
+fn judge<'s>(
+    snap: &'s Snapshot,
     direction: Direction,
     subject: u32,
-    peer: PeerView<'_>,
+    peer: PeerView,
     flow: &Flow,
-    dst_ports: &[ContainerPort],
-) -> Decision {
+    dst_ports: &[NamedPort],
+) -> Decision<'s> {
     let d = direction.idx();
     let selected = &snap.selected[subject as usize];
 
@@ -222,24 +223,22 @@ fn judge(
 
     if selected.isolated_by[d] > 0 {
         for r in selected.netpol_rules[d].iter() {
-            if !r.may_match(flow.protocol, flow.dst_port) {
+            if !r.may_match(flow.protocol, flow.dst_port)
+                || !named_port_matches(r, flow, dst_ports)
+                || !peers_match(snap, r, peer)
+            {
                 continue;
             }
-            let np = &snap.netpols[r.policy as usize];
-            let rule = &np.rules[d].as_deref().unwrap_or_default()[r.rule as usize];
-            if (r.exact || rule.ports.matches(flow, dst_ports))
-                && rule.peers.iter().any(|p| peer_matches(snap, p, peer))
-            {
-                return Decision {
-                    verdict: Verdict::Accept,
-                    tier: Tier::NetworkPolicy,
-                    reason: Reason::NetworkPolicyAllowed {
-                        direction,
-                        policy: np.id.clone(),
-                        rule: r.rule as usize,
-                    },
-                };
-            }
+            let np = &*snap.netpols[r.policy as usize];
+            return Decision {
+                verdict: Verdict::Accept,
+                tier: Tier::NetworkPolicy,
+                reason: Reason::NetworkPolicyAllowed {
+                    direction,
+                    policy: &np.id,
+                    rule: r.rule as usize,
+                },
+            };
         }
         return Decision {
             verdict: Verdict::Drop,
@@ -266,28 +265,26 @@ fn judge(
 
 /// Walks one tier's rules for the subject; `None` when nothing matched or a rule passed.
 #[allow(clippy::too_many_arguments)]
-fn cluster_tier(
-    snap: &Snapshot,
-    policies: &[std::sync::Arc<ClusterPolicy>],
+fn cluster_tier<'s>(
+    snap: &'s Snapshot,
+    policies: &'s [std::sync::Arc<ClusterPolicy>],
     refs: &[RuleRef],
     tier: Tier,
     direction: Direction,
-    peer: PeerView<'_>,
+    peer: PeerView,
     flow: &Flow,
-    dst_ports: &[ContainerPort],
-) -> Option<Decision> {
+    dst_ports: &[NamedPort],
+) -> Option<Decision<'s>> {
     for r in refs {
-        if !r.may_match(flow.protocol, flow.dst_port) {
-            continue;
-        }
-        let policy = &policies[r.policy as usize];
-        let rule = &policy.rules[direction.idx()][r.rule as usize];
-        if !(r.exact || rule.ports.matches(flow, dst_ports))
-            || !rule.peers.iter().any(|p| peer_matches(snap, p, peer))
+        if !r.may_match(flow.protocol, flow.dst_port)
+            || !named_port_matches(r, flow, dst_ports)
+            || !peers_match(snap, r, peer)
         {
             continue;
         }
-        let verdict = match rule.action {
+        let policy = &*policies[r.policy as usize];
+        let rule = &policy.rules[direction.idx()][r.rule as usize];
+        let verdict = match r.action {
             Action::Accept => Verdict::Accept,
             Action::Deny => Verdict::Drop,
             Action::Pass => return None,
@@ -297,34 +294,41 @@ fn cluster_tier(
             tier,
             reason: Reason::Rule {
                 direction,
-                policy: policy.id.clone(),
-                rule: rule.name.clone(),
-                action: rule.action,
+                policy: &policy.id,
+                rule: &rule.name,
+                action: r.action,
             },
         });
     }
     None
 }
 
-fn peer_matches(snap: &Snapshot, peer: &Peer, view: PeerView<'_>) -> bool {
-    match peer {
-        Peer::All | Peer::Network { .. } => peer.matches_ip(view.ip),
-        Peer::Nothing => false,
-        Peer::Nodes(sel) => match view.endpoint {
-            Some(Endpoint::Node(n)) => sel.matches(&snap.nodes[n as usize].labels),
+/// For a named-port entry: whether the destination pod has a container port of that name with
+/// the connection's number and protocol. Number and range entries pass.
+#[inline]
+fn named_port_matches(r: &RuleRef, flow: &Flow, dst_ports: &[NamedPort]) -> bool {
+    r.port_name == 0
+        || dst_ports.iter().any(|p| {
+            p.name == r.port_name && p.port == flow.dst_port && p.protocol == flow.protocol
+        })
+}
+
+/// Whether any of the rule's resolved peers is the other end of the connection. Pod sets hold
+/// only pods reachable by address (not host-networked, not finished), node sets node indexes;
+/// address blocks and `All` match any address, pods' and nodes' included.
+#[inline]
+fn peers_match(snap: &Snapshot, r: &RuleRef, view: PeerView) -> bool {
+    let peers = &snap.peers[r.peers as usize..][..usize::from(r.peer_count)];
+    peers.iter().any(|p| match *p {
+        PeerMatch::All => true,
+        PeerMatch::Pods(set) => match view.endpoint {
+            Some(Endpoint::Pod(i)) => snap.pod_sets[set as usize].contains(i),
             _ => false,
         },
-        Peer::Pods { namespaces, pods } => {
-            let Some(pod) = view.pod else { return false };
-            let ns_ok = match namespaces {
-                NamespaceMatch::Named(name) => {
-                    *snap.namespaces[pod.namespace as usize].name == **name
-                }
-                NamespaceMatch::Selector(sel) => {
-                    sel.matches(&snap.namespaces[pod.namespace as usize].labels)
-                }
-            };
-            ns_ok && pods.matches(&pod.record.labels)
-        }
-    }
+        PeerMatch::Nodes(set) => match view.endpoint {
+            Some(Endpoint::Node(n)) => snap.node_sets[set as usize].contains(n),
+            _ => false,
+        },
+        PeerMatch::Network(n) => snap.networks[n as usize].contains(view.ip),
+    })
 }

@@ -5,7 +5,6 @@
 //! pods (selectors, CIDRs, port ranges, defaults) is resolved here; named ports are kept as names
 //! because they resolve on the destination pod of each connection.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use ipnet::IpNet;
@@ -163,7 +162,7 @@ impl PortMatch {
 }
 
 /// Which namespaces a pod peer may live in.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum NamespaceMatch {
     /// Only the named namespace (a NetworkPolicy `podSelector`-only peer: the policy's own).
     Named(Arc<str>),
@@ -172,7 +171,7 @@ pub enum NamespaceMatch {
 }
 
 /// The other end of a connection, as a rule sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Peer {
     /// Everything, including addresses outside the cluster (an empty NetworkPolicy `from`/`to`).
     All,
@@ -195,19 +194,6 @@ pub enum Peer {
     /// Matches nothing: `domainNames` (not implemented; an Accept rule then matches nothing,
     /// which is the fail-closed reading) or a peer that failed to compile.
     Nothing,
-}
-
-impl Peer {
-    /// Whether an address (no pod, no node) matches.
-    pub(crate) fn matches_ip(&self, ip: IpAddr) -> bool {
-        match self {
-            Peer::All => true,
-            Peer::Network { cidr, except } => {
-                cidr.contains(&ip) && !except.iter().any(|e| e.contains(&ip))
-            }
-            _ => false,
-        }
-    }
 }
 
 /// What an admin or baseline rule does with a matching connection.

@@ -8,7 +8,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 pub type Labels = BTreeMap<String, String>;
 
 /// One requirement of a selector.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Requirement {
     /// `key == value` (from `matchLabels`, or `In` with one value).
     Equals(String, String),
@@ -25,7 +25,7 @@ enum Requirement {
 /// A compiled `LabelSelector`. The empty selector selects everything; a selector that failed to
 /// compile (unknown operator, `In` without values) selects nothing, so a mistake never widens a
 /// policy's reach.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub struct Selector {
     requirements: Vec<Requirement>,
     invalid: bool,
