@@ -33,7 +33,7 @@
 //! pods involved, whose ports fit the connection. Rebuilding costs O(pods + namespaces +
 //! Σ candidates per policy + Σ rule entries per distinct policy set), paid by the writer.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
 
@@ -268,7 +268,7 @@ pub struct PodEntry {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NamedPort {
     /// Interned name (never 0).
-    pub name: u32,
+    pub name: u16,
     /// Port number.
     pub port: u16,
     /// Protocol.
@@ -276,44 +276,79 @@ pub struct NamedPort {
 }
 
 /// One rule of a policy selecting a pod, laid out so that a verdict can test it without
-/// touching the policy: port bounds, action and the rule's peers resolved to sets.
+/// touching the policy: port bounds, action and the rule's peers resolved to sets, in 16 bytes.
 ///
 /// A rule with several port entries appears once per entry (consecutively, so evaluation order
-/// is unchanged); the port pre-check (`protocols` bit set, `lo <= port <= hi`) is exact for
-/// numbers and ranges and conservative for named ports, which are then checked on the rule.
-/// Rules whose peers select nothing at all in the snapshot are left out: they cannot match.
+/// is unchanged), and a rule with more than 255 peers once per 255 of them; the port pre-check
+/// (protocol bit set, `lo <= port <= hi`) is exact for numbers and ranges, and named ports are
+/// then checked against the destination pod's ports. Rules whose peers select nothing at all in
+/// the snapshot are left out: they cannot match.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct RuleRef {
+    /// Index in [`Snapshot::origins`]: the policy and rule this entry comes from.
+    pub origin: u32,
+    /// First of the rule's peers in [`Snapshot::peers`].
+    pub peers: u32,
+    /// Lowest destination port.
+    pub lo: u16,
+    /// Highest destination port.
+    pub hi: u16,
+    /// 0 for a number or range entry, where passing [`may_match`](RuleRef::may_match) proves
+    /// the ports match; [`PORT_NAME_UNINTERNED`] for a named port whose name did not fit the
+    /// interning table (compared as a string on the rule); otherwise the interned name, which
+    /// must also be a [`PodEntry::named_ports`] entry of the destination pod with the
+    /// connection's port and protocol.
+    pub port_name: u16,
+    /// How many peers the entry has in [`Snapshot::peers`] (any of them may match).
+    pub peer_count: u8,
+    /// Protocol bits ([`protocol_bit`]) in bits 0–2, the action in bits 3–4.
+    flags: u8,
+}
+
+/// [`RuleRef::port_name`] of a named port compared as a string (more than 65,534 distinct port
+/// names in one snapshot).
+pub const PORT_NAME_UNINTERNED: u16 = u16::MAX;
+
+/// Where a [`RuleRef`] comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin {
     /// Index of the policy in its tier's list ([`Snapshot::admin`], [`Snapshot::baseline`] or
     /// [`Snapshot::netpols`]).
     pub policy: u32,
     /// Index of the rule in the policy's list for the direction.
     pub rule: u32,
-    /// First of the rule's peers in [`Snapshot::peers`].
-    pub peers: u32,
-    /// How many peers the rule has there (any of them may match).
-    pub peer_count: u16,
-    /// Lowest destination port.
-    pub lo: u16,
-    /// Highest destination port.
-    pub hi: u16,
-    /// Bit set of protocols (`1 << Protocol as u8`).
-    pub protocols: u8,
-    /// 0 for a number or range entry, where passing [`may_match`](RuleRef::may_match) proves
-    /// the ports match; otherwise the interned name of a named port, which must also be a
-    /// [`PodEntry::named_ports`] entry of the destination pod with the connection's port and
-    /// protocol.
-    pub port_name: u32,
-    /// The rule's action (admin and baseline tiers; `Accept` for NetworkPolicy rules).
-    pub action: Action,
 }
 
 impl RuleRef {
     /// Whether a connection with this protocol and destination port may match the rule.
     #[inline]
     pub fn may_match(&self, protocol: Protocol, port: u16) -> bool {
-        self.protocols & protocol_bit(protocol) != 0 && self.lo <= port && port <= self.hi
+        self.flags & protocol_bit(protocol) != 0 && self.lo <= port && port <= self.hi
     }
+
+    /// Bit set of the protocols the entry applies to.
+    pub fn protocols(&self) -> u8 {
+        self.flags & 7
+    }
+
+    /// The rule's action (admin and baseline tiers; `Accept` for NetworkPolicy rules).
+    #[inline]
+    pub fn action(&self) -> Action {
+        match self.flags >> 3 {
+            0 => Action::Accept,
+            1 => Action::Deny,
+            _ => Action::Pass,
+        }
+    }
+}
+
+fn flags(protocols: u8, action: Action) -> u8 {
+    let action = match action {
+        Action::Accept => 0,
+        Action::Deny => 1,
+        Action::Pass => 2,
+    };
+    protocols | action << 3
 }
 
 /// The bit of a protocol in [`RuleRef::protocols`].
@@ -329,33 +364,33 @@ pub fn protocol_bit(p: Protocol) -> u8 {
 #[derive(Debug, Clone, Copy)]
 struct PeerSpan {
     start: u32,
-    count: u16,
+    count: u32,
 }
 
 /// Appends the rule's entries; `port_name` interns a named port's name (`None`: no pod has a
 /// port of that name, so the entry can never match and is left out).
 fn rule_refs(
-    policy: u32,
-    rule: u32,
+    origin: u32,
     action: Action,
     peers: PeerSpan,
     ports: &PortMatch,
-    port_name: impl Fn(&str) -> Option<u32>,
+    port_name: impl Fn(&str) -> Option<u16>,
     out: &mut Vec<RuleRef>,
 ) {
     const ALL: u8 = 7;
     let mut push = |protocols, lo, hi, port_name| {
-        out.push(RuleRef {
-            policy,
-            rule,
-            peers: peers.start,
-            peer_count: peers.count,
-            lo,
-            hi,
-            protocols,
-            port_name,
-            action,
-        })
+        let end = peers.start + peers.count;
+        for start in (peers.start..end).step_by(usize::from(u8::MAX)) {
+            out.push(RuleRef {
+                origin,
+                peers: start,
+                lo,
+                hi,
+                port_name,
+                peer_count: (end - start).min(u32::from(u8::MAX)) as u8,
+                flags: flags(protocols, action),
+            })
+        }
     };
     match ports {
         PortMatch::Any => push(ALL, 0, u16::MAX, 0),
@@ -379,54 +414,78 @@ fn rule_refs(
     }
 }
 
-/// A set of pod or node indexes: a sorted list when small, a bit set when large.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum IdSet {
-    /// Sorted, without duplicates.
-    Sorted(Box<[u32]>),
-    /// Bit `i` set when `i` is a member.
-    Bits(Box<[u64]>),
-}
-
-impl IdSet {
-    /// A set from sorted, distinct ids below `universe`, in whichever form is smaller.
-    fn new(ids: Vec<u32>, universe: usize) -> IdSet {
-        if ids.len() * 32 <= universe {
-            return IdSet::Sorted(ids.into_boxed_slice());
-        }
-        let mut bits = vec![0u64; universe.div_ceil(64)];
-        for id in ids {
-            bits[id as usize / 64] |= 1 << (id % 64);
-        }
-        IdSet::Bits(bits.into_boxed_slice())
-    }
-
-    /// Whether `id` is a member.
-    #[inline]
-    pub fn contains(&self, id: u32) -> bool {
-        match self {
-            IdSet::Sorted(ids) => match ids.len() {
-                0..=8 => ids.contains(&id),
-                _ => ids.binary_search(&id).is_ok(),
-            },
-            IdSet::Bits(bits) => bits
-                .get(id as usize / 64)
-                .is_some_and(|w| w & (1 << (id % 64)) != 0),
-        }
-    }
-}
-
-/// A rule's peer, resolved against the snapshot's pods and nodes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A rule's peer, resolved against the snapshot's pods and nodes. Member lists and bit sets
+/// live in two pools of the snapshot ([`Snapshot::members`], [`Snapshot::bits`]), so the sets
+/// a verdict consults sit close together in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum PeerMatch {
     /// Any address.
     All,
-    /// Pods whose indexes are in [`Snapshot::pod_sets`]`[i]`.
-    Pods(u32),
-    /// Nodes whose indexes are in [`Snapshot::node_sets`]`[i]`.
-    Nodes(u32),
+    /// Pods whose indexes are `members[start..start + len]` (sorted).
+    Pods {
+        /// First member.
+        start: u32,
+        /// Number of members.
+        len: u32,
+    },
+    /// Pods whose bits are set in `bits[start..]` (one bit per pod of the snapshot).
+    PodBits {
+        /// First word.
+        start: u32,
+    },
+    /// Nodes whose indexes are `members[start..start + len]` (sorted).
+    Nodes {
+        /// First member.
+        start: u32,
+        /// Number of members.
+        len: u32,
+    },
+    /// Nodes whose bits are set in `bits[start..]` (one bit per node of the snapshot).
+    NodeBits {
+        /// First word.
+        start: u32,
+    },
     /// Addresses in the block [`Snapshot::networks`]`[i]`.
     Network(u32),
+}
+
+/// Whether `id` is among the sorted `members[start..start + len]`.
+#[inline]
+pub fn in_members(members: &[u32], start: u32, len: u32, id: u32) -> bool {
+    let list = &members[start as usize..][..len as usize];
+    if list.len() <= 8 {
+        list.contains(&id)
+    } else {
+        list.binary_search(&id).is_ok()
+    }
+}
+
+/// Whether bit `id` is set in the bit set starting at `bits[start]`.
+#[inline]
+pub fn in_bits(bits: &[u64], start: u32, id: u32) -> bool {
+    bits.get(start as usize + id as usize / 64)
+        .is_some_and(|w| w & (1 << (id % 64)) != 0)
+}
+
+/// Stores a set of sorted, distinct ids below `universe` in whichever form is smaller: a member
+/// list (`true`, start, length) or a bit set (`false`, start of its words).
+fn store_set(
+    ids: &[u32],
+    universe: usize,
+    members: &mut Vec<u32>,
+    bits: &mut Vec<u64>,
+) -> (bool, u32, u32) {
+    if ids.len() * 32 <= universe {
+        let start = members.len() as u32;
+        members.extend_from_slice(ids);
+        return (true, start, ids.len() as u32);
+    }
+    let start = bits.len();
+    bits.resize(start + universe.div_ceil(64), 0);
+    for &id in ids {
+        bits[start + id as usize / 64] |= 1 << (id % 64);
+    }
+    (false, start as u32, 0)
 }
 
 /// An address block with holes (`ipBlock` / `networks`).
@@ -446,18 +505,40 @@ impl Network {
     }
 }
 
-/// The rules that apply to one pod, per direction (`[ingress, egress]`), in evaluation order.
-/// Pods selected by the same policies share the same lists.
+/// The rules that apply to one pod, in evaluation order, laid out in one block so a verdict reads
+/// them sequentially: ingress admin, ingress NetworkPolicy, ingress baseline, then the same for
+/// egress. Pods selected by the same policies share the block.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PodPolicies {
-    /// Admin-tier rules (policies in [`Snapshot::admin`]).
-    pub admin: [Arc<[RuleRef]>; 2],
-    /// Baseline-tier rules (policies in [`Snapshot::baseline`]).
-    pub baseline: [Arc<[RuleRef]>; 2],
-    /// Rules of the NetworkPolicies isolating the pod (policies in [`Snapshot::netpols`]).
-    pub netpol_rules: [Arc<[RuleRef]>; 2],
-    /// How many NetworkPolicies isolate the pod; non-zero means NetworkPolicy decides.
+    rules: Arc<[RuleRef]>,
+    /// End of each of the six lists in `rules`.
+    ends: [u32; 6],
+    /// How many NetworkPolicies isolate the pod per direction (`[ingress, egress]`); non-zero
+    /// means NetworkPolicy decides.
     pub isolated_by: [u32; 2],
+}
+
+impl PodPolicies {
+    fn list(&self, slot: usize) -> &[RuleRef] {
+        let start = if slot == 0 { 0 } else { self.ends[slot - 1] };
+        &self.rules[start as usize..self.ends[slot] as usize]
+    }
+
+    /// Admin-tier rules for a direction (policies in [`Snapshot::admin`]).
+    pub fn admin(&self, d: Direction) -> &[RuleRef] {
+        self.list(d.idx() * 3)
+    }
+
+    /// Rules of the NetworkPolicies isolating the pod in a direction (policies in
+    /// [`Snapshot::netpols`]).
+    pub fn netpol_rules(&self, d: Direction) -> &[RuleRef] {
+        self.list(d.idx() * 3 + 1)
+    }
+
+    /// Baseline-tier rules for a direction (policies in [`Snapshot::baseline`]).
+    pub fn baseline(&self, d: Direction) -> &[RuleRef] {
+        self.list(d.idx() * 3 + 2)
+    }
 }
 
 /// Where an address leads.
@@ -488,12 +569,14 @@ pub struct Snapshot {
     pub netpols: Vec<Arc<Netpol>>,
     /// Per pod (parallel to `pods`): the policies selecting it.
     pub selected: Vec<PodPolicies>,
+    /// Where each [`RuleRef`] comes from ([`RuleRef::origin`]).
+    pub origins: Vec<Origin>,
     /// The peers of every rule some pod's lists refer to ([`RuleRef::peers`]).
     pub peers: Vec<PeerMatch>,
-    /// Pod sets that [`PeerMatch::Pods`] refers to.
-    pub pod_sets: Vec<IdSet>,
-    /// Node sets that [`PeerMatch::Nodes`] refers to.
-    pub node_sets: Vec<IdSet>,
+    /// Member lists of the pod and node sets ([`PeerMatch::Pods`], [`PeerMatch::Nodes`]).
+    pub members: Vec<u32>,
+    /// Words of the bit sets ([`PeerMatch::PodBits`], [`PeerMatch::NodeBits`]).
+    pub bits: Vec<u64>,
     /// Address blocks that [`PeerMatch::Network`] refers to.
     pub networks: Vec<Network>,
     by_ip: HashMap<IpAddr, Endpoint>,
@@ -562,13 +645,17 @@ impl Snapshot {
     }
 }
 
+/// A rule while a snapshot is built: tier slot, policy index, direction index, rule index.
+type RuleKey = (usize, u32, usize, u32);
+
 /// Peers resolved while a snapshot is built.
 #[derive(Default)]
 struct Resolved {
     by_peer: HashMap<Peer, Option<PeerMatch>>,
+    spans: HashMap<Vec<PeerMatch>, PeerSpan>,
     peers: Vec<PeerMatch>,
-    pod_sets: Vec<IdSet>,
-    node_sets: Vec<IdSet>,
+    members: Vec<u32>,
+    bits: Vec<u64>,
     networks: Vec<Network>,
 }
 
@@ -655,7 +742,7 @@ impl State {
             });
         }
         let mut ns_pods: Vec<Vec<u32>> = vec![Vec::new(); snap.namespaces.len()];
-        let mut port_names: HashMap<Box<str>, u32> = HashMap::new();
+        let mut port_names: HashMap<Box<str>, u16> = HashMap::new();
         for record in self.pods.values() {
             let ns = match snap.ns_by_name.get(&record.namespace) {
                 Some(i) => *i,
@@ -684,8 +771,17 @@ impl State {
                 .iter()
                 .filter_map(|p| {
                     let name = p.name.as_deref()?;
-                    let next = port_names.len() as u32 + 1;
-                    let id = *port_names.entry(name.into()).or_insert(next);
+                    let id = match port_names.get(name) {
+                        Some(id) => *id,
+                        None => {
+                            let next = port_names.len() + 1;
+                            let id = u16::try_from(next)
+                                .ok()
+                                .filter(|id| *id != PORT_NAME_UNINTERNED)?;
+                            port_names.insert(name.into(), id);
+                            id
+                        }
+                    };
                     Some(NamedPort {
                         name: id,
                         port: p.port,
@@ -834,8 +930,11 @@ impl State {
                         .filter(|n| sel.matches(&snap.nodes[*n as usize].labels))
                         .collect();
                     (!ids.is_empty()).then(|| {
-                        resolved.node_sets.push(IdSet::new(ids, snap.nodes.len()));
-                        PeerMatch::Nodes(resolved.node_sets.len() as u32 - 1)
+                        let r = &mut *resolved;
+                        match store_set(&ids, snap.nodes.len(), &mut r.members, &mut r.bits) {
+                            (true, start, len) => PeerMatch::Nodes { start, len },
+                            (false, start, _) => PeerMatch::NodeBits { start },
+                        }
                     })
                 }
                 Peer::Pods { namespaces, pods } => {
@@ -850,8 +949,11 @@ impl State {
                     }
                     ids.sort_unstable();
                     (!ids.is_empty()).then(|| {
-                        resolved.pod_sets.push(IdSet::new(ids, snap.pods.len()));
-                        PeerMatch::Pods(resolved.pod_sets.len() as u32 - 1)
+                        let r = &mut *resolved;
+                        match store_set(&ids, snap.pods.len(), &mut r.members, &mut r.bits) {
+                            (true, start, len) => PeerMatch::Pods { start, len },
+                            (false, start, _) => PeerMatch::PodBits { start },
+                        }
                     })
                 }
             };
@@ -859,22 +961,38 @@ impl State {
             found
         };
         // A rule's peer list: `None` when no peer can match anything.
+        // Equal lists (after resolving, sorting and dropping duplicates) share one span, so two
+        // rules with the same peers carry the same span.
         let span = |peers: &[Peer], resolved: &mut Resolved| -> Option<PeerSpan> {
-            let start = resolved.peers.len();
-            for peer in peers {
-                if let Some(m) = resolve(peer, resolved)
-                    && !resolved.peers[start..].contains(&m)
-                {
-                    resolved.peers.push(m);
-                }
+            let mut list: Vec<PeerMatch> =
+                peers.iter().filter_map(|p| resolve(p, resolved)).collect();
+            list.sort_unstable();
+            list.dedup();
+            if list.is_empty() {
+                return None;
             }
-            let count = resolved.peers.len() - start;
-            (count > 0).then(|| PeerSpan {
-                start: start as u32,
-                count: u16::try_from(count).unwrap_or(u16::MAX),
-            })
+            if let Some(hit) = resolved.spans.get(&list) {
+                return Some(*hit);
+            }
+            let found = PeerSpan {
+                start: resolved.peers.len() as u32,
+                count: list.len() as u32,
+            };
+            resolved.peers.extend_from_slice(&list);
+            resolved.spans.insert(list, found);
+            Some(found)
         };
-        let mut spans: HashMap<(usize, u32, usize, u32), Option<PeerSpan>> = HashMap::new();
+        // (tier, policy, direction, rule) → its peer span and origin.
+        let mut spans: HashMap<RuleKey, (Option<PeerSpan>, u32)> = HashMap::new();
+        let mut origins: Vec<Origin> = Vec::new();
+        let names_full = port_names.len() >= usize::from(PORT_NAME_UNINTERNED - 1);
+        // A name no pod carries cannot match (`None`), unless the table overflowed.
+        let name = |n: &str| {
+            port_names
+                .get(n)
+                .copied()
+                .or(names_full.then_some(PORT_NAME_UNINTERNED))
+        };
         let mut cache: HashMap<(usize, usize, Vec<u32>), Arc<[RuleRef]>> = HashMap::new();
         let mut expand = |tier: usize, d: Direction, ids: &Vec<u32>| -> Arc<[RuleRef]> {
             if let Some(hit) = cache.get(&(tier, d.idx(), ids.clone())) {
@@ -898,38 +1016,73 @@ impl State {
                 };
                 for (r, (action, peers, ports)) in rules.into_iter().enumerate() {
                     let key = (tier, id, d.idx(), r as u32);
-                    let peers = match spans.get(&key) {
-                        Some(s) => *s,
-                        None => {
-                            let s = span(peers, &mut resolved);
-                            spans.insert(key, s);
-                            s
-                        }
-                    };
+                    let (peers, origin) = *spans.entry(key).or_insert_with(|| {
+                        origins.push(Origin {
+                            policy: id,
+                            rule: r as u32,
+                        });
+                        (span(peers, &mut resolved), origins.len() as u32 - 1)
+                    });
                     if let Some(peers) = peers {
-                        let name = |n: &str| port_names.get(n).copied();
-                        rule_refs(id, r as u32, action, peers, ports, name, &mut refs);
+                        rule_refs(origin, action, peers, ports, name, &mut refs);
                     }
                 }
             }
+            // An entry whose condition (peers, protocols, ports) equals an earlier one's can never
+            // decide: whenever it would match, the earlier one matched first and decided or
+            // passed. Dropping it keeps every verdict and reason.
+            let mut seen = HashSet::new();
+            refs.retain(|r| {
+                seen.insert((
+                    r.peers,
+                    r.peer_count,
+                    r.protocols(),
+                    r.lo,
+                    r.hi,
+                    r.port_name,
+                ))
+            });
             let refs: Arc<[RuleRef]> = refs.into();
             cache.insert((tier, d.idx(), ids.clone()), refs.clone());
             refs
         };
         let (i, e) = (Direction::Ingress, Direction::Egress);
+        let mut blocks: HashMap<([usize; 6], [u32; 2]), PodPolicies> = HashMap::new();
         let selected: Vec<PodPolicies> = per_pod
             .into_iter()
-            .map(|[a, b, n]| PodPolicies {
-                admin: [expand(0, i, &a[0]), expand(0, e, &a[1])],
-                baseline: [expand(1, i, &b[0]), expand(1, e, &b[1])],
-                netpol_rules: [expand(2, i, &n[0]), expand(2, e, &n[1])],
-                isolated_by: [n[0].len() as u32, n[1].len() as u32],
+            .map(|[a, b, n]| {
+                let lists = [
+                    expand(0, i, &a[0]),
+                    expand(2, i, &n[0]),
+                    expand(1, i, &b[0]),
+                    expand(0, e, &a[1]),
+                    expand(2, e, &n[1]),
+                    expand(1, e, &b[1]),
+                ];
+                let isolated_by = [n[0].len() as u32, n[1].len() as u32];
+                // Lists are shared by content, so equal pointers mean equal lists.
+                let key = (lists.each_ref().map(|l| l.as_ptr() as usize), isolated_by);
+                let block = blocks.entry(key).or_insert_with(|| {
+                    let mut rules = Vec::with_capacity(lists.iter().map(|l| l.len()).sum());
+                    let mut ends = [0u32; 6];
+                    for (end, list) in ends.iter_mut().zip(&lists) {
+                        rules.extend_from_slice(list);
+                        *end = rules.len() as u32;
+                    }
+                    PodPolicies {
+                        rules: rules.into(),
+                        ends,
+                        isolated_by,
+                    }
+                });
+                block.clone()
             })
             .collect();
         snap.selected = selected;
+        snap.origins = origins;
         snap.peers = resolved.peers;
-        snap.pod_sets = resolved.pod_sets;
-        snap.node_sets = resolved.node_sets;
+        snap.members = resolved.members;
+        snap.bits = resolved.bits;
         snap.networks = resolved.networks;
         snap.admin = admin;
         snap.baseline = baseline;

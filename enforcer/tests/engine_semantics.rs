@@ -192,7 +192,7 @@ fn ingress_only_isolation_still_reaches_baseline_egress() {
     let d = judge(&snap, A1, B1, Tcp, 80);
     assert_verdict(&d, Verdict::Drop, Tier::Baseline);
     assert!(
-        matches!(d.reason, Reason::Rule { direction: Direction::Egress, rule, .. } if rule == "no-b"),
+        matches!(d.reason, Reason::Rule { direction: Direction::Egress, rule, .. } if rule.name() == "no-b"),
         "{}",
         d.reason
     );
@@ -357,13 +357,18 @@ fn admin_order_is_priority_then_name_and_pass_skips_to_baseline() {
     assert_verdict(&d, Verdict::Accept, Tier::Baseline);
     match d.reason {
         Reason::Rule {
-            policy,
             rule,
             action,
             direction,
         } => {
             assert_eq!(
-                (policy.kind, &*policy.name, rule, action, direction),
+                (
+                    rule.policy().kind,
+                    &*rule.policy().name,
+                    &*rule.name(),
+                    action,
+                    direction
+                ),
                 (
                     PolicyKind::BaselineAdminNetworkPolicy,
                     "default",
@@ -506,5 +511,108 @@ fn readers_keep_their_snapshot_while_the_writer_publishes() {
     assert!(
         held.endpoint(A2.parse().unwrap()).is_some(),
         "an old snapshot is immutable"
+    );
+}
+
+#[test]
+fn a_repeated_rule_condition_keeps_the_first_rules_verdict_and_reason() {
+    // Two admin policies with the same ingress condition and opposite actions: the one earlier
+    // in priority order decides, whichever copy the snapshot keeps.
+    let rule = |name: &str, action: &str| {
+        json!([{"name": name, "action": action, "from": [ns_sel("b")],
+                "ports": [{"portNumber": {"protocol": "TCP", "port": 80}}]}])
+    };
+    for (first, second, verdict) in [
+        ("Deny", "Allow", Verdict::Drop),
+        ("Allow", "Deny", Verdict::Accept),
+    ] {
+        let snap = snapshot(Policies {
+            anps: vec![
+                anp("early", 1, ns_sel("a"), rule("first", first), json!([])),
+                anp("late", 2, ns_sel("a"), rule("second", second), json!([])),
+            ],
+            ..Default::default()
+        });
+        let d = judge(&snap, B1, A1, Tcp, 80);
+        assert_verdict(&d, verdict, Tier::Admin);
+        assert_eq!(
+            d.reason.to_string(),
+            format!(
+                "ingress rule \"first\" ({}) of AdminNetworkPolicy early",
+                if first == "Deny" { "Deny" } else { "Accept" }
+            )
+        );
+        // Another port: neither copy applies.
+        assert_verdict(
+            &judge(&snap, B1, A1, Tcp, 81),
+            Verdict::Accept,
+            Tier::Default,
+        );
+    }
+}
+
+#[test]
+fn peers_resolve_to_small_and_large_sets_alike() {
+    // 70 pods in namespace "big" (more than a member list is kept for), 1 in "a": a peer that
+    // selects most of them is stored as a bit set, one that selects one pod as a list.
+    let mut pods = pods();
+    for i in 0..70u8 {
+        let app = if i == 7 { "odd" } else { "bulk" };
+        pods.push(pod(
+            "big",
+            &format!("p{i}"),
+            &[("app", app)],
+            &format!("10.3.0.{}", i + 1),
+            &[],
+        ));
+    }
+    let snap = Snapshot::from_objects(
+        pods,
+        vec![
+            namespace("a", &[]),
+            namespace("b", &[]),
+            namespace("big", &[]),
+        ],
+        vec![],
+        vec![netpol(
+            "a",
+            "from-big",
+            json!({"podSelector": {}, "ingress": [
+                {"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "big"}},
+                           "podSelector": {"matchLabels": {"app": "bulk"}}}],
+                 "ports": [{"port": 80}]},
+                {"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "big"}},
+                           "podSelector": {"matchLabels": {"app": "odd"}}}],
+                 "ports": [{"port": 81}]}]}),
+        )],
+        vec![],
+        vec![],
+        vec![],
+    );
+    assert!(
+        snap.peers
+            .iter()
+            .any(|p| matches!(p, netpol_enforcer::store::PeerMatch::PodBits { .. }))
+    );
+    assert!(
+        snap.peers
+            .iter()
+            .any(|p| matches!(p, netpol_enforcer::store::PeerMatch::Pods { len: 1, .. }))
+    );
+    for i in 0..70u8 {
+        let src = format!("10.3.0.{}", i + 1);
+        let (on_80, on_81) = if i == 7 {
+            (Verdict::Drop, Verdict::Accept)
+        } else {
+            (Verdict::Accept, Verdict::Drop)
+        };
+        assert_verdict(&judge(&snap, &src, A1, Tcp, 80), on_80, Tier::NetworkPolicy);
+        assert_verdict(&judge(&snap, &src, A1, Tcp, 81), on_81, Tier::NetworkPolicy);
+    }
+    // Pods of other namespaces are in neither set.
+    assert_verdict(
+        &judge(&snap, B1, A1, Tcp, 80),
+        Verdict::Drop,
+        Tier::NetworkPolicy,
     );
 }

@@ -33,8 +33,10 @@ use std::fmt;
 use std::net::IpAddr;
 
 use crate::flow::Flow;
-use crate::store::{Endpoint, NamedPort, PeerMatch, RuleRef, Snapshot};
-use policy::{Action, ClusterPolicy, Direction, PolicyRef};
+use crate::store::{
+    Endpoint, NamedPort, PORT_NAME_UNINTERNED, PeerMatch, RuleRef, Snapshot, in_bits, in_members,
+};
+use policy::{Action, ClusterPolicy, ContainerPort, Direction, PolicyRef, PortMatch};
 
 /// Accept or drop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -58,18 +60,79 @@ pub enum Tier {
     Default,
 }
 
-/// Why a connection got its verdict. It borrows the policy from the snapshot that decided, so
-/// deciding copies no names.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The rule that decided, as a position in the snapshot that decided; its policy and name are
+/// looked up only when asked for, so deciding touches no policy object.
+#[derive(Clone, Copy)]
+pub struct RuleId<'s> {
+    snap: &'s Snapshot,
+    tier: Tier,
+    direction: Direction,
+    origin: u32,
+}
+
+impl<'s> RuleId<'s> {
+    fn origin(&self) -> crate::store::Origin {
+        self.snap.origins[self.origin as usize]
+    }
+
+    fn cluster_policy(&self) -> Option<&'s ClusterPolicy> {
+        let list = match self.tier {
+            Tier::Admin => &self.snap.admin,
+            Tier::Baseline => &self.snap.baseline,
+            Tier::NetworkPolicy | Tier::Default => return None,
+        };
+        Some(&list[self.origin().policy as usize])
+    }
+
+    /// The policy the rule belongs to.
+    pub fn policy(&self) -> &'s PolicyRef {
+        match self.cluster_policy() {
+            Some(p) => &p.id,
+            None => &self.snap.netpols[self.origin().policy as usize].id,
+        }
+    }
+
+    /// Index of the rule in the policy's ingress or egress list.
+    pub fn index(&self) -> usize {
+        self.origin().rule as usize
+    }
+
+    /// The rule's name (`#<index>` when it has none; NetworkPolicy rules have none).
+    pub fn name(&self) -> std::borrow::Cow<'s, str> {
+        match self.cluster_policy() {
+            Some(p) => {
+                std::borrow::Cow::Borrowed(&p.rules[self.direction.idx()][self.index()].name)
+            }
+            None => std::borrow::Cow::Owned(format!("#{}", self.index())),
+        }
+    }
+}
+
+impl PartialEq for RuleId<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::eq(self.snap, other.snap)
+            && (self.tier, self.direction, self.origin)
+                == (other.tier, other.direction, other.origin)
+    }
+}
+
+impl Eq for RuleId<'_> {}
+
+impl fmt::Debug for RuleId<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?} of {}", self.name(), self.policy())
+    }
+}
+
+/// Why a connection got its verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason<'s> {
     /// An admin or baseline rule matched.
     Rule {
         /// Direction judged.
         direction: Direction,
-        /// The policy.
-        policy: &'s PolicyRef,
-        /// Rule name (or `#index`).
-        rule: &'s str,
+        /// The rule (its policy and name).
+        rule: RuleId<'s>,
         /// Its action.
         action: Action,
     },
@@ -77,10 +140,8 @@ pub enum Reason<'s> {
     NetworkPolicyAllowed {
         /// Direction judged.
         direction: Direction,
-        /// The policy.
-        policy: &'s PolicyRef,
-        /// Index of the matching rule in the policy's ingress or egress list.
-        rule: usize,
+        /// The rule (its policy and index).
+        rule: RuleId<'s>,
     },
     /// The pod is isolated in this direction and no NetworkPolicy rule allowed the connection.
     NetworkPolicyIsolated {
@@ -98,23 +159,26 @@ impl fmt::Display for Reason<'_> {
         match self {
             Reason::Rule {
                 direction,
-                policy,
                 rule,
                 action,
             } => {
                 write!(
                     f,
-                    "{} rule {rule:?} ({}) of {policy}",
+                    "{} rule {:?} ({}) of {}",
                     direction.as_str(),
-                    action.as_str()
+                    rule.name(),
+                    action.as_str(),
+                    rule.policy()
                 )
             }
-            Reason::NetworkPolicyAllowed {
-                direction,
-                policy,
-                rule,
-            } => {
-                write!(f, "{} rule #{rule} of {policy} allows", direction.as_str())
+            Reason::NetworkPolicyAllowed { direction, rule } => {
+                write!(
+                    f,
+                    "{} rule #{} of {} allows",
+                    direction.as_str(),
+                    rule.index(),
+                    rule.policy()
+                )
             }
             Reason::NetworkPolicyIsolated {
                 direction,
@@ -132,7 +196,7 @@ impl fmt::Display for Reason<'_> {
 }
 
 /// The verdict on one connection, with the tier and reason that decided it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decision<'s> {
     /// Accept or drop.
     pub verdict: Verdict,
@@ -169,10 +233,21 @@ pub fn decide<'s>(snapshot: &'s Snapshot, flow: &Flow) -> Decision<'s> {
         ip: flow.dst,
         endpoint: snapshot.endpoint(flow.dst),
     };
-    let dst_ports: &[NamedPort] = match dst.endpoint {
-        Some(Endpoint::Pod(i)) => &snapshot.pods[i as usize].named_ports,
-        _ => &[],
+    let dst_ports = Dst {
+        pod: match dst.endpoint {
+            Some(Endpoint::Pod(i)) => Some(&snapshot.pods[i as usize]),
+            _ => None,
+        },
     };
+    // Start loading the destination's ingress rules now, so that the memory access overlaps the
+    // egress judgement instead of following it.
+    if let Some(Endpoint::Pod(i)) = dst.endpoint {
+        prefetch(
+            snapshot.selected[i as usize]
+                .admin(Direction::Ingress)
+                .as_ptr(),
+        );
+    }
 
     let egress = match src.endpoint {
         Some(Endpoint::Pod(i)) => Some(judge(snapshot, Direction::Egress, i, dst, flow, dst_ports)),
@@ -181,7 +256,7 @@ pub fn decide<'s>(snapshot: &'s Snapshot, flow: &Flow) -> Decision<'s> {
     if let Some(d) = &egress
         && d.verdict == Verdict::Drop
     {
-        return d.clone();
+        return *d;
     }
     let ingress = match dst.endpoint {
         Some(Endpoint::Pod(i)) => {
@@ -197,13 +272,25 @@ pub fn decide<'s>(snapshot: &'s Snapshot, flow: &Flow) -> Decision<'s> {
     }
 }
 
+/// Asks the CPU to start loading the cache line at `p` (no effect where there is no such hint).
+#[inline(always)]
+fn prefetch<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint; it never faults, even for a dangling address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 fn judge<'s>(
     snap: &'s Snapshot,
     direction: Direction,
     subject: u32,
     peer: PeerView,
     flow: &Flow,
-    dst_ports: &[NamedPort],
+    dst: Dst<'_>,
 ) -> Decision<'s> {
     let d = direction.idx();
     let selected = &snap.selected[subject as usize];
@@ -211,32 +298,40 @@ fn judge<'s>(
     if let Some(decision) = cluster_tier(
         snap,
         &snap.admin,
-        &selected.admin[d],
+        selected.admin(direction),
         Tier::Admin,
         direction,
         peer,
         flow,
-        dst_ports,
+        dst,
     ) {
         return decision;
     }
 
     if selected.isolated_by[d] > 0 {
-        for r in selected.netpol_rules[d].iter() {
+        for r in selected.netpol_rules(direction) {
+            let ports = || {
+                let origin = snap.origins[r.origin as usize];
+                let np = &*snap.netpols[origin.policy as usize];
+                &np.rules[d].as_deref().unwrap_or_default()[origin.rule as usize].ports
+            };
             if !r.may_match(flow.protocol, flow.dst_port)
-                || !named_port_matches(r, flow, dst_ports)
+                || !named_port_matches(r, flow, dst, ports)
                 || !peers_match(snap, r, peer)
             {
                 continue;
             }
-            let np = &*snap.netpols[r.policy as usize];
             return Decision {
                 verdict: Verdict::Accept,
                 tier: Tier::NetworkPolicy,
                 reason: Reason::NetworkPolicyAllowed {
                     direction,
-                    policy: &np.id,
-                    rule: r.rule as usize,
+                    rule: RuleId {
+                        snap,
+                        tier: Tier::NetworkPolicy,
+                        direction,
+                        origin: r.origin,
+                    },
                 },
             };
         }
@@ -253,12 +348,12 @@ fn judge<'s>(
     cluster_tier(
         snap,
         &snap.baseline,
-        &selected.baseline[d],
+        selected.baseline(direction),
         Tier::Baseline,
         direction,
         peer,
         flow,
-        dst_ports,
+        dst,
     )
     .unwrap_or_else(Decision::default_allow)
 }
@@ -273,18 +368,21 @@ fn cluster_tier<'s>(
     direction: Direction,
     peer: PeerView,
     flow: &Flow,
-    dst_ports: &[NamedPort],
+    dst: Dst<'_>,
 ) -> Option<Decision<'s>> {
     for r in refs {
+        let rule = || {
+            let origin = snap.origins[r.origin as usize];
+            let policy = &*policies[origin.policy as usize];
+            (policy, &policy.rules[direction.idx()][origin.rule as usize])
+        };
         if !r.may_match(flow.protocol, flow.dst_port)
-            || !named_port_matches(r, flow, dst_ports)
+            || !named_port_matches(r, flow, dst, || &rule().1.ports)
             || !peers_match(snap, r, peer)
         {
             continue;
         }
-        let policy = &*policies[r.policy as usize];
-        let rule = &policy.rules[direction.idx()][r.rule as usize];
-        let verdict = match r.action {
+        let verdict = match r.action() {
             Action::Accept => Verdict::Accept,
             Action::Deny => Verdict::Drop,
             Action::Pass => return None,
@@ -294,9 +392,13 @@ fn cluster_tier<'s>(
             tier,
             reason: Reason::Rule {
                 direction,
-                policy: &policy.id,
-                rule: &rule.name,
-                action: r.action,
+                rule: RuleId {
+                    snap,
+                    tier,
+                    direction,
+                    origin: r.origin,
+                },
+                action: r.action(),
             },
         });
     }
@@ -305,12 +407,35 @@ fn cluster_tier<'s>(
 
 /// For a named-port entry: whether the destination pod has a container port of that name with
 /// the connection's number and protocol. Number and range entries pass.
+/// `ports` gives the rule's own port match, needed only for a name that was not interned.
 #[inline]
-fn named_port_matches(r: &RuleRef, flow: &Flow, dst_ports: &[NamedPort]) -> bool {
-    r.port_name == 0
-        || dst_ports.iter().any(|p| {
-            p.name == r.port_name && p.port == flow.dst_port && p.protocol == flow.protocol
-        })
+fn named_port_matches<'r>(
+    r: &RuleRef,
+    flow: &Flow,
+    dst: Dst<'_>,
+    ports: impl FnOnce() -> &'r PortMatch,
+) -> bool {
+    match r.port_name {
+        0 => true,
+        PORT_NAME_UNINTERNED => {
+            let all: &[ContainerPort] = dst.pod.map_or(&[], |p| &p.record.ports);
+            ports().matches(flow, all)
+        }
+        name => {
+            let named: &[NamedPort] = dst.pod.map_or(&[], |p| &p.named_ports);
+            named
+                .iter()
+                .any(|p| p.name == name && p.port == flow.dst_port && p.protocol == flow.protocol)
+        }
+    }
+}
+
+/// The destination, as named ports resolve against its container ports: read only when a rule
+/// names a port, so most verdicts never touch the pod's entry.
+#[derive(Clone, Copy)]
+struct Dst<'a> {
+    /// The destination pod, if it is one.
+    pod: Option<&'a crate::store::PodEntry>,
 }
 
 /// Whether any of the rule's resolved peers is the other end of the connection. Pod sets hold
@@ -318,15 +443,23 @@ fn named_port_matches(r: &RuleRef, flow: &Flow, dst_ports: &[NamedPort]) -> bool
 /// address blocks and `All` match any address, pods' and nodes' included.
 #[inline]
 fn peers_match(snap: &Snapshot, r: &RuleRef, view: PeerView) -> bool {
-    let peers = &snap.peers[r.peers as usize..][..usize::from(r.peer_count)];
+    let peers = &snap.peers[r.peers as usize..][..r.peer_count as usize];
     peers.iter().any(|p| match *p {
         PeerMatch::All => true,
-        PeerMatch::Pods(set) => match view.endpoint {
-            Some(Endpoint::Pod(i)) => snap.pod_sets[set as usize].contains(i),
+        PeerMatch::Pods { start, len } => match view.endpoint {
+            Some(Endpoint::Pod(i)) => in_members(&snap.members, start, len, i),
             _ => false,
         },
-        PeerMatch::Nodes(set) => match view.endpoint {
-            Some(Endpoint::Node(n)) => snap.node_sets[set as usize].contains(n),
+        PeerMatch::PodBits { start } => match view.endpoint {
+            Some(Endpoint::Pod(i)) => in_bits(&snap.bits, start, i),
+            _ => false,
+        },
+        PeerMatch::Nodes { start, len } => match view.endpoint {
+            Some(Endpoint::Node(n)) => in_members(&snap.members, start, len, n),
+            _ => false,
+        },
+        PeerMatch::NodeBits { start } => match view.endpoint {
+            Some(Endpoint::Node(n)) => in_bits(&snap.bits, start, n),
             _ => false,
         },
         PeerMatch::Network(n) => snap.networks[n as usize].contains(view.ip),
