@@ -21,17 +21,26 @@
 //!   pod of the namespace); each candidate is then checked against the full selectors. Admin and
 //!   baseline policies are visited in evaluation order (priority, name, kind), so every per-pod
 //!   list comes out sorted. NetworkPolicies are resolved the same way inside their namespace.
-//! - **Rule references with port bounds.** Each pod's policy lists are expanded into flat
-//!   [`RuleRef`] lists per tier and direction — one entry per port entry of each rule, carrying
-//!   the protocol set and port bounds — so a verdict skips rules whose ports cannot match without
-//!   touching the rule. Pods selected by the same policies share one list (`Arc`).
+//! - **Rule entries, one block per pod.** Each pod's policy lists are expanded into 16-byte
+//!   [`RuleRef`] entries — one per port entry of each rule, carrying the protocols, port bounds,
+//!   action, interned port name and where the rule's peers are — laid out in one block per pod
+//!   (six lists: admin, NetworkPolicy and baseline, per direction). A verdict reads the block
+//!   sequentially and touches a policy object only to explain its reason, on demand. Pods
+//!   selected by the same policies share the block. An entry whose condition equals an earlier
+//!   one's in the same list is dropped (the earlier one always decides first), as is a rule whose
+//!   peers select nothing.
+//! - **Peers resolved to sets.** Every distinct peer of a rule some pod's block refers to is
+//!   resolved once per snapshot: pod and node selectors to sorted member lists (small sets) or
+//!   bit sets (large ones) in two pools, address blocks to a table. A peer check is then a
+//!   membership test, with no label or string comparison.
 //! - **Address index.** `IP → pod` for pods that are not host-networked and not finished, and
 //!   `IP → node` for node addresses (host-network pods share their node's address and are
 //!   reached as the node).
 //!
-//! A verdict therefore costs two hash lookups plus the rules, of the policies selecting the two
-//! pods involved, whose ports fit the connection. Rebuilding costs O(pods + namespaces +
-//! Σ candidates per policy + Σ rule entries per distinct policy set), paid by the writer.
+//! A verdict therefore costs two hash lookups plus a scan of the two pods' blocks, with a
+//! membership test for each entry whose ports fit the connection. Rebuilding costs O(pods +
+//! namespaces + Σ candidates per policy + Σ members per distinct peer + Σ rule entries per
+//! distinct policy set), paid by the writer.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
