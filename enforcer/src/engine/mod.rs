@@ -371,13 +371,12 @@ fn cluster_tier<'s>(
     dst: Dst<'_>,
 ) -> Option<Decision<'s>> {
     for r in refs {
-        let rule = || {
+        let ports = || {
             let origin = snap.origins[r.origin as usize];
-            let policy = &*policies[origin.policy as usize];
-            (policy, &policy.rules[direction.idx()][origin.rule as usize])
+            &policies[origin.policy as usize].rules[direction.idx()][origin.rule as usize].ports
         };
         if !r.may_match(flow.protocol, flow.dst_port)
-            || !named_port_matches(r, flow, dst, || &rule().1.ports)
+            || !named_port_matches(r, flow, dst, ports)
             || !peers_match(snap, r, peer)
         {
             continue;
