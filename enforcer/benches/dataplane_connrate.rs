@@ -9,7 +9,12 @@
 //!
 //! Each round connects, exchanges one byte and closes with RST (SO_LINGER 0) so no TIME_WAIT
 //! piles up; rounds alternate (baseline, enforcer, …) so drift hits both sides alike, and the
-//! ratio is computed from rounds measured in the same run.
+//! ratio is computed from rounds measured in the same run: the ratio of the means, and the
+//! lowest and highest ratio of one round to the baseline round of the same alternation.
+//!
+//! First it prints a calibration figure: one same-CPU round trip between two threads (two
+//! context switches and four syscalls), the kernel work a queued packet adds at the least. It
+//! tells how far this machine's figures carry to another.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -112,6 +117,44 @@ fn measure(topology: &Topology, port: u16, secs: f64, clients: usize) -> (f64, u
     (done.load(Ordering::Relaxed) as f64 / secs, failed)
 }
 
+/// Median time of one round trip between two threads pinned to the same CPU over a socket pair:
+/// two context switches and four syscalls, as a userspace verdict costs at the least.
+fn thread_round_trip() -> Duration {
+    use std::os::unix::net::UnixStream;
+    const TRIPS: usize = 20_000;
+    let pin = || {
+        let mut set = nix::sched::CpuSet::new();
+        set.set(0).expect("cpu 0");
+        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).expect("pin to cpu 0");
+    };
+    let (mut near, mut far) = UnixStream::pair().expect("socket pair");
+    let echo = std::thread::spawn(move || {
+        pin();
+        let mut b = [0u8; 1];
+        while far.read_exact(&mut b).is_ok() && far.write_all(&b).is_ok() {}
+    });
+    let mut samples = Vec::with_capacity(TRIPS);
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                pin();
+                let mut b = [0u8; 1];
+                for _ in 0..TRIPS {
+                    let started = Instant::now();
+                    near.write_all(&b).expect("write");
+                    near.read_exact(&mut b).expect("read");
+                    samples.push(started.elapsed());
+                }
+            })
+            .join()
+            .expect("round trips");
+    });
+    drop(near);
+    echo.join().expect("echo thread");
+    samples.sort_unstable();
+    samples[TRIPS / 2]
+}
+
 /// kube-proxy's rule dropping packets conntrack finds invalid, inserted (`-I`) or deleted (`-D`).
 fn conntrack_rule(op: &str) -> [&str; 10] {
     [
@@ -157,6 +200,10 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(4);
+    eprintln!(
+        "calibration: same-CPU thread round trip (2 context switches, 4 syscalls): {:.1} µs",
+        thread_round_trip().as_secs_f64() * 1e6
+    );
     let topology = Topology::new("bench");
     for ns in [&topology.a, &topology.b] {
         common::ns_output(
@@ -264,18 +311,26 @@ fn main() {
         }
     }
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
-    let bare = mean(&rows[0].1);
-    let conntrack = mean(&rows[1].1);
+    // A ratio to a baseline row, or "—" when that row was not run.
+    let ratio = |rates: &[f64], base: &[f64]| {
+        if base.is_empty() {
+            return "—".to_owned();
+        }
+        let per_round: Vec<f64> = rates.iter().zip(base).map(|(r, b)| r / b).collect();
+        let low = per_round.iter().copied().fold(f64::INFINITY, f64::min);
+        let high = per_round.iter().copied().fold(0.0, f64::max);
+        format!("{:.2} ({low:.2}–{high:.2})", mean(rates) / mean(base))
+    };
     println!(
-        "| setup | conn/s (mean of {rounds} rounds × {secs} s, {clients} clients) | vs no enforcer | vs conntrack on | failed connections |"
+        "| setup | conn/s (mean of {rounds} rounds × {secs} s, {clients} clients) | vs no enforcer (rounds) | vs conntrack on (rounds) | failed connections |"
     );
     println!("|---|---:|---:|---:|---:|");
     for (name, rates, failed) in rows.iter().filter(|(_, rates, _)| !rates.is_empty()) {
         println!(
-            "| {name} | {:.0} | {:.2} | {:.2} | {failed} |",
+            "| {name} | {:.0} | {} | {} | {failed} |",
             mean(rates),
-            mean(rates) / bare,
-            mean(rates) / conntrack
+            ratio(rates, &rows[0].1),
+            ratio(rates, &rows[1].1)
         );
     }
     stop.store(true, Ordering::Release);
