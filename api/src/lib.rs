@@ -38,9 +38,11 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
     ]
 }
 
-/// A transport protocol as the Kubernetes API spells it (`TCP`, `UDP`, `SCTP`).
+/// A transport protocol as the Kubernetes API spells it (`TCP`, `UDP`, `SCTP`): in policy ports,
+/// in the suite's probe matrix and in the local cluster's probes and servers.
 ///
-/// Defaults to `TCP`, as the upstream port types do.
+/// Defaults to `TCP`, as the upstream port types do. Parsing ([`FromStr`](std::str::FromStr))
+/// takes any case; [`Display`](std::fmt::Display) writes the Kubernetes spelling.
 #[derive(
     serde::Serialize,
     serde::Deserialize,
@@ -52,6 +54,8 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
     PartialEq,
     Eq,
     Hash,
+    PartialOrd,
+    Ord,
 )]
 pub enum Protocol {
     /// TCP.
@@ -64,4 +68,86 @@ pub enum Protocol {
     /// SCTP.
     #[serde(rename = "SCTP")]
     Sctp,
+}
+
+impl Protocol {
+    /// The Kubernetes spelling: `TCP`, `UDP`, `SCTP`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+            Protocol::Sctp => "SCTP",
+        }
+    }
+
+    /// The lower-case spelling (agnhost's `--protocol` flag, object names).
+    pub fn lower(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Sctp => "sctp",
+        }
+    }
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A protocol name that is none of TCP, UDP, SCTP (the name as given).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownProtocol(pub String);
+
+impl std::fmt::Display for UnknownProtocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "unknown protocol {:?} (expected TCP, UDP or SCTP)",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for UnknownProtocol {}
+
+impl std::str::FromStr for Protocol {
+    type Err = UnknownProtocol;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [Protocol::Tcp, Protocol::Udp, Protocol::Sctp]
+            .into_iter()
+            .find(|p| p.as_str().eq_ignore_ascii_case(s))
+            .ok_or_else(|| UnknownProtocol(s.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Protocol, UnknownProtocol};
+
+    #[test]
+    fn protocol_parses_any_case_and_writes_the_kubernetes_spelling() {
+        for (text, proto, lower) in [
+            ("tcp", Protocol::Tcp, "tcp"),
+            ("UDP", Protocol::Udp, "udp"),
+            ("Sctp", Protocol::Sctp, "sctp"),
+        ] {
+            let parsed: Protocol = text.parse().unwrap();
+            assert_eq!(parsed, proto);
+            assert_eq!(parsed.to_string(), text.to_ascii_uppercase());
+            assert_eq!(parsed.lower(), lower);
+            let json = serde_json::to_string(&parsed).unwrap();
+            assert_eq!(json, format!("\"{}\"", parsed.as_str()));
+            assert_eq!(serde_json::from_str::<Protocol>(&json).unwrap(), parsed);
+        }
+        let err = "icmp".parse::<Protocol>().unwrap_err();
+        assert_eq!(err, UnknownProtocol("icmp".into()));
+        assert_eq!(
+            err.to_string(),
+            "unknown protocol \"icmp\" (expected TCP, UDP or SCTP)"
+        );
+        assert_eq!(Protocol::default(), Protocol::Tcp);
+    }
 }

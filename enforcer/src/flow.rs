@@ -6,6 +6,9 @@
 use std::net::IpAddr;
 
 /// A transport protocol that NetworkPolicy and the network-policy-api can name.
+///
+/// The same three as [`netpol_api::Protocol`], kept apart so that the fuzz target can compile
+/// this file with no dependencies; the engine converts when it compiles policies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Protocol {
     /// TCP (IP protocol 6).
@@ -14,17 +17,6 @@ pub enum Protocol {
     Udp,
     /// SCTP (IP protocol 132).
     Sctp,
-}
-
-impl Protocol {
-    /// The name Kubernetes uses (`TCP`, `UDP`, `SCTP`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Protocol::Tcp => "TCP",
-            Protocol::Udp => "UDP",
-            Protocol::Sctp => "SCTP",
-        }
-    }
 }
 
 /// The first packet of a connection, after DNAT: source and destination address, protocol and ports.

@@ -24,12 +24,10 @@ use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::{Mutex, OnceLock, mpsc as std_mpsc};
 use std::time::Duration;
 
 use nix::errno::Errno;
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 /// How long a namespace worker stays alive without probes before its thread exits (and
@@ -39,45 +37,7 @@ pub const WORKER_IDLE: Duration = Duration::from_secs(10);
 /// The payload a UDP (and SCTP) probe sends, as agnhost `connect` does.
 pub const UDP_REQUEST: &[u8] = b"hostname\n";
 
-/// A transport protocol a probe or a server speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum Protocol {
-    /// TCP.
-    Tcp,
-    /// UDP.
-    Udp,
-    /// SCTP.
-    Sctp,
-}
-
-impl fmt::Display for Protocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Protocol::Tcp => "TCP",
-            Protocol::Udp => "UDP",
-            Protocol::Sctp => "SCTP",
-        })
-    }
-}
-
-/// A protocol name that is none of TCP, UDP, SCTP.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown protocol {0:?} (expected TCP, UDP or SCTP)")]
-pub struct UnknownProtocol(pub String);
-
-impl FromStr for Protocol {
-    type Err = UnknownProtocol;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_uppercase().as_str() {
-            "TCP" => Ok(Protocol::Tcp),
-            "UDP" => Ok(Protocol::Udp),
-            "SCTP" => Ok(Protocol::Sctp),
-            _ => Err(UnknownProtocol(s.to_string())),
-        }
-    }
-}
+pub use netpol_api::{Protocol, UnknownProtocol};
 
 /// What one probe saw.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -474,23 +434,6 @@ async fn probe_sctp(target: SocketAddr, timeout: Duration) -> ProbeResult {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn protocol_parses_any_case_and_prints_upper() {
-        for (text, proto) in [
-            ("tcp", Protocol::Tcp),
-            ("UDP", Protocol::Udp),
-            ("Sctp", Protocol::Sctp),
-        ] {
-            let parsed: Protocol = text.parse().unwrap();
-            assert_eq!(parsed, proto);
-            assert_eq!(parsed.to_string(), text.to_ascii_uppercase());
-        }
-        assert_eq!(
-            "icmp".parse::<Protocol>(),
-            Err(UnknownProtocol("icmp".into()))
-        );
-    }
 
     #[test]
     fn errors_map_to_refused_timeout_or_error() {

@@ -835,7 +835,9 @@ pub fn parse_pair_probe(line: &str) -> Result<PairProbe, String> {
     let (proto, port) = proto_port
         .split_once('/')
         .ok_or_else(|| format!("`{proto_port}` is not `<PROTO>/<port>`"))?;
-    let protocol = Protocol::parse(proto).ok_or_else(|| format!("unknown protocol `{proto}`"))?;
+    let protocol: Protocol = proto
+        .parse()
+        .map_err(|_| format!("unknown protocol `{proto}`"))?;
     let port = port
         .parse::<u16>()
         .ok()

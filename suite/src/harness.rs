@@ -192,12 +192,9 @@ fn probe_once(
     protocol: &str,
     timeout: u64,
 ) -> ExitCode {
-    use netpol_local::probe::{ProbeResult, Protocol as P, connect};
-    let protocol = match crate::world::Protocol::parse(protocol) {
-        Some(crate::world::Protocol::Tcp) => P::Tcp,
-        Some(crate::world::Protocol::Udp) => P::Udp,
-        Some(crate::world::Protocol::Sctp) => P::Sctp,
-        None => return usage_error(&format!("unknown protocol `{protocol}` (tcp, udp, sctp)")),
+    use netpol_local::probe::{ProbeResult, connect};
+    let Ok(protocol) = protocol.parse() else {
+        return usage_error(&format!("unknown protocol `{protocol}` (tcp, udp, sctp)"));
     };
     let result = connect(
         netns,

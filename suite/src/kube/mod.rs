@@ -939,18 +939,14 @@ pub struct NetnsProber {
 
 impl Prober for NetnsProber {
     fn probe(&self, job: &ProbeJob) -> Outcome {
-        use netpol_local::probe::{ProbeResult, Protocol as P, connect};
+        use netpol_local::probe::{ProbeResult, connect};
         let Some(netns) = &job.from.netns else {
             return Outcome::Error(format!(
                 "pod {}/{} has no network namespace annotation ({NETNS_ANNOTATION})",
                 job.from.namespace, job.from.name
             ));
         };
-        let protocol = match job.protocol {
-            crate::world::Protocol::Tcp => P::Tcp,
-            crate::world::Protocol::Udp => P::Udp,
-            crate::world::Protocol::Sctp => P::Sctp,
-        };
+        let protocol = job.protocol;
         let target = std::net::SocketAddr::new(job.to_ip, job.port);
         match connect(std::path::Path::new(netns), target, protocol, job.timeout) {
             ProbeResult::Connected => Outcome::Connected,
