@@ -500,48 +500,114 @@ fn namespaces_peer(s: &LabelSelector) -> Peer {
     }
 }
 
-/// Peers of one "exactly one of" peer object; several fields set (which the CRD forbids) or none
-/// compile to [`Peer::Nothing`] for that object.
-fn union_peers(
-    namespaces: Option<&LabelSelector>,
-    pods: Option<&v1alpha1::NamespacedPod>,
-    nodes: Option<&LabelSelector>,
-    networks: Option<&Vec<String>>,
-    domain_names: Option<&Vec<String>>,
-) -> Vec<Peer> {
-    let set = [
-        namespaces.is_some(),
-        pods.is_some(),
-        nodes.is_some(),
-        networks.is_some(),
-        domain_names.is_some(),
-    ];
-    if set.iter().filter(|s| **s).count() != 1 {
-        return vec![Peer::Nothing];
-    }
-    if let Some(s) = namespaces {
-        return vec![namespaces_peer(s)];
-    }
-    if let Some(p) = pods {
-        return vec![namespaced_pod(p)];
-    }
-    if let Some(s) = nodes {
-        return vec![Peer::Nodes(Selector::compile(s))];
-    }
-    if let Some(n) = networks {
-        return n.iter().map(|c| network_peer(c, &[])).collect();
-    }
-    vec![Peer::Nothing]
+/// The fields of one "exactly one of" peer object of an admin or baseline policy rule, in either
+/// API version; a field the type lacks stays `None`.
+#[derive(Default)]
+struct PeerFields<'a> {
+    namespaces: Option<&'a LabelSelector>,
+    pods: Option<&'a v1alpha1::NamespacedPod>,
+    nodes: Option<&'a LabelSelector>,
+    networks: Option<&'a Vec<String>>,
+    domain_names: Option<&'a Vec<String>>,
 }
 
-fn subject_v1(s: &v1alpha1::AdminNetworkPolicySubject) -> Subject {
-    match (&s.namespaces, &s.pods) {
+impl PeerFields<'_> {
+    /// The peers; several fields set (which the CRD forbids) or none compile to [`Peer::Nothing`]
+    /// for that object, and so do domain names, which an enforcer judging addresses cannot match.
+    fn compile(&self) -> Vec<Peer> {
+        let set = [
+            self.namespaces.is_some(),
+            self.pods.is_some(),
+            self.nodes.is_some(),
+            self.networks.is_some(),
+            self.domain_names.is_some(),
+        ];
+        if set.iter().filter(|s| **s).count() != 1 {
+            return vec![Peer::Nothing];
+        }
+        if let Some(s) = self.namespaces {
+            return vec![namespaces_peer(s)];
+        }
+        if let Some(p) = self.pods {
+            return vec![namespaced_pod(p)];
+        }
+        if let Some(s) = self.nodes {
+            return vec![Peer::Nodes(Selector::compile(s))];
+        }
+        if let Some(n) = self.networks {
+            return n.iter().map(|c| network_peer(c, &[])).collect();
+        }
+        vec![Peer::Nothing]
+    }
+}
+
+/// A subject given as exactly one of `namespaces` or `pods` (both API versions); anything else
+/// selects nothing.
+fn subject(namespaces: Option<&LabelSelector>, pods: Option<&v1alpha1::NamespacedPod>) -> Subject {
+    match (namespaces, pods) {
         (Some(ns), None) => Subject::Namespaces(Selector::compile(ns)),
         (None, Some(p)) => Subject::Pods {
             namespaces: Selector::compile(&p.namespace_selector),
             pods: Selector::compile(&p.pod_selector),
         },
         _ => Subject::Namespaces(Selector::nothing()),
+    }
+}
+
+/// A peer object of an admin or baseline policy rule, in either API version.
+trait PeerObject {
+    /// Its peers.
+    fn peers(&self) -> Vec<Peer>;
+}
+
+/// Implements [`PeerObject`] for a peer type from the [`PeerFields`] it has.
+macro_rules! peer_object {
+    ($type:ty: $($field:ident),+) => {
+        impl PeerObject for $type {
+            fn peers(&self) -> Vec<Peer> {
+                let mut fields = PeerFields::default();
+                $(fields.$field = self.$field.as_ref();)+
+                fields.compile()
+            }
+        }
+    };
+}
+
+peer_object!(v1alpha1::AdminNetworkPolicyIngressPeer: namespaces, pods);
+peer_object!(v1alpha1::AdminNetworkPolicyEgressPeer: namespaces, pods, nodes, networks, domain_names);
+peer_object!(v1alpha1::BaselineAdminNetworkPolicyEgressPeer: namespaces, pods, nodes, networks);
+peer_object!(v1alpha2::ClusterNetworkPolicyIngressPeer: namespaces, pods);
+peer_object!(v1alpha2::ClusterNetworkPolicyEgressPeer: namespaces, pods, nodes, networks, domain_names);
+
+/// What [`cluster_rules`] needs of one rule: its name, action, peer objects and ports.
+type RuleParts<'r, P> = (Option<&'r String>, Action, &'r [P], PortMatch);
+
+/// Compiles one direction's rules, in order; a rule without a name is called by its index.
+fn cluster_rules<R, P: PeerObject>(
+    rules: &[R],
+    parts: impl for<'r> Fn(&'r R) -> RuleParts<'r, P>,
+) -> Vec<ClusterRule> {
+    rules
+        .iter()
+        .enumerate()
+        .map(|(i, rule)| {
+            let (name, action, peers, ports) = parts(rule);
+            ClusterRule {
+                name: rule_name(name, i),
+                action,
+                peers: peers.iter().flat_map(PeerObject::peers).collect(),
+                ports,
+            }
+        })
+        .collect()
+}
+
+/// The identity of a cluster-scoped policy object.
+fn cluster_policy_ref(kind: PolicyKind, name: Option<&str>) -> PolicyRef {
+    PolicyRef {
+        kind,
+        namespace: None,
+        name: name.unwrap_or_default().into(),
     }
 }
 
@@ -580,59 +646,27 @@ fn banp_action(a: v1alpha1::BaselineAdminNetworkPolicyRuleAction) -> Action {
     }
 }
 
-fn ingress_peers(peers: &[v1alpha1::AdminNetworkPolicyIngressPeer]) -> Vec<Peer> {
-    peers
-        .iter()
-        .flat_map(|p| union_peers(p.namespaces.as_ref(), p.pods.as_ref(), None, None, None))
-        .collect()
-}
-
 /// Compiles an AdminNetworkPolicy.
 pub fn compile_anp(anp: &v1alpha1::AdminNetworkPolicy) -> ClusterPolicy {
     let spec = &anp.spec;
-    let ingress = spec
-        .ingress
-        .iter()
-        .enumerate()
-        .map(|(i, r)| ClusterRule {
-            name: rule_name(r.name.as_ref(), i),
-            action: v1alpha1_action(r.action),
-            peers: ingress_peers(&r.from),
-            ports: v1alpha1_ports(r.ports.as_ref()),
-        })
-        .collect();
-    let egress = spec
-        .egress
-        .iter()
-        .enumerate()
-        .map(|(i, r)| ClusterRule {
-            name: rule_name(r.name.as_ref(), i),
-            action: v1alpha1_action(r.action),
-            peers: r
-                .to
-                .iter()
-                .flat_map(|p| {
-                    union_peers(
-                        p.namespaces.as_ref(),
-                        p.pods.as_ref(),
-                        p.nodes.as_ref(),
-                        p.networks.as_ref(),
-                        p.domain_names.as_ref(),
-                    )
-                })
-                .collect(),
-            ports: v1alpha1_ports(r.ports.as_ref()),
-        })
-        .collect();
+    let ingress = cluster_rules(&spec.ingress, |r| {
+        let ports = v1alpha1_ports(r.ports.as_ref());
+        (
+            r.name.as_ref(),
+            v1alpha1_action(r.action),
+            &r.from[..],
+            ports,
+        )
+    });
+    let egress = cluster_rules(&spec.egress, |r| {
+        let ports = v1alpha1_ports(r.ports.as_ref());
+        (r.name.as_ref(), v1alpha1_action(r.action), &r.to[..], ports)
+    });
     ClusterPolicy {
-        id: PolicyRef {
-            kind: PolicyKind::AdminNetworkPolicy,
-            namespace: None,
-            name: anp.metadata.name.as_deref().unwrap_or_default().into(),
-        },
+        id: cluster_policy_ref(PolicyKind::AdminNetworkPolicy, anp.metadata.name.as_deref()),
         tier: ClusterTier::Admin,
         priority: spec.priority,
-        subject: subject_v1(&spec.subject),
+        subject: subject(spec.subject.namespaces.as_ref(), spec.subject.pods.as_ref()),
         rules: [ingress, egress],
     }
 }
@@ -640,49 +674,22 @@ pub fn compile_anp(anp: &v1alpha1::AdminNetworkPolicy) -> ClusterPolicy {
 /// Compiles a BaselineAdminNetworkPolicy (sorted at [`BANP_PRIORITY`] in the Baseline tier).
 pub fn compile_banp(banp: &v1alpha1::BaselineAdminNetworkPolicy) -> ClusterPolicy {
     let spec = &banp.spec;
-    let ingress = spec
-        .ingress
-        .iter()
-        .enumerate()
-        .map(|(i, r)| ClusterRule {
-            name: rule_name(r.name.as_ref(), i),
-            action: banp_action(r.action),
-            peers: ingress_peers(&r.from),
-            ports: v1alpha1_ports(r.ports.as_ref()),
-        })
-        .collect();
-    let egress = spec
-        .egress
-        .iter()
-        .enumerate()
-        .map(|(i, r)| ClusterRule {
-            name: rule_name(r.name.as_ref(), i),
-            action: banp_action(r.action),
-            peers: r
-                .to
-                .iter()
-                .flat_map(|p| {
-                    union_peers(
-                        p.namespaces.as_ref(),
-                        p.pods.as_ref(),
-                        p.nodes.as_ref(),
-                        p.networks.as_ref(),
-                        None,
-                    )
-                })
-                .collect(),
-            ports: v1alpha1_ports(r.ports.as_ref()),
-        })
-        .collect();
+    let ingress = cluster_rules(&spec.ingress, |r| {
+        let ports = v1alpha1_ports(r.ports.as_ref());
+        (r.name.as_ref(), banp_action(r.action), &r.from[..], ports)
+    });
+    let egress = cluster_rules(&spec.egress, |r| {
+        let ports = v1alpha1_ports(r.ports.as_ref());
+        (r.name.as_ref(), banp_action(r.action), &r.to[..], ports)
+    });
     ClusterPolicy {
-        id: PolicyRef {
-            kind: PolicyKind::BaselineAdminNetworkPolicy,
-            namespace: None,
-            name: banp.metadata.name.as_deref().unwrap_or_default().into(),
-        },
+        id: cluster_policy_ref(
+            PolicyKind::BaselineAdminNetworkPolicy,
+            banp.metadata.name.as_deref(),
+        ),
         tier: ClusterTier::Baseline,
         priority: BANP_PRIORITY,
-        subject: subject_v1(&spec.subject),
+        subject: subject(spec.subject.namespaces.as_ref(), spec.subject.pods.as_ref()),
         rules: [ingress, egress],
     }
 }
@@ -737,64 +744,30 @@ fn v1alpha2_action(a: v1alpha2::ClusterNetworkPolicyRuleAction) -> Action {
 /// Compiles a ClusterNetworkPolicy.
 pub fn compile_cnp(cnp: &v1alpha2::ClusterNetworkPolicy) -> ClusterPolicy {
     let spec = &cnp.spec;
-    let subject = match (&spec.subject.namespaces, &spec.subject.pods) {
-        (Some(ns), None) => Subject::Namespaces(Selector::compile(ns)),
-        (None, Some(p)) => Subject::Pods {
-            namespaces: Selector::compile(&p.namespace_selector),
-            pods: Selector::compile(&p.pod_selector),
-        },
-        _ => Subject::Namespaces(Selector::nothing()),
-    };
-    let ingress = spec
-        .ingress
-        .iter()
-        .enumerate()
-        .map(|(i, r)| ClusterRule {
-            name: rule_name(r.name.as_ref(), i),
-            action: v1alpha2_action(r.action),
-            peers: r
-                .from
-                .iter()
-                .flat_map(|p| union_peers(p.namespaces.as_ref(), p.pods.as_ref(), None, None, None))
-                .collect(),
-            ports: v1alpha2_ports(r.protocols.as_ref()),
-        })
-        .collect();
-    let egress = spec
-        .egress
-        .iter()
-        .enumerate()
-        .map(|(i, r)| ClusterRule {
-            name: rule_name(r.name.as_ref(), i),
-            action: v1alpha2_action(r.action),
-            peers: r
-                .to
-                .iter()
-                .flat_map(|p| {
-                    union_peers(
-                        p.namespaces.as_ref(),
-                        p.pods.as_ref(),
-                        p.nodes.as_ref(),
-                        p.networks.as_ref(),
-                        p.domain_names.as_ref(),
-                    )
-                })
-                .collect(),
-            ports: v1alpha2_ports(r.protocols.as_ref()),
-        })
-        .collect();
+    let ingress = cluster_rules(&spec.ingress, |r| {
+        let ports = v1alpha2_ports(r.protocols.as_ref());
+        (
+            r.name.as_ref(),
+            v1alpha2_action(r.action),
+            &r.from[..],
+            ports,
+        )
+    });
+    let egress = cluster_rules(&spec.egress, |r| {
+        let ports = v1alpha2_ports(r.protocols.as_ref());
+        (r.name.as_ref(), v1alpha2_action(r.action), &r.to[..], ports)
+    });
     ClusterPolicy {
-        id: PolicyRef {
-            kind: PolicyKind::ClusterNetworkPolicy,
-            namespace: None,
-            name: cnp.metadata.name.as_deref().unwrap_or_default().into(),
-        },
+        id: cluster_policy_ref(
+            PolicyKind::ClusterNetworkPolicy,
+            cnp.metadata.name.as_deref(),
+        ),
         tier: match spec.tier {
             v1alpha2::Tier::Admin => ClusterTier::Admin,
             v1alpha2::Tier::Baseline => ClusterTier::Baseline,
         },
         priority: spec.priority,
-        subject,
+        subject: subject(spec.subject.namespaces.as_ref(), spec.subject.pods.as_ref()),
         rules: [ingress, egress],
     }
 }
