@@ -92,24 +92,9 @@ impl Topology {
             }
         }
         let node = t.node.as_str();
-        sh(&[
-            "ip",
-            "netns",
-            "exec",
-            node,
-            "sysctl",
-            "-qw",
-            "net.ipv4.ip_forward=1",
-        ]);
-        sh(&[
-            "ip",
-            "netns",
-            "exec",
-            node,
-            "sysctl",
-            "-qw",
-            "net.ipv6.conf.all.forwarding=1",
-        ]);
+        for key in ["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"] {
+            sh(&["ip", "netns", "exec", node, "sysctl", "-qw", key]);
+        }
         for (pod, side, v4, v6) in [
             (t.a.as_str(), "va", "10.77.1", "fd77:1:"),
             (t.b.as_str(), "vb", "10.77.2", "fd77:2:"),

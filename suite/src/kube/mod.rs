@@ -946,9 +946,13 @@ impl Prober for NetnsProber {
                 job.from.namespace, job.from.name
             ));
         };
-        let protocol = job.protocol;
         let target = std::net::SocketAddr::new(job.to_ip, job.port);
-        match connect(std::path::Path::new(netns), target, protocol, job.timeout) {
+        match connect(
+            std::path::Path::new(netns),
+            target,
+            job.protocol,
+            job.timeout,
+        ) {
             ProbeResult::Connected => Outcome::Connected,
             ProbeResult::Timeout => Outcome::Blocked(crate::reachability::BlockKind::Timeout),
             ProbeResult::Refused => Outcome::Blocked(crate::reachability::BlockKind::Refused),
