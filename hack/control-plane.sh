@@ -9,11 +9,15 @@
 #   1. $NETPOL_CONTROL_PLANE_DIR, when set (must hold all five binaries);
 #   2. the cache, ${NETPOL_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/netpol-conformance}/control-plane/<version>;
 #   3. a build from the Go modules (k8s.io/kubernetes with every staging module replaced by
-#      the matching v0.X.Y; etcd from go.etcd.io/etcd/server/v3), written into the cache;
+#      the matching v0.X.Y, see hack/lib/k8s-modules.sh; etcd from go.etcd.io/etcd/server/v3),
+#      written into the cache;
 #   4. with NETPOL_DOWNLOAD=1, the official release binaries (where the internet is reachable).
 #
 # Versions known to build here with Go 1.26: Kubernetes v1.37.2 with etcd v3.6.16.
 set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=lib/k8s-modules.sh
+source "$here/lib/k8s-modules.sh"
 
 K8S_VERSION="${NETPOL_K8S_VERSION:-v1.37.2}"
 ETCD_VERSION="${NETPOL_ETCD_VERSION:-v3.6.16}"
@@ -68,36 +72,12 @@ download_release() {
 
 build_from_modules() {
   command -v go >/dev/null || die "go is not installed; install Go or set NETPOL_CONTROL_PLANE_DIR"
-  local minor="v0.${K8S_VERSION#v1.}"
   export CGO_ENABLED=0 GOFLAGS=-mod=mod GOTOOLCHAIN=local
 
-  log "building Kubernetes $K8S_VERSION from its Go modules (staging modules at $minor); this takes a while once"
+  log "building Kubernetes $K8S_VERSION from its Go modules; this takes a while once"
   local k8s="$staging/k8s"
-  mkdir -p "$k8s"
-  # The staging modules are the `replace k8s.io/x => ./staging/src/k8s.io/x` lines of
-  # k8s.io/kubernetes' own go.mod; each becomes a require of the published v0.X.Y.
-  local gomod
-  gomod="$(cd "$k8s" && go mod download -json "k8s.io/kubernetes@$K8S_VERSION" |
-    sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",$/\1/p')"
-  [[ -f "$gomod" ]] || die "could not download k8s.io/kubernetes@$K8S_VERSION"
-  local mods
-  mods="$(sed -n 's#^[[:space:]]*\(k8s\.io/[a-z0-9-]*\) => \./staging/src/.*#\1#p' "$gomod")"
-  [[ -n "$mods" ]] || die "no staging modules found in $gomod"
-  {
-    printf 'module netpol.local/control-plane-build\n\ngo 1.24\n\nrequire k8s.io/kubernetes %s\n\n' "$K8S_VERSION"
-    for m in $mods; do printf 'replace %s => %s %s\n' "$m" "$m" "$minor"; done
-  } >"$k8s/go.mod"
-  printf 'package tools\n\nimport (\n\t_ "k8s.io/kubernetes/cmd/kube-apiserver/app"\n)\n' >"$k8s/tools.go"
-  (cd "$k8s" && go mod tidy >/dev/null)
-  local ldflags="-s -w"
-  local major="${K8S_VERSION#v}"; major="${major%%.*}"
-  local kminor="${K8S_VERSION#v*.}"; kminor="${kminor%%.*}"
-  local pkg
-  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-    ldflags+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=$major -X $pkg.gitMinor=$kminor"
-    ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
-  done
-  (cd "$k8s" && go build -trimpath -ldflags "$ldflags" -o "$staging/bin/" \
+  k8s_module_dir "$k8s" "$K8S_VERSION" k8s.io/kubernetes/cmd/kube-apiserver/app
+  (cd "$k8s" && go build -trimpath -ldflags "$(k8s_ldflags "$K8S_VERSION")" -o "$staging/bin/" \
     k8s.io/kubernetes/cmd/kube-apiserver \
     k8s.io/kubernetes/cmd/kube-controller-manager \
     k8s.io/kubernetes/cmd/kube-scheduler \
