@@ -36,6 +36,10 @@
 //! - **Address index.** `IP → pod` for pods that are not host-networked and not finished, and
 //!   `IP → node` for node addresses (host-network pods share their node's address and are
 //!   reached as the node).
+//! - **Pod ranges.** The ranges pod addresses come from: those the writer was given
+//!   ([`Writer::with_pod_ranges`], the enforcer's `--pod-cidr`) and every node's
+//!   `spec.podCIDRs`, merged. An address in them that the address index does not know is most
+//!   likely a pod the watch has not reported yet ([`Snapshot::is_unknown_pod_address`]).
 //!
 //! A verdict therefore costs two hash lookups plus a scan of the two pods' blocks, with a
 //! membership test for each entry whose ports fit the connection. Rebuilding costs O(pods +
@@ -233,12 +237,26 @@ pub struct NodeRecord {
     pub labels: Labels,
     /// Addresses from `status.addresses` that are IPs.
     pub addresses: Vec<IpAddr>,
+    /// The node's pod ranges (`spec.podCIDRs`, or `spec.podCIDR`): addresses its pods get.
+    pub pod_cidrs: Vec<IpNet>,
 }
 
 impl NodeRecord {
-    /// Trims a node to its name, labels and IP addresses.
+    /// Trims a node to its name, labels, IP addresses and pod ranges.
     pub fn from_node(node: &Node) -> Self {
+        let spec = node.spec.as_ref();
+        let mut pod_cidrs: Vec<IpNet> = spec
+            .and_then(|s| s.pod_cidrs.as_ref())
+            .into_iter()
+            .flatten()
+            .chain(spec.and_then(|s| s.pod_cidr.as_ref()))
+            .filter_map(|c| c.parse::<IpNet>().ok())
+            .map(|c| c.trunc())
+            .collect();
+        pod_cidrs.sort_unstable();
+        pod_cidrs.dedup();
         NodeRecord {
+            pod_cidrs,
             name: node.metadata.name.as_deref().unwrap_or_default().into(),
             labels: node.metadata.labels.clone().unwrap_or_default(),
             addresses: node
@@ -589,6 +607,8 @@ pub struct Snapshot {
     /// Address blocks that [`PeerMatch::Network`] refers to.
     pub networks: Vec<Network>,
     by_ip: HashMap<IpAddr, Endpoint>,
+    /// Pod ranges, merged (few entries: one per contiguous block).
+    pod_ranges: Vec<IpNet>,
     ns_by_name: HashMap<Arc<str>, u32>,
     pod_by_name: HashMap<(Arc<str>, Arc<str>), u32>,
 }
@@ -597,6 +617,26 @@ impl Snapshot {
     /// Where an address leads, if it is a pod's or a node's.
     pub fn endpoint(&self, ip: IpAddr) -> Option<Endpoint> {
         self.by_ip.get(&ip).copied()
+    }
+
+    /// The ranges pod addresses come from, merged: the writer's own ([`Writer::with_pod_ranges`])
+    /// and every node's `spec.podCIDRs`.
+    pub fn pod_ranges(&self) -> &[IpNet] {
+        &self.pod_ranges
+    }
+
+    /// Whether `ip` lies in a pod range but is no known pod's or node's address: usually a pod
+    /// created a moment ago whose address the watch has not delivered yet (or a finished pod's
+    /// address handed to a new pod). Nothing about such an address is known — its namespace,
+    /// labels, or the policies that select it.
+    pub fn is_unknown_pod_address(&self, ip: IpAddr) -> bool {
+        !self.by_ip.contains_key(&ip) && self.in_pod_range(ip)
+    }
+
+    /// Whether `ip` lies in a pod range.
+    #[inline]
+    pub fn in_pod_range(&self, ip: IpAddr) -> bool {
+        self.pod_ranges.iter().any(|r| r.contains(&ip))
     }
 
     /// A namespace by name.
@@ -671,6 +711,8 @@ struct Resolved {
 /// The writer's own state: trimmed records and compiled policies, keyed by object.
 #[derive(Debug, Default)]
 struct State {
+    /// Pod ranges given to the writer (beyond the nodes' own).
+    pod_ranges: Vec<IpNet>,
     pods: BTreeMap<Key, Arc<PodRecord>>,
     namespaces: BTreeMap<String, Labels>,
     nodes: BTreeMap<String, Arc<NodeRecord>>,
@@ -812,6 +854,13 @@ impl State {
             }
             snap.nodes.push((**node).clone());
         }
+        let ranges: Vec<IpNet> = self
+            .pod_ranges
+            .iter()
+            .chain(self.nodes.values().flat_map(|n| &n.pod_cidrs))
+            .map(IpNet::trunc)
+            .collect();
+        snap.pod_ranges = IpNet::aggregate(&ranges);
 
         // Label indexes used to resolve subjects.
         let mut ns_by_label: HashMap<(&str, &str), Vec<u32>> = HashMap::new();
@@ -1137,11 +1186,23 @@ impl Writer {
     /// A writer with an empty store; its readers see an empty snapshot (generation 0) until the
     /// first [`publish`](Writer::publish).
     pub fn new() -> Self {
+        Self::with_pod_ranges(Vec::new())
+    }
+
+    /// A writer whose snapshots count `ranges` as pod ranges, besides the nodes' own
+    /// `spec.podCIDRs` (see [`Snapshot::is_unknown_pod_address`]). Its readers see an empty
+    /// snapshot (generation 0) until the first [`publish`](Writer::publish).
+    pub fn with_pod_ranges(ranges: Vec<IpNet>) -> Self {
+        let ranges_empty = ranges.is_empty();
         Writer {
-            state: State::default(),
+            state: State {
+                pod_ranges: ranges,
+                ..State::default()
+            },
             shared: Arc::new(RwLock::new(Arc::new(Snapshot::default()))),
             generation: 0,
-            dirty: false,
+            // The ranges alone are worth a snapshot.
+            dirty: !ranges_empty,
         }
     }
 
