@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{B, Topology, in_ns, root_or_skip};
-use netpol_enforcer::dataplane::{self, Dataplane, Judge, Judgement, StaticJudge, Verdict};
+use netpol_enforcer::dataplane::{self, Dataplane, Hook, Judge, Judgement, StaticJudge, Verdict};
 use netpol_enforcer::engine;
 use netpol_enforcer::flow::Flow;
 use netpol_enforcer::metrics::Metrics;
@@ -175,7 +175,7 @@ fn conntrack_rule(op: &str) -> [&str; 10] {
 struct EngineJudge(netpol_enforcer::store::Reader);
 
 impl Judge for EngineJudge {
-    fn judge(&self, flow: &Flow) -> Judgement {
+    fn judge(&self, flow: &Flow, _hook: Hook) -> Judgement {
         let snapshot = self.0.snapshot();
         let decision = engine::decide(&snapshot, flow);
         Judgement {

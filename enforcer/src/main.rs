@@ -11,7 +11,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow};
 use clap::{Parser, ValueEnum};
 use netpol_enforcer::dataplane::{
-    self, BackendChoice, Dataplane, Family, Judge, Judgement, RulesOnExit, StaticJudge, Verdict,
+    self, BackendChoice, Dataplane, Family, Hook, Judge, Judgement, RulesOnExit, StaticJudge,
+    Verdict,
 };
 use netpol_enforcer::engine::{self, Tier};
 use netpol_enforcer::flow::Flow;
@@ -170,7 +171,7 @@ struct EngineJudge {
 }
 
 impl Judge for EngineJudge {
-    fn judge(&self, flow: &Flow) -> Judgement {
+    fn judge(&self, flow: &Flow, _hook: Hook) -> Judgement {
         let snapshot = self.reader.snapshot();
         let decision = engine::decide(&snapshot, flow);
         tracing::debug!(?flow, verdict = ?decision.verdict, reason = %decision.reason, "judged");

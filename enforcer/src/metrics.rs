@@ -6,6 +6,8 @@
 //! |---|---|---|---|
 //! | `verdicts_total` | counter | `verdict`, `tier` | packets judged, by result and by the tier that decided (`none` when the packet could not be judged) |
 //! | `unjudged_total` | counter | `kind` | packets not given to the engine: `parse_error`, `fragment`, `other_protocol` |
+//! | `undecided_total` | counter | `outcome` | packets the judge could not decide yet (with the engine: from or to an unknown pod address): `held` when set aside, then `released` (a later judgement decided; counted in `verdicts_total` too) or `expired` (dropped at the hold limit or at shutdown); `overflow` (dropped at once: too many held) or `dropped` (dropped at once: `--unknown-pod=drop`) |
+//! | `held` | gauge | `queue` | packets held for a decision right now |
 //! | `verdict_latency_seconds` | histogram | – | from receiving a packet to sending its verdict |
 //! | `queue_errors_total` | counter | `queue`, `operation` | failed `recv` or `verdict` calls on a queue |
 //! | `queue_kernel_dropped` | gauge | `queue` | packets the kernel dropped because the queue was full (`/proc/net/netfilter/nfnetlink_queue`) |
@@ -36,6 +38,13 @@ pub struct UnjudgedLabels {
     pub kind: &'static str,
 }
 
+/// Labels of `undecided_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UndecidedLabels {
+    /// `held`, `released`, `expired`, `overflow` or `dropped`.
+    pub outcome: &'static str,
+}
+
 /// Labels of the per-queue metrics.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct QueueLabels {
@@ -59,6 +68,10 @@ pub struct Metrics {
     pub verdicts: Family<VerdictLabels, Counter>,
     /// Packets not handed to the engine.
     pub unjudged: Family<UnjudgedLabels, Counter>,
+    /// Packets the judge could not decide yet, by what became of them.
+    pub undecided: Family<UndecidedLabels, Counter>,
+    /// Packets held right now, per queue.
+    pub held: Family<QueueLabels, Gauge>,
     /// Receive-to-verdict time in seconds.
     pub latency: Histogram,
     /// Failed queue operations.
@@ -83,6 +96,8 @@ impl Metrics {
         Metrics {
             verdicts: Family::default(),
             unjudged: Family::default(),
+            undecided: Family::default(),
+            held: Family::default(),
             // 1 µs … ~0.5 s, doubling.
             latency: Histogram::new(exponential_buckets(1e-6, 2.0, 20)),
             queue_errors: Family::default(),
@@ -104,6 +119,16 @@ impl Metrics {
             "unjudged",
             "Packets not handed to the engine, by reason",
             self.unjudged.clone(),
+        );
+        r.register(
+            "undecided",
+            "Packets the judge could not decide yet (unknown pod address), by outcome",
+            self.undecided.clone(),
+        );
+        r.register(
+            "held",
+            "Packets held for a decision right now, by queue",
+            self.held.clone(),
         );
         r.register(
             "verdict_latency_seconds",
@@ -193,6 +218,12 @@ mod tests {
             })
             .inc();
         m.latency.observe(0.000_02);
+        m.undecided
+            .get_or_create(&UndecidedLabels {
+                outcome: "released",
+            })
+            .inc();
+        m.held.get_or_create(&QueueLabels { queue: 100 }).set(2);
         let mut registry = Registry::default();
         m.register(&mut registry);
         let mut text = String::new();
@@ -203,6 +234,14 @@ mod tests {
         );
         assert!(
             text.contains("netpol_enforcer_verdict_latency_seconds_count 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("netpol_enforcer_undecided_total{outcome=\"released\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("netpol_enforcer_held{queue=\"100\"} 2"),
             "{text}"
         );
     }

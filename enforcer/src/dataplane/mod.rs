@@ -15,13 +15,27 @@
 //! | no process bound to the queue (crash, SIGKILL, not started yet) | `--queue-bypass`: accepted unjudged | dropped |
 //! | queue full (`queue_max_len` packets waiting) | `set_fail_open`: accepted | dropped |
 //! | packet that cannot be judged (parse error, non-first fragment, non-TCP/UDP/SCTP) | [`Config::on_unjudgeable`], default accept | default drop |
+//! | packet the judge cannot decide yet ([`Verdict::Hold`]: with the engine, an unknown pod address) | held, then dropped ([`Config::undecided`]) | the same |
 //! | clean shutdown ([`Dataplane::shutdown`]) | rules removed: nothing stays queued | rules **kept**: new connections stay blocked until an enforcer binds again |
 //!
 //! Established connections are never queued, so a restart in either mode leaves them alone.
 //!
 //! Every queued packet gets an explicit verdict from this module; nfq's default verdict (accept)
 //! is never relied on.
+//!
+//! # Held packets
+//!
+//! A judge that cannot decide yet answers [`Verdict::Hold`] (the engine does for a connection
+//! from or to a pod it does not know yet). With [`Undecided::Hold`] the queue thread sets the
+//! packet aside — its verdict simply is not sent, so the kernel keeps it queued — and goes on
+//! serving the queue; a timer wakes the thread every [`Config::recheck_interval`] while it holds
+//! anything, and each held packet is judged again (against the latest snapshot) until the judge
+//! decides or [`Undecided::Hold::limit`] has passed, when it is dropped. At most
+//! [`Config::max_held`] packets wait per queue (they occupy kernel queue slots); beyond that,
+//! and with [`Undecided::Drop`], an undecided packet is dropped at once. A held packet is never
+//! accepted without a judgement; at shutdown it gets one last judgement, else it is dropped.
 
+mod hold;
 pub mod netns;
 mod queue;
 pub mod rules;
@@ -46,14 +60,44 @@ pub enum Verdict {
     Accept,
     /// Drop it silently.
     Drop,
+    /// Not decidable yet: keep the packet queued and ask again later, as [`Config::undecided`]
+    /// says (see [Held packets](self#held-packets)); never sent to the kernel as such.
+    Hold,
 }
 
 impl Verdict {
-    /// `accept` or `drop`, as used in metrics.
+    /// `accept`, `drop` or `hold`, as used in metrics (a counted verdict is never `hold`).
     pub fn as_str(self) -> &'static str {
         match self {
             Verdict::Accept => "accept",
             Verdict::Drop => "drop",
+            Verdict::Hold => "hold",
+        }
+    }
+}
+
+/// The netfilter hook a packet was queued at, which tells whether this node is an end of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    /// `INPUT`: delivered to this node, so the destination is one of the node's addresses.
+    Input,
+    /// `FORWARD`: routed through the node; neither end is the node.
+    Forward,
+    /// `OUTPUT`: sent by the node itself, so the source is one of the node's addresses.
+    Output,
+    /// Another hook (the rules queue at none) or none known: nothing is assumed.
+    Other,
+}
+
+impl Hook {
+    /// From the kernel's hook number (`NF_INET_LOCAL_IN` = 1, `NF_INET_FORWARD` = 2,
+    /// `NF_INET_LOCAL_OUT` = 3; the same for the iptables and the nftables `inet` hooks).
+    pub fn from_raw(hook: u8) -> Hook {
+        match hook {
+            1 => Hook::Input,
+            2 => Hook::Forward,
+            3 => Hook::Output,
+            _ => Hook::Other,
         }
     }
 }
@@ -68,27 +112,30 @@ pub struct Judgement {
 }
 
 /// Decides about the first packet of a connection. Called from the queue threads, concurrently;
-/// must not block.
+/// must not block. A held packet ([`Verdict::Hold`]) is asked about again, so the answer may
+/// change as the judge learns more.
 pub trait Judge: Send + Sync + 'static {
-    /// Judge one flow.
-    fn judge(&self, flow: &Flow) -> Judgement;
+    /// Judge one flow, queued at `hook`.
+    fn judge(&self, flow: &Flow, hook: Hook) -> Judgement;
 }
 
+/// A closure over the flow alone is a judge that ignores the hook.
 impl<F> Judge for F
 where
     F: Fn(&Flow) -> Judgement + Send + Sync + 'static,
 {
-    fn judge(&self, flow: &Flow) -> Judgement {
+    fn judge(&self, flow: &Flow, _hook: Hook) -> Judgement {
         self(flow)
     }
 }
 
 /// A judge that gives every flow the same verdict (tier `static`): for tests and benchmarks.
+/// (`StaticJudge(Verdict::Hold)` never decides: every packet is held, then dropped.)
 #[derive(Debug, Clone, Copy)]
 pub struct StaticJudge(pub Verdict);
 
 impl Judge for StaticJudge {
-    fn judge(&self, _flow: &Flow) -> Judgement {
+    fn judge(&self, _flow: &Flow, _hook: Hook) -> Judgement {
         Judgement {
             verdict: self.0,
             tier: "static",
@@ -107,6 +154,19 @@ pub enum BackendChoice {
     Iptables,
 }
 
+/// What becomes of a packet its judge cannot decide yet ([`Verdict::Hold`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Undecided {
+    /// Keep it queued and judge it again every [`Config::recheck_interval`]; drop it if it is
+    /// still undecided after `limit`.
+    Hold {
+        /// How long a packet may wait for a decision.
+        limit: Duration,
+    },
+    /// Drop it at once.
+    Drop,
+}
+
 /// How to run the dataplane.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -120,6 +180,12 @@ pub struct Config {
     /// protocols other than TCP/UDP/SCTP (the rules queue only those three, so in practice this
     /// covers malformed packets).
     pub on_unjudgeable: Verdict,
+    /// What becomes of packets the judge cannot decide yet.
+    pub undecided: Undecided,
+    /// How many undecided packets one queue holds at most; more are dropped at once.
+    pub max_held: usize,
+    /// How often held packets are judged again.
+    pub recheck_interval: Duration,
     /// Kernel queue length before the failure mode applies.
     pub queue_max_len: u32,
     /// Bytes of each packet copied to userspace (headers only).
@@ -134,7 +200,8 @@ pub struct Config {
 impl Config {
     /// Defaults for `queues` queues from `queue_base`: IPv4 and IPv6, every new connection
     /// (no pod ranges), root's sockets exempt, accept mark `0x200000`, unjudgeable packets follow
-    /// the failure mode.
+    /// the failure mode, undecided packets held up to [`DEFAULT_HOLD`] (at most 256 per queue,
+    /// judged again every 10 ms).
     pub fn new(queue_base: u16, queues: u16, fail_open: bool) -> Self {
         Config {
             netns: None,
@@ -154,6 +221,11 @@ impl Config {
             } else {
                 Verdict::Drop
             },
+            undecided: Undecided::Hold {
+                limit: DEFAULT_HOLD,
+            },
+            max_held: 256,
+            recheck_interval: Duration::from_millis(10),
             queue_max_len: 1024,
             copy_range: 256,
             stats_interval: Duration::from_secs(5),
@@ -166,6 +238,11 @@ impl Config {
         base..=base + self.rules.queues.max(1) - 1
     }
 }
+
+/// How long an undecided packet is held by default: longer than the watch usually takes to
+/// report a new pod, and than TCP's first SYN retransmission (1 s), so a held connection attempt
+/// is always waiting when the pod becomes known.
+pub const DEFAULT_HOLD: Duration = Duration::from_secs(2);
 
 /// Why the dataplane could not start or stop.
 #[derive(Debug, thiserror::Error)]
@@ -207,16 +284,28 @@ pub enum RulesOnExit {
     Kept,
 }
 
-/// Judge one queued payload: parse it, hand a flow to the judge, apply `on_unjudgeable`
-/// otherwise, and count the outcome.
+/// Judge one payload queued at `hook`: parse it, hand a flow to the judge, apply
+/// `on_unjudgeable` otherwise, and count the outcome.
 pub fn judge_payload(
     payload: &[u8],
+    hook: Hook,
     judge: &dyn Judge,
     on_unjudgeable: Verdict,
     metrics: &Metrics,
 ) -> Judgement {
+    judge_flow(
+        flow_of(payload, metrics).as_ref(),
+        hook,
+        judge,
+        on_unjudgeable,
+    )
+}
+
+/// The flow a payload starts, or `None` (counted in `unjudged_total` by kind) when it cannot be
+/// judged.
+pub(crate) fn flow_of(payload: &[u8], metrics: &Metrics) -> Option<Flow> {
     let kind = match parse(payload) {
-        Ok(Parsed::Flow(flow)) => return judge.judge(&flow),
+        Ok(Parsed::Flow(flow)) => return Some(flow),
         Ok(Parsed::Fragment { .. }) => "fragment",
         Ok(Parsed::Other { .. }) => "other_protocol",
         Err(_) => "parse_error",
@@ -225,9 +314,22 @@ pub fn judge_payload(
         .unjudged
         .get_or_create(&UnjudgedLabels { kind })
         .inc();
-    Judgement {
-        verdict: on_unjudgeable,
-        tier: "none",
+    None
+}
+
+/// The judge's answer for a flow, or `on_unjudgeable` (tier `none`) when there is none.
+pub(crate) fn judge_flow(
+    flow: Option<&Flow>,
+    hook: Hook,
+    judge: &dyn Judge,
+    on_unjudgeable: Verdict,
+) -> Judgement {
+    match flow {
+        Some(flow) => judge.judge(flow, hook),
+        None => Judgement {
+            verdict: on_unjudgeable,
+            tier: "none",
+        },
     }
 }
 
@@ -440,7 +542,13 @@ mod tests {
         let metrics = Metrics::new();
         let judge = StaticJudge(Verdict::Accept);
         for on_unjudgeable in [Verdict::Accept, Verdict::Drop] {
-            let got = judge_payload(&[0x45, 0x00], &judge, on_unjudgeable, &metrics);
+            let got = judge_payload(
+                &[0x45, 0x00],
+                Hook::Forward,
+                &judge,
+                on_unjudgeable,
+                &metrics,
+            );
             assert_eq!(
                 got,
                 Judgement {
@@ -455,7 +563,7 @@ mod tests {
         let mut icmp = [0u8; 28];
         icmp[0] = 0x45;
         icmp[9] = 1;
-        let got = judge_payload(&icmp, &judge, Verdict::Drop, &metrics);
+        let got = judge_payload(&icmp, Hook::Forward, &judge, Verdict::Drop, &metrics);
         assert_eq!(got.verdict, Verdict::Drop);
         assert_eq!(counted(&metrics, "other_protocol"), 1);
     }
@@ -475,7 +583,7 @@ mod tests {
         tcp[0] = 0x45;
         tcp[9] = 6;
         tcp[22..24].copy_from_slice(&80u16.to_be_bytes());
-        let got = judge_payload(&tcp, &judge, Verdict::Drop, &metrics);
+        let got = judge_payload(&tcp, Hook::Forward, &judge, Verdict::Drop, &metrics);
         assert_eq!(
             got,
             Judgement {
@@ -485,10 +593,56 @@ mod tests {
         );
         tcp[22..24].copy_from_slice(&81u16.to_be_bytes());
         assert_eq!(
-            judge_payload(&tcp, &judge, Verdict::Accept, &metrics).verdict,
+            judge_payload(&tcp, Hook::Forward, &judge, Verdict::Accept, &metrics).verdict,
             Verdict::Drop
         );
         assert_eq!(counted(&metrics, "parse_error"), 0);
+    }
+
+    #[test]
+    fn judges_see_the_hook_and_kernel_hook_numbers_map_to_ends() {
+        struct Hooked;
+        impl Judge for Hooked {
+            fn judge(&self, _flow: &Flow, hook: Hook) -> Judgement {
+                Judgement {
+                    verdict: if hook == Hook::Output {
+                        Verdict::Accept
+                    } else {
+                        Verdict::Hold
+                    },
+                    tier: "test",
+                }
+            }
+        }
+        let mut tcp = [0u8; 24];
+        tcp[0] = 0x45;
+        tcp[9] = 6;
+        let metrics = Metrics::new();
+        let at = |hook| judge_payload(&tcp, hook, &Hooked, Verdict::Drop, &metrics).verdict;
+        assert_eq!(at(Hook::Output), Verdict::Accept);
+        assert_eq!(at(Hook::Forward), Verdict::Hold);
+        assert_eq!(
+            [0, 1, 2, 3, 4].map(Hook::from_raw),
+            [
+                Hook::Other,
+                Hook::Input,
+                Hook::Forward,
+                Hook::Output,
+                Hook::Other
+            ]
+        );
+    }
+
+    #[test]
+    fn undecided_packets_are_held_by_default() {
+        let config = Config::new(0, 1, true);
+        assert_eq!(
+            config.undecided,
+            Undecided::Hold {
+                limit: DEFAULT_HOLD
+            }
+        );
+        assert!(config.max_held > 0 && config.max_held < config.queue_max_len as usize);
     }
 
     #[test]

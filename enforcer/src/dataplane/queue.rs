@@ -4,6 +4,11 @@
 //! whose handler does nothing and is installed without `SA_RESTART`, so `recv` returns `EINTR` and
 //! the loop sees the flag. The signal is repeated until the thread has finished, which covers the
 //! window between checking the flag and entering `recv`.
+//!
+//! Held packets (see [`super::hold`]) are judged again on the same thread: while it holds any, a
+//! POSIX interval timer sends that thread the same signal every recheck interval, so an idle
+//! `recv` returns and the loop rechecks; a tick that lands outside `recv` is simply late by one
+//! interval. The timer is disarmed as soon as nothing is held, so an idle queue is never woken.
 
 use std::sync::Arc;
 use std::sync::Once;
@@ -13,10 +18,20 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use nix::sys::pthread::{Pthread, pthread_kill, pthread_self};
-use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+use nix::sys::signal::{
+    SaFlags, SigAction, SigEvent, SigHandler, SigSet, SigevNotify, Signal, sigaction,
+};
+use nix::sys::time::TimeSpec;
+use nix::sys::timer::{Expiration, Timer, TimerSetTimeFlags};
+use nix::time::ClockId;
 
-use super::{Config, Error, Flag, Judge, Verdict, flag, is_set, judge_payload, netns, record};
-use crate::metrics::{Metrics, QueueErrorLabels};
+use super::hold::{Held, Settled};
+use super::{
+    Config, Error, Flag, Hook, Judge, Judgement, Undecided, Verdict, flag, flow_of, is_set,
+    judge_flow, netns, record,
+};
+use crate::flow::Flow;
+use crate::metrics::{Metrics, QueueErrorLabels, QueueLabels, UndecidedLabels};
 
 /// The signal used to interrupt a blocked `recv`.
 const WAKE: Signal = Signal::SIGUSR2;
@@ -58,6 +73,9 @@ struct Context {
     judge: Arc<dyn Judge>,
     metrics: Metrics,
     on_unjudgeable: Verdict,
+    undecided: Undecided,
+    max_held: usize,
+    recheck_interval: Duration,
     stop: Flag,
 }
 
@@ -79,6 +97,9 @@ impl Worker {
             judge,
             metrics,
             on_unjudgeable: config.on_unjudgeable,
+            undecided: config.undecided,
+            max_held: config.max_held,
+            recheck_interval: config.recheck_interval,
             stop: stop.clone(),
         };
         let netns_path = config.netns.clone();
@@ -218,15 +239,115 @@ fn open(number: u16, fail_open: bool, max_len: u32, copy_range: u16) -> Result<n
     Ok(queue)
 }
 
+/// Wakes the queue thread out of `recv` every interval while armed.
+struct Ticker {
+    timer: Timer,
+    interval: Duration,
+    armed: bool,
+}
+
+impl Ticker {
+    /// A disarmed timer that signals the calling thread.
+    fn for_this_thread(interval: Duration) -> nix::Result<Ticker> {
+        let event = SigEvent::new(SigevNotify::SigevThreadId {
+            signal: WAKE,
+            thread_id: nix::unistd::gettid().as_raw(),
+            si_value: 0,
+        });
+        Ok(Ticker {
+            timer: Timer::new(ClockId::CLOCK_MONOTONIC, event)?,
+            interval,
+            armed: false,
+        })
+    }
+
+    /// Arm (ticking every interval) or disarm; whether the timer is now as asked.
+    fn set(&mut self, armed: bool) -> bool {
+        if armed == self.armed {
+            return true;
+        }
+        let expiration = if armed {
+            Expiration::Interval(TimeSpec::from_duration(self.interval))
+        } else {
+            // A zero one-shot expiration disarms the timer.
+            Expiration::OneShot(TimeSpec::from_duration(Duration::ZERO))
+        };
+        match self.timer.set(expiration, TimerSetTimeFlags::empty()) {
+            Ok(()) => {
+                self.armed = armed;
+                true
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, armed, "setting the recheck timer");
+                false
+            }
+        }
+    }
+}
+
+/// What one queue thread keeps between packets: the packets it holds and the timer that wakes
+/// it to judge them again.
+struct Holding {
+    held: Held<nfq::Message>,
+    /// `None`: holding is off (`Undecided::Drop`) or no timer could be made.
+    ticker: Option<Ticker>,
+    next_recheck: Instant,
+}
+
+impl Holding {
+    /// Makes room for one more undecided packet received at `received`, arming the timer for
+    /// the first; otherwise the outcome to count for dropping it at once: `dropped` (holding is
+    /// off or there is no timer) or `overflow` (the list is full).
+    fn make_room(&mut self, received: Instant, interval: Duration) -> Result<(), &'static str> {
+        let Some(ticker) = &mut self.ticker else {
+            return Err("dropped");
+        };
+        if self.held.is_full() {
+            return Err("overflow");
+        }
+        if self.held.is_empty() {
+            if !ticker.set(true) {
+                return Err("dropped");
+            }
+            self.next_recheck = received + interval;
+        }
+        Ok(())
+    }
+
+    fn new(context: &Context) -> Holding {
+        let (limit, ticker) = match context.undecided {
+            Undecided::Hold { limit } => {
+                let ticker = Ticker::for_this_thread(context.recheck_interval)
+                    .inspect_err(|err| {
+                        tracing::warn!(
+                            queue = context.number,
+                            error = %err,
+                            "no recheck timer: undecided packets are dropped at once"
+                        )
+                    })
+                    .ok();
+                (limit, ticker)
+            }
+            Undecided::Drop => (Duration::ZERO, None),
+        };
+        Holding {
+            held: Held::new(limit, context.max_held),
+            ticker,
+            next_recheck: Instant::now(),
+        }
+    }
+}
+
 fn serve(queue: &mut nfq::Queue, context: &Context) {
+    let mut holding = Holding::new(context);
     let mut failures: u32 = 0;
     while !is_set(&context.stop) {
         match queue.recv() {
             Ok(message) => {
                 failures = 0;
-                answer(queue, message, context);
+                answer(queue, message, context, &mut holding);
             }
-            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
             Err(err) => {
                 count_error(context, "recv");
                 failures += 1;
@@ -238,34 +359,140 @@ fn serve(queue: &mut nfq::Queue, context: &Context) {
                 }
             }
         }
+        let now = Instant::now();
+        if !holding.held.is_empty() && now >= holding.next_recheck {
+            holding.next_recheck = now + context.recheck_interval;
+            recheck(queue, context, &mut holding, now, false);
+        }
     }
-    // Packets already handed to us still get verdicts.
+    // Packets already handed to us still get verdicts; held ones one last judgement.
     queue.set_nonblocking(true);
     while let Ok(message) = queue.recv() {
-        answer(queue, message, context);
+        answer(queue, message, context, &mut holding);
     }
+    recheck(queue, context, &mut holding, Instant::now(), true);
     if let Err(err) = queue.unbind(context.number) {
         tracing::debug!(queue = context.number, error = %err, "unbinding queue");
     }
 }
 
-fn answer(queue: &mut nfq::Queue, mut message: nfq::Message, context: &Context) {
+fn answer(queue: &mut nfq::Queue, message: nfq::Message, context: &Context, holding: &mut Holding) {
     let started = Instant::now();
-    let judgement = judge_payload(
-        message.get_payload(),
-        context.judge.as_ref(),
-        context.on_unjudgeable,
-        &context.metrics,
+    let hook = Hook::from_raw(message.get_hook());
+    let flow = flow_of(message.get_payload(), &context.metrics);
+    let judgement = judge(context, flow.as_ref(), hook);
+    if judgement.verdict != Verdict::Hold {
+        send(queue, message, judgement, started, context);
+        return;
+    }
+    let refused = match holding.make_room(started, context.recheck_interval) {
+        Ok(()) => holding
+            .held
+            .hold(message, flow, hook, started, judgement.tier)
+            .err()
+            .map(|message| (message, "overflow")),
+        Err(outcome) => Some((message, outcome)),
+    };
+    match refused {
+        None => {
+            count_undecided(context, "held");
+            set_held_gauge(context, holding.held.len());
+        }
+        Some((message, outcome)) => {
+            count_undecided(context, outcome);
+            let drop = Judgement {
+                verdict: Verdict::Drop,
+                tier: judgement.tier,
+            };
+            send(queue, message, drop, started, context);
+        }
+    }
+}
+
+/// Judge every held packet again; answer those decided or out of time.
+fn recheck(
+    queue: &mut nfq::Queue,
+    context: &Context,
+    holding: &mut Holding,
+    now: Instant,
+    last: bool,
+) {
+    if holding.held.is_empty() {
+        return;
+    }
+    let settled = holding
+        .held
+        .recheck(now, last, |flow, hook| judge(context, flow, hook));
+    for s in settled {
+        settle(queue, s, context);
+    }
+    set_held_gauge(context, holding.held.len());
+    if holding.held.is_empty()
+        && let Some(ticker) = &mut holding.ticker
+    {
+        ticker.set(false);
+    }
+}
+
+fn judge(context: &Context, flow: Option<&Flow>, hook: Hook) -> Judgement {
+    judge_flow(flow, hook, context.judge.as_ref(), context.on_unjudgeable)
+}
+
+/// Answer a packet whose wait is over and count how it ended.
+fn settle(queue: &mut nfq::Queue, settled: Settled<nfq::Message>, context: &Context) {
+    count_undecided(context, settled.outcome.as_str());
+    let started = settled.entry.received;
+    send(
+        queue,
+        settled.entry.item,
+        settled.judgement,
+        started,
+        context,
     );
+}
+
+/// Send a verdict (never accept for anything but [`Verdict::Accept`]) and count it.
+fn send(
+    queue: &mut nfq::Queue,
+    mut message: nfq::Message,
+    judgement: Judgement,
+    started: Instant,
+    context: &Context,
+) {
+    let judgement = match judgement.verdict {
+        Verdict::Hold => Judgement {
+            verdict: Verdict::Drop,
+            ..judgement
+        },
+        _ => judgement,
+    };
     message.set_verdict(match judgement.verdict {
         Verdict::Accept => nfq::Verdict::Accept,
-        Verdict::Drop => nfq::Verdict::Drop,
+        Verdict::Drop | Verdict::Hold => nfq::Verdict::Drop,
     });
     if let Err(err) = queue.verdict(message) {
         count_error(context, "verdict");
         tracing::warn!(queue = context.number, error = %err, "sending verdict");
     }
     record(&context.metrics, judgement, started);
+}
+
+fn count_undecided(context: &Context, outcome: &'static str) {
+    context
+        .metrics
+        .undecided
+        .get_or_create(&UndecidedLabels { outcome })
+        .inc();
+}
+
+fn set_held_gauge(context: &Context, held: usize) {
+    context
+        .metrics
+        .held
+        .get_or_create(&QueueLabels {
+            queue: context.number,
+        })
+        .set(held as i64);
 }
 
 fn count_error(context: &Context, operation: &'static str) {
