@@ -26,9 +26,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{B, Topology, in_ns, root_or_skip};
-use netpol_enforcer::dataplane::{self, Dataplane, Hook, Judge, Judgement, StaticJudge, Verdict};
-use netpol_enforcer::engine;
-use netpol_enforcer::flow::Flow;
+use netpol_enforcer::dataplane::{self, Dataplane, Judge, StaticJudge, Verdict};
+use netpol_enforcer::judge::EngineJudge;
 use netpol_enforcer::metrics::Metrics;
 use netpol_enforcer::store::Writer;
 
@@ -171,23 +170,6 @@ fn conntrack_rule(op: &str) -> [&str; 10] {
     ]
 }
 
-/// The real engine over an empty snapshot (no policies: default allow), as a judge.
-struct EngineJudge(netpol_enforcer::store::Reader);
-
-impl Judge for EngineJudge {
-    fn judge(&self, flow: &Flow, _hook: Hook) -> Judgement {
-        let snapshot = self.0.snapshot();
-        let decision = engine::decide(&snapshot, flow);
-        Judgement {
-            verdict: match decision.verdict {
-                engine::Verdict::Accept => Verdict::Accept,
-                engine::Verdict::Drop => Verdict::Drop,
-            },
-            tier: "default",
-        }
-    }
-}
-
 fn main() {
     if !root_or_skip("dataplane_connrate") {
         return;
@@ -230,7 +212,8 @@ fn main() {
         Dataplane::start(config, judge, Metrics::new()).expect("dataplane")
     };
     let writer = Writer::new();
-    let engine_judge: Arc<dyn Judge> = Arc::new(EngineJudge(writer.reader()));
+    // The real engine over an empty snapshot (no policies: default allow).
+    let engine_judge: Arc<dyn Judge> = Arc::new(EngineJudge::new(writer.reader()));
     let static_judge: Arc<dyn Judge> = Arc::new(StaticJudge(Verdict::Accept));
 
     // Warm up conntrack, the ARP caches and the server.

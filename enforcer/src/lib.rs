@@ -4,6 +4,7 @@ pub mod dataplane;
 pub mod engine;
 pub mod flow;
 pub mod http;
+pub mod judge;
 pub mod metrics;
 pub mod packet;
 pub mod store;

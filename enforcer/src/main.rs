@@ -11,14 +11,12 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow};
 use clap::{Parser, ValueEnum};
 use netpol_enforcer::dataplane::{
-    self, BackendChoice, Dataplane, Family, Hook, Judge, Judgement, RulesOnExit, StaticJudge,
-    Verdict,
+    self, BackendChoice, Dataplane, Family, Judge, RulesOnExit, StaticJudge, Undecided, Verdict,
 };
-use netpol_enforcer::engine::{self, Tier};
-use netpol_enforcer::flow::Flow;
 use netpol_enforcer::http::{self, Health};
+use netpol_enforcer::judge::EngineJudge;
 use netpol_enforcer::metrics::Metrics;
-use netpol_enforcer::store::{Reader, Writer};
+use netpol_enforcer::store::Writer;
 use netpol_enforcer::watch;
 use prometheus_client::registry::Registry;
 use tokio::signal::unix::{SignalKind, signal};
@@ -99,9 +97,25 @@ struct Cli {
     /// Pod address range (repeatable or comma-separated). When given, only connections that
     /// involve a pod are queued — forwarded from or to a range, to the node from one, from the
     /// node to one — so the node's own traffic never waits on the enforcer (important with
-    /// fail-closed). Without it every new connection is judged.
+    /// fail-closed). Without it every new connection is judged. These ranges and every Node's
+    /// spec.podCIDRs are where unknown pods are recognised (see --unknown-pod).
     #[arg(long, value_name = "CIDR", value_delimiter = ',')]
     pod_cidr: Vec<ipnet::IpNet>,
+
+    /// A connection from or to an unknown pod — an address in a pod range (--pod-cidr, or a
+    /// Node's spec.podCIDRs) that is no pod or node the enforcer knows yet, usually a pod created
+    /// a moment ago — cannot be judged, and is never accepted unjudged: `hold` keeps its packet
+    /// queued and judges it again as the watch reports more, up to --unknown-pod-hold-ms, then
+    /// drops it; `drop` drops it at once (the client's retry is judged afresh). Ends that are this
+    /// node itself (what it sends, what it receives) are never unknown, and a cluster without
+    /// any policy accepts such connections as it does all others.
+    #[arg(long, value_enum, default_value_t = UnknownPodArg::Hold)]
+    unknown_pod: UnknownPodArg,
+
+    /// How long --unknown-pod=hold keeps a packet waiting for its pod to become known, in
+    /// milliseconds.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    unknown_pod_hold_ms: u64,
 
     /// Conntrack mark bit(s) set on accepted connections (hex or decimal).
     #[arg(long, default_value = "0x200000", value_parser = parse_mark)]
@@ -138,6 +152,12 @@ enum FamilyArg {
     Ipv6,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum UnknownPodArg {
+    Hold,
+    Drop,
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum VerdictArg {
     Accept,
@@ -165,31 +185,6 @@ fn parse_mark(s: &str) -> Result<u32, String> {
     }
 }
 
-/// The policy engine as a [`Judge`]: each packet reads the latest published snapshot.
-struct EngineJudge {
-    reader: Reader,
-}
-
-impl Judge for EngineJudge {
-    fn judge(&self, flow: &Flow, _hook: Hook) -> Judgement {
-        let snapshot = self.reader.snapshot();
-        let decision = engine::decide(&snapshot, flow);
-        tracing::debug!(?flow, verdict = ?decision.verdict, reason = %decision.reason, "judged");
-        Judgement {
-            verdict: match decision.verdict {
-                engine::Verdict::Accept => Verdict::Accept,
-                engine::Verdict::Drop => Verdict::Drop,
-            },
-            tier: match decision.tier {
-                Tier::Admin => "admin",
-                Tier::NetworkPolicy => "networkpolicy",
-                Tier::Baseline => "baseline",
-                Tier::Default => "default",
-            },
-        }
-    }
-}
-
 impl Cli {
     fn dataplane_config(&self) -> dataplane::Config {
         let mut config = dataplane::Config::new(self.queue_base, self.queues, self.fail_open);
@@ -208,6 +203,12 @@ impl Cli {
         if let Some(v) = self.on_unjudgeable {
             config.on_unjudgeable = v.into();
         }
+        config.undecided = match self.unknown_pod {
+            UnknownPodArg::Hold => Undecided::Hold {
+                limit: Duration::from_millis(self.unknown_pod_hold_ms),
+            },
+            UnknownPodArg::Drop => Undecided::Drop,
+        };
         config
     }
 
@@ -303,7 +304,7 @@ async fn run(cli: Cli) -> Result<()> {
         Some(v) => Arc::new(StaticJudge(v.into())),
         None => {
             let client = kube_client(cli.kubeconfig.as_ref()).await?;
-            let writer = Writer::new();
+            let writer = Writer::with_pod_ranges(cli.pod_cidr.clone());
             let reader = writer.reader();
             let (synced_tx, mut synced_rx) = tokio::sync::watch::channel(false);
             let mut task = tokio::spawn(watch::run(client, writer, synced_tx));
@@ -314,7 +315,7 @@ async fn run(cli: Cli) -> Result<()> {
                 signal = &mut stop => { tracing::info!(signal = signal?, "stopping before start"); return Ok(()); }
             }
             watcher = Some(task);
-            Arc::new(EngineJudge { reader })
+            Arc::new(EngineJudge::new(reader))
         }
     };
 
@@ -332,7 +333,7 @@ async fn run(cli: Cli) -> Result<()> {
         ))
     });
     health.set_ready(true);
-    tracing::info!(%node, backend = dataplane.backend().as_str(), fail_open = cli.fail_open, "enforcing");
+    tracing::info!(%node, backend = dataplane.backend().as_str(), fail_open = cli.fail_open, unknown_pod = ?cli.unknown_pod, "enforcing");
 
     let outcome: Result<()> = match watcher.as_mut() {
         Some(task) => tokio::select! {
@@ -404,6 +405,45 @@ fn main() -> ExitCode {
         Err(err) => {
             tracing::error!("{err:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(args: &[&str]) -> dataplane::Config {
+        let cli = Cli::try_parse_from([&["netpol-enforcer"], args].concat()).expect("arguments");
+        cli.dataplane_config()
+    }
+
+    #[test]
+    fn unknown_pods_are_held_by_default_and_never_accepted() {
+        assert_eq!(
+            config(&[]).undecided,
+            Undecided::Hold {
+                limit: Duration::from_secs(2)
+            }
+        );
+        assert_eq!(
+            config(&["--unknown-pod-hold-ms", "300"]).undecided,
+            Undecided::Hold {
+                limit: Duration::from_millis(300)
+            }
+        );
+        assert_eq!(
+            config(&["--unknown-pod", "drop", "--fail-open"]).undecided,
+            Undecided::Drop
+        );
+        for bad in [
+            &["--unknown-pod", "accept"][..],
+            &["--unknown-pod-hold-ms", "0"],
+        ] {
+            assert!(
+                Cli::try_parse_from([&["netpol-enforcer"], bad].concat()).is_err(),
+                "{bad:?}"
+            );
         }
     }
 }

@@ -25,6 +25,24 @@
 //! a node matches only address peers. Named ports resolve on the destination pod: a container
 //! port with that name whose number and protocol equal the connection's. `domainNames` peers are
 //! not implemented and match nothing, so an `Accept` rule using them accepts nothing.
+//!
+//! # Unknown pod addresses
+//!
+//! An address inside a pod range ([`Snapshot::pod_ranges`]: the enforcer's `--pod-cidr` and
+//! every node's `spec.podCIDRs`) that is no known pod's or node's is, almost always, a pod
+//! created a moment ago that the watch has not reported yet. Nothing about it is known: as a
+//! source its egress cannot be judged, as a destination its ingress cannot, and no peer check
+//! against it (`namespaces`, `pods`, a NetworkPolicy selector) can be answered — judging it as
+//! an address outside the cluster would skip its egress isolation and let it past an ingress
+//! `Deny` aimed at its namespace. Such a flow gets [`Verdict::Unknown`] ([`Tier::Unknown`],
+//! [`Reason::UnknownPodAddress`]), which a caller must never treat as accept: the dataplane
+//! holds the packet and asks again with newer snapshots, then drops it.
+//!
+//! Two exceptions, where the answer cannot depend on who the address is:
+//! - an end the packet path knows to be this node itself ([`LocalEnds`]: the source of a packet
+//!   the node sends, the destination of one it receives) is a node address even when it lies in
+//!   a pod range (a CNI's bridge or gateway address often does);
+//! - a snapshot with no policy of any kind accepts every flow, so it accepts this one too.
 
 pub mod policy;
 pub mod selector;
@@ -38,13 +56,17 @@ use crate::store::{
 };
 use policy::{Action, ClusterPolicy, ContainerPort, Direction, PolicyRef, PortMatch};
 
-/// Accept or drop.
+/// Accept, drop, or cannot tell yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Verdict {
     /// Let the connection through.
     Accept,
     /// Drop it silently.
     Drop,
+    /// The snapshot cannot judge the connection: an end of it is an unknown pod address (see
+    /// [Unknown pod addresses](self#unknown-pod-addresses)). Never to be taken as accept; ask
+    /// again with a newer snapshot, or drop.
+    Unknown,
 }
 
 /// The tier that decided.
@@ -58,6 +80,21 @@ pub enum Tier {
     Baseline,
     /// No policy decided; the default is to accept.
     Default,
+    /// No tier was consulted: an end of the connection is an unknown pod address.
+    Unknown,
+}
+
+impl Tier {
+    /// `admin`, `networkpolicy`, `baseline`, `default` or `unknown_pod`, as used in metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Admin => "admin",
+            Tier::NetworkPolicy => "networkpolicy",
+            Tier::Baseline => "baseline",
+            Tier::Default => "default",
+            Tier::Unknown => "unknown_pod",
+        }
+    }
 }
 
 /// The rule that decided, as a position in the snapshot that decided; its policy and name are
@@ -79,7 +116,7 @@ impl<'s> RuleId<'s> {
         let list = match self.tier {
             Tier::Admin => &self.snap.admin,
             Tier::Baseline => &self.snap.baseline,
-            Tier::NetworkPolicy | Tier::Default => return None,
+            Tier::NetworkPolicy | Tier::Default | Tier::Unknown => return None,
         };
         Some(&list[self.origin().policy as usize])
     }
@@ -152,6 +189,15 @@ pub enum Reason<'s> {
     },
     /// Nothing matched in any tier, for every direction judged.
     NoMatch,
+    /// An end of the connection lies in a pod range but is no known pod or node, so the
+    /// direction it is the subject of could not be judged (nor any peer check against it).
+    UnknownPodAddress {
+        /// The direction that could not be judged: `Egress` when the source is unknown (checked
+        /// first), `Ingress` when the destination is.
+        direction: Direction,
+        /// The unknown address.
+        address: IpAddr,
+    },
 }
 
 impl fmt::Display for Reason<'_> {
@@ -191,6 +237,17 @@ impl fmt::Display for Reason<'_> {
                 )
             }
             Reason::NoMatch => f.write_str("no policy applies (default allow)"),
+            Reason::UnknownPodAddress { direction, address } => {
+                let end = match direction {
+                    Direction::Egress => "source",
+                    Direction::Ingress => "destination",
+                };
+                write!(
+                    f,
+                    "{end} {address} is in a pod range but no known pod or node: {} not judged",
+                    direction.as_str()
+                )
+            }
         }
     }
 }
@@ -223,8 +280,24 @@ struct PeerView {
     endpoint: Option<Endpoint>,
 }
 
-/// Judges one connection (its first packet, after DNAT).
+/// Which ends of a connection the packet path knows to be this node itself, whatever their
+/// addresses: the source of a packet the node sends (netfilter `OUTPUT`), the destination of one
+/// it receives (`INPUT`). Such an end is never an unknown pod address.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LocalEnds {
+    /// The node itself sent the packet.
+    pub source: bool,
+    /// The packet is delivered to the node itself.
+    pub destination: bool,
+}
+
+/// Judges one connection (its first packet, after DNAT), knowing nothing beyond its addresses.
 pub fn decide<'s>(snapshot: &'s Snapshot, flow: &Flow) -> Decision<'s> {
+    decide_with(snapshot, flow, LocalEnds::default())
+}
+
+/// Judges one connection (its first packet, after DNAT), given which of its ends are this node.
+pub fn decide_with<'s>(snapshot: &'s Snapshot, flow: &Flow, local: LocalEnds) -> Decision<'s> {
     let src = PeerView {
         ip: flow.src,
         endpoint: snapshot.endpoint(flow.src),
@@ -233,6 +306,13 @@ pub fn decide<'s>(snapshot: &'s Snapshot, flow: &Flow) -> Decision<'s> {
         ip: flow.dst,
         endpoint: snapshot.endpoint(flow.dst),
     };
+    // Only an address the snapshot does not know can be an unknown pod's: known pods and nodes
+    // skip this test entirely.
+    let unresolved =
+        (src.endpoint.is_none() && !local.source) || (dst.endpoint.is_none() && !local.destination);
+    if unresolved && let Some(unknown) = unknown_end(snapshot, src, dst, local) {
+        return unknown;
+    }
     let dst_ports = Dst {
         pod: match dst.endpoint {
             Some(Endpoint::Pod(i)) => Some(&snapshot.pods[i as usize]),
@@ -270,6 +350,33 @@ pub fn decide<'s>(snapshot: &'s Snapshot, flow: &Flow) -> Decision<'s> {
         (None, Some(i)) => i,
         (None, None) => Decision::default_allow(),
     }
+}
+
+/// The decision for a connection with an unknown pod address at an end not known to be this
+/// node (the source first), unless the snapshot has no policy at all.
+#[cold]
+fn unknown_end<'s>(
+    snapshot: &'s Snapshot,
+    src: PeerView,
+    dst: PeerView,
+    local: LocalEnds,
+) -> Option<Decision<'s>> {
+    if snapshot.admin.is_empty() && snapshot.baseline.is_empty() && snapshot.netpols.is_empty() {
+        return None;
+    }
+    let (direction, address) =
+        if src.endpoint.is_none() && !local.source && snapshot.in_pod_range(src.ip) {
+            (Direction::Egress, src.ip)
+        } else if dst.endpoint.is_none() && !local.destination && snapshot.in_pod_range(dst.ip) {
+            (Direction::Ingress, dst.ip)
+        } else {
+            return None;
+        };
+    Some(Decision {
+        verdict: Verdict::Unknown,
+        tier: Tier::Unknown,
+        reason: Reason::UnknownPodAddress { direction, address },
+    })
 }
 
 /// Asks the CPU to start loading the cache line at `p` (no effect where there is no such hint).

@@ -65,6 +65,15 @@ pub fn node(name: &str, labels: &[(&str, &str)], ip: &str) -> Node {
     }))
 }
 
+/// A node with labels, one InternalIP and its pod ranges (`spec.podCIDRs`).
+pub fn node_with_pod_cidrs(name: &str, ip: &str, pod_cidrs: &[&str]) -> Node {
+    let mut n = node(name, &[], ip);
+    n.spec = Some(from_json(
+        json!({"podCIDR": pod_cidrs.first(), "podCIDRs": pod_cidrs}),
+    ));
+    n
+}
+
 /// A NetworkPolicy in `ns` from its spec.
 pub fn netpol(ns: &str, name: &str, spec: Value) -> NetworkPolicy {
     from_json(json!({"metadata": {"namespace": ns, "name": name}, "spec": spec}))
