@@ -19,14 +19,22 @@ use std::time::{Duration, Instant};
 
 use netpol_enforcer::dataplane::netns;
 
-/// True when running as root; otherwise prints why the test is skipped.
+/// True when running as root; otherwise prints why the test is skipped — or, when
+/// `NETPOL_REQUIRE_LOCAL` is set (`1`, `true`, `yes`), fails, so a run meant to cover every tier
+/// cannot pass by skipping this one.
 pub fn root_or_skip(test: &str) -> bool {
+    const WHY: &str = "needs root to create network namespaces and netfilter rules";
     if nix::unistd::geteuid().is_root() {
-        true
-    } else {
-        eprintln!("skipping {test}: needs root to create network namespaces and netfilter rules");
-        false
+        return true;
     }
+    let required = std::env::var("NETPOL_REQUIRE_LOCAL")
+        .is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes"));
+    assert!(
+        !required,
+        "{test}: NETPOL_REQUIRE_LOCAL is set, but it {WHY}"
+    );
+    eprintln!("skipping {test}: {WHY} (set NETPOL_REQUIRE_LOCAL=1 to make this a failure)");
+    false
 }
 
 fn sh(args: &[&str]) {
