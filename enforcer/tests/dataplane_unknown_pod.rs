@@ -29,6 +29,9 @@ use serde_json::json;
 const QUEUE: u16 = 100;
 /// Long enough that a packet delivered by mistake would have been seen at b.
 const SETTLE: Duration = Duration::from_millis(300);
+/// How long a count may lag behind what the client saw: a verdict is counted just after it is
+/// sent, and the server records a connection just after accepting it.
+const COUNTED: Duration = Duration::from_secs(2);
 
 /// The store as the watch would fill it, minus the pods a test leaves out.
 struct Cluster {
@@ -257,7 +260,11 @@ fn a_new_pods_first_packet_waits_for_the_store_then_gets_the_policys_verdict() {
     assert!(done_at >= known_at);
     assert!(syn80.count() >= 1);
     assert!(undecided(&m, "released") >= 1);
-    assert!(verdicts(&m, "accept", "networkpolicy") >= 1);
+    assert!(wait_until(COUNTED, || verdicts(
+        &m,
+        "accept",
+        "networkpolicy"
+    ) >= 1));
 
     // Denied by the policy once known: held while unknown, then dropped.
     cluster.forget(Cluster::client());
@@ -278,7 +285,11 @@ fn a_new_pods_first_packet_waits_for_the_store_then_gets_the_policys_verdict() {
     let err = result.expect_err("port 81 is not allowed to pods in x");
     assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
     assert_eq!(syn81.count(), 0, "no SYN to 81 ever reached b");
-    assert!(verdicts(&m, "drop", "networkpolicy") >= 1);
+    assert!(wait_until(COUNTED, || verdicts(
+        &m,
+        "drop",
+        "networkpolicy"
+    ) >= 1));
 
     assert_eq!(
         verdicts(&m, "accept", "default"),
@@ -311,6 +322,10 @@ fn racing_the_store_update_never_lets_the_first_packet_through_unjudged() {
         let known_at = cluster.learn(Cluster::client());
         let (result, _) = pending.join().expect("connect thread");
         streams.push(result.unwrap_or_else(|e| panic!("round {round} ({delay} ms): {e}")));
+        assert!(
+            wait_until(COUNTED, || server.accepted().len() > round),
+            "round {round}: b saw the connection"
+        );
         let accepted = server.accepted();
         assert_eq!(accepted.len(), round + 1, "one connection per round");
         assert!(
@@ -318,14 +333,21 @@ fn racing_the_store_update_never_lets_the_first_packet_through_unjudged() {
             "round {round} ({delay} ms): b accepted the connection before the store knew a"
         );
     }
-    assert_eq!(
-        verdicts(&m, "accept", "default"),
-        0,
-        "every accept was the NetworkPolicy's"
+    let rounds = delays_ms.len() as u64;
+    assert!(
+        wait_until(COUNTED, || verdicts(&m, "accept", "networkpolicy")
+            >= rounds),
+        "every round was accepted by the NetworkPolicy"
     );
     assert_eq!(
         verdicts(&m, "accept", "networkpolicy"),
-        delays_ms.len() as u64
+        rounds,
+        "one judgement per connection"
+    );
+    assert_eq!(
+        verdicts(&m, "accept", "default"),
+        0,
+        "no accept without the egress judgement"
     );
     assert!(
         undecided(&m, "released") >= 1,
@@ -347,7 +369,8 @@ fn a_pod_still_unknown_at_the_hold_limit_is_dropped_and_drop_mode_does_not_wait(
 
     let limit = Duration::from_millis(300);
     let (dp, m) = start(&topology, &cluster, Undecided::Hold { limit });
-    let err = connect(&topology.a, B, 80, Duration::from_millis(1500))
+    // Long enough for the SYN's first retransmission (after 1 s) to be held and expire too.
+    let err = connect(&topology.a, B, 80, Duration::from_millis(2500))
         .expect_err("a stays unknown, so its SYNs are dropped");
     assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
     assert!(
@@ -359,7 +382,7 @@ fn a_pod_still_unknown_at_the_hold_limit_is_dropped_and_drop_mode_does_not_wait(
         "the SYN and its retransmission"
     );
     assert_eq!(undecided(&m, "released"), 0);
-    assert!(verdicts(&m, "drop", "unknown_pod") >= 2);
+    assert!(wait_until(COUNTED, || verdicts(&m, "drop", "unknown_pod") >= 2));
     assert_eq!(syn.count(), 0);
     drop(dp);
 
@@ -399,6 +422,10 @@ fn a_connection_to_a_pod_not_known_yet_waits_for_its_ingress_judgement() {
     cluster.learn(Cluster::server());
     let (result, _) = pending.join().expect("connect thread");
     result.expect("b is an allowed peer of x once known");
-    assert!(verdicts(&m, "accept", "networkpolicy") >= 1);
+    assert!(wait_until(COUNTED, || verdicts(
+        &m,
+        "accept",
+        "networkpolicy"
+    ) >= 1));
     drop(dp);
 }
