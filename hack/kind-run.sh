@@ -18,6 +18,7 @@
 #                     report          print the counts; any JUnit file is a success
 #
 # E2E_FOCUS, E2E_SKIP, NETPOL_PROBE_TARGET, NETPOL_TEST_THREADS, NETPOL_SCTP (0: no SCTP cases),
+# NETPOL_SUPPORTED_FEATURES, NETPOL_EXEMPT_FEATURES, NETPOL_ALL_FEATURES (which features are judged),
 # NETPOL_AGNHOST_IMAGE and NETPOL_IMPLEMENTATION (the JUnit property; default kind/<what
 # kind-up.sh installed>) are passed on when set (in plugin mode as --plugin-env). Exit status: 0 when the run meets --expect, 1 when it
 # does not or wrote no JUnit, 2 on bad usage.
@@ -71,7 +72,9 @@ kubeconfig="$tmp/kubeconfig"
 "$KIND" get kubeconfig --name "$KIND_CLUSTER_NAME" >"$kubeconfig" ||
   die "could not get the kubeconfig of kind cluster '$KIND_CLUSTER_NAME'"
 
-passed_env=(E2E_FOCUS E2E_SKIP NETPOL_PROBE_TARGET NETPOL_TEST_THREADS NETPOL_SCTP NETPOL_AGNHOST_IMAGE NETPOL_IMPLEMENTATION)
+passed_env=(E2E_FOCUS E2E_SKIP NETPOL_PROBE_TARGET NETPOL_TEST_THREADS NETPOL_SCTP
+  NETPOL_SUPPORTED_FEATURES NETPOL_EXEMPT_FEATURES NETPOL_ALL_FEATURES
+  NETPOL_AGNHOST_IMAGE NETPOL_IMPLEMENTATION)
 
 # The JUnit's `implementation` property: what hack/kind-up.sh recorded for this cluster.
 if [[ -z "${NETPOL_IMPLEMENTATION:-}" ]]; then

@@ -77,3 +77,54 @@ fn run_external_host() -> anyhow::Result<()> {
         std::thread::park();
     }
 }
+
+/// A boolean environment variable, spelled as people spell them: `1`, `true`, `yes`, `on` are
+/// true; `0`, `false`, `no`, `off` and the empty string false (any case). Unset is `None`;
+/// anything else is an error naming the variable.
+pub fn env_flag(name: &str) -> Result<Option<bool>, String> {
+    parse_flag(name, std::env::var(name).ok().as_deref())
+}
+
+fn parse_flag(name: &str, value: Option<&str>) -> Result<Option<bool>, String> {
+    let Some(value) = value else { return Ok(None) };
+    match value.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(Some(true)),
+        "0" | "false" | "no" | "off" | "" => Ok(Some(false)),
+        other => Err(format!(
+            "{name}={other}: not a boolean (use 1/0, true/false or yes/no)"
+        )),
+    }
+}
+
+/// Whether `NETPOL_REQUIRE_LOCAL` asks for a missing privilege or binary to be a failure
+/// rather than a skip. An unreadable value panics: it is a test-tier switch.
+pub fn local_required() -> bool {
+    env_flag("NETPOL_REQUIRE_LOCAL")
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod env_tests {
+    #[test]
+    fn boolean_env_vars_accept_the_usual_spellings() {
+        for (value, want) in [
+            ("1", Some(true)),
+            ("yes", Some(true)),
+            ("TRUE", Some(true)),
+            ("on", Some(true)),
+            ("0", Some(false)),
+            ("no", Some(false)),
+            ("false", Some(false)),
+            ("", Some(false)),
+        ] {
+            assert_eq!(super::parse_flag("X", Some(value)), Ok(want), "{value}");
+        }
+        assert_eq!(super::parse_flag("X", None), Ok(None));
+        let e = super::parse_flag("NETPOL_X", Some("maybe")).unwrap_err();
+        assert_eq!(
+            e,
+            "NETPOL_X=maybe: not a boolean (use 1/0, true/false or yes/no)"
+        );
+    }
+}

@@ -71,7 +71,7 @@ fn main() -> ExitCode {
     args.test_threads = Some(1);
     let skip = skip_reason();
     if let Some(reason) = &skip {
-        if std::env::var("NETPOL_REQUIRE_LOCAL").as_deref() == Ok("1") {
+        if netpol_local::local_required() {
             eprintln!("NETPOL_REQUIRE_LOCAL=1 but the local cluster cannot run: {reason}");
             return ExitCode::FAILURE;
         }

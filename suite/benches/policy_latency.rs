@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use netpol_conformance::backend::Cluster;
 use netpol_conformance::case::ObjectRef;
-use netpol_conformance::target::{TargetSpec, connect};
+use netpol_conformance::target::{ConnectOptions, TargetSpec, connect};
 use netpol_conformance::world::WorldKind;
 use netpol_local::probe::{ProbeResult, Protocol, connect as probe};
 use serde_json::json;
@@ -66,8 +66,11 @@ fn main() -> std::process::ExitCode {
             std::env::temp_dir().join(format!("netpol-latency-{}", std::process::id())),
         );
     }
-    let target =
-        connect(&TargetSpec::Local { enforcer: true }, "latency", false).expect("local cluster");
+    let target = connect(
+        &TargetSpec::Local { enforcer: true },
+        &ConnectOptions::new("latency"),
+    )
+    .expect("local cluster");
     let cluster = target.cluster.clone();
     let world = WorldKind::Upstream.model();
     let realized = cluster.create_world(&world, "lat").expect("world");

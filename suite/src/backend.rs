@@ -200,8 +200,18 @@ pub trait Cluster: Send + Sync {
         realized: &RealizedWorld,
         pods: &[String],
     ) -> Result<Vec<RealizedPod>, BackendError>;
+    /// Deletes pods and waits until they are gone; they stay in `realized`, so probes of them
+    /// now fail.
+    fn delete_pods(&self, realized: &RealizedWorld, pods: &[String]) -> Result<(), BackendError>;
     /// Deletes everything a world's creation made, waiting until it is gone.
     fn delete_world(&self, realized: &RealizedWorld) -> Result<(), BackendError>;
+    /// Takes the cluster-wide turn of trials with cluster-scoped policies: other runs on the
+    /// same cluster wait for it (the default: a cluster only this run uses).
+    fn lock_cluster_scope(&self) -> Result<(), BackendError> {
+        Ok(())
+    }
+    /// Gives the turn back.
+    fn unlock_cluster_scope(&self) {}
     /// Carries out probes, as many at once as the prober allows; one outcome per job, in order.
     fn probe(&self, jobs: &[ProbeJob]) -> Vec<Outcome>;
     /// How many transport calls (execs, netns probes) [`Cluster::probe`] makes for these jobs.
@@ -402,6 +412,14 @@ pub mod fake {
                 .iter()
                 .filter_map(|p| realized.pods.get(p).cloned())
                 .collect())
+        }
+        fn delete_pods(
+            &self,
+            _realized: &RealizedWorld,
+            pods: &[String],
+        ) -> Result<(), BackendError> {
+            self.note(format!("delete_pods {}", pods.join(",")));
+            Ok(())
         }
         fn delete_world(&self, realized: &RealizedWorld) -> Result<(), BackendError> {
             self.note(format!("delete_world {}", realized.suffix));

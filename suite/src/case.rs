@@ -266,6 +266,8 @@ pub enum Step {
     LabelPod(LabelChange),
     /// Delete and create pods again.
     RecreatePods(Vec<String>),
+    /// Delete pods for good (a fault a case injects: probes of them must then error).
+    DeletePods(Vec<String>),
     /// Probe and compare.
     Probe(ProbeStep),
 }
@@ -282,6 +284,7 @@ impl Step {
             Step::LabelNamespace(_) => "label_namespace",
             Step::LabelPod(_) => "label_pod",
             Step::RecreatePods(_) => "recreate_pods",
+            Step::DeletePods(_) => "delete_pods",
             Step::Probe(_) => "probe",
         }
     }
@@ -693,7 +696,7 @@ impl Checker<'_> {
                     ));
                 }
             }
-            Step::RecreatePods(pods) => {
+            Step::RecreatePods(pods) | Step::DeletePods(pods) => {
                 for (i, p) in pods.iter().enumerate() {
                     self.pod(&format!("{field}[{i}]"), p)?;
                 }

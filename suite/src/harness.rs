@@ -14,6 +14,7 @@ use regex::Regex;
 
 use crate::backend::{Capabilities, Cluster};
 use crate::case::{self, Case, Feature, Source};
+use crate::features::Selection;
 use crate::plan::{self, Action, Plan};
 use crate::reachability::expected_mark;
 use crate::report::{self, Progress, RunReport, TrialOutcome, TrialReport};
@@ -35,7 +36,7 @@ enum Command {
     /// Show what each selected case does and expects: truth tables, or JSON with --json.
     Plan(PlanArgs),
     /// Run the selected cases against a cluster (the local cluster when no kubeconfig is given).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Manage the local cluster: `up`, `down`, `status`.
     Local {
         #[command(subcommand)]
@@ -56,10 +57,22 @@ enum Command {
         timeout: u64,
     },
     /// Delete namespaces and policies that earlier runs left behind (by label).
+    /// Delete namespaces, policies and leases that runs which are gone left behind (by label
+    /// and run lease); a live run's objects are never touched unless asked for.
     Cleanup {
-        /// Kubeconfig of the cluster (default: the local cluster, if it is up).
+        /// Kubeconfig of the cluster (default: $KUBECONFIG / ~/.kube/config, else the local
+        /// cluster, if it is up).
         #[arg(long, env = "NETPOL_KUBECONFIG")]
         kubeconfig: Option<PathBuf>,
+        /// The kubeconfig context.
+        #[arg(long, env = "NETPOL_CONTEXT")]
+        context: Option<String>,
+        /// Only this run's objects (its id is the `netpol-conformance.io/run` label).
+        #[arg(long, conflicts_with = "all")]
+        run: Option<String>,
+        /// Every run's objects, live runs included.
+        #[arg(long)]
+        all: bool,
     },
 }
 
@@ -115,9 +128,33 @@ pub struct RunArgs {
     /// Sonobuoy plugin mode: results into $SONOBUOY_RESULTS_DIR, then the `done` file.
     #[arg(long)]
     pub sonobuoy: bool,
-    /// Run against the cluster of this kubeconfig instead of the local cluster.
+    /// Run against the cluster of this kubeconfig (default, as kubectl: $KUBECONFIG, then
+    /// ~/.kube/config; the local cluster when there is none).
     #[arg(long, env = "NETPOL_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use (default: its current context).
+    #[arg(long, env = "NETPOL_CONTEXT")]
+    pub context: Option<String>,
+    /// Use the pod's service account (implied in Sonobuoy plugin mode).
+    #[arg(long, env = "NETPOL_IN_CLUSTER")]
+    pub in_cluster: bool,
+    /// Run on the local cluster even where a kubeconfig exists.
+    #[arg(long, env = "NETPOL_LOCAL")]
+    pub local: bool,
+    /// One probe's connect timeout in seconds (default: 1 on the local cluster, 3 elsewhere,
+    /// as upstream).
+    #[arg(long, env = "NETPOL_PROBE_TIMEOUT", value_parser = seconds)]
+    pub probe_timeout: Option<std::time::Duration>,
+    /// How long probes that disagree with their expectation are retried, in seconds (10).
+    #[arg(long, env = "NETPOL_SETTLE_TIMEOUT", value_parser = seconds)]
+    pub settle_timeout: Option<std::time::Duration>,
+    /// How long the all-allowed pre-flight waits for every pair to connect, in seconds (30).
+    #[arg(long, env = "NETPOL_PREFLIGHT_TIMEOUT", value_parser = seconds)]
+    pub preflight_timeout: Option<std::time::Duration>,
+    /// Fail at once, naming the holder, when another run holds the cluster lock for trials
+    /// with cluster-scoped policies (default: wait for it).
+    #[arg(long, env = "NETPOL_NO_WAIT")]
+    pub no_wait: bool,
     /// Probe upstream cases through the destination's Service (default) or its pod IP.
     #[arg(
         long,
@@ -141,6 +178,18 @@ pub struct RunArgs {
     /// Leave out cases whose trial or upstream name matches this regex (as E2E_SKIP).
     #[arg(long = "e2e-skip", env = "E2E_SKIP")]
     pub e2e_skip: Option<String>,
+    /// Experimental features the implementation declares, comma-separated (upstream's names,
+    /// e.g. ClusterNetworkPolicyNamedPorts); standard features are always judged.
+    #[arg(long, env = "NETPOL_SUPPORTED_FEATURES", value_delimiter = ',')]
+    pub supported_features: Vec<String>,
+    /// Features not to judge, comma-separated (e.g. SCTP on a kernel without it): their trials
+    /// and steps are reported as skipped, with the reason.
+    #[arg(long, env = "NETPOL_EXEMPT_FEATURES", value_delimiter = ',')]
+    pub exempt_features: Vec<String>,
+    /// Judge every feature, experimental ones included (the local cluster's default: the
+    /// bundled enforcer implements them all).
+    #[arg(long, env = "NETPOL_ALL_FEATURES")]
+    pub all_features: bool,
     #[command(flatten)]
     harness: libtest_mimic::Arguments,
 }
@@ -174,9 +223,14 @@ pub fn main() -> ExitCode {
             Ok(plans) => print_out(plans.iter().map(render_plan)),
             Err(e) => usage_error(&e),
         },
-        Command::Run(args) => run(args, Mode::Cli),
+        Command::Run(args) => run(*args, Mode::Cli),
         Command::Local { command } => local(command),
-        Command::Cleanup { kubeconfig } => cleanup(kubeconfig),
+        Command::Cleanup {
+            kubeconfig,
+            context,
+            run,
+            all,
+        } => cleanup(kubeconfig, context, run, all),
         Command::Probe {
             netns,
             target,
@@ -366,13 +420,17 @@ pub fn render_plan(plan: &Plan) -> String {
 pub enum Gate {
     /// Run it.
     Run,
-    /// The target lacks something the case needs.
+    /// The run does not judge something the case needs (undeclared or exempted feature, API
+    /// not served, no external host).
     NotSupported(String),
+    /// The run judges a standard feature the target cannot carry: an error, never a skip.
+    Error(String),
 }
 
-/// Gates a plan on the target's capabilities. Protocols a case only uses in some steps are
-/// gated per step by the runner; declared features and policy APIs gate the whole case.
-pub fn gate(plan: &Plan, caps: &Capabilities) -> Gate {
+/// Gates a plan on the run's features and the target's capabilities. Protocols a case only
+/// uses in some steps are gated per step by the runner; declared features and policy APIs gate
+/// the whole case.
+pub fn gate(plan: &Plan, caps: &Capabilities, features: &Selection) -> Gate {
     for kind in plan.kinds() {
         if !caps.kinds.contains(&kind) {
             return Gate::NotSupported(format!(
@@ -380,21 +438,47 @@ pub fn gate(plan: &Plan, caps: &Capabilities) -> Gate {
             ));
         }
     }
-    let derived = plan.features();
-    let needed = plan.case.features.iter().chain(
-        derived
+    let target_reason = |name: &str| {
+        Feature::ALL
             .iter()
-            .filter(|f| !matches!(f, Feature::Udp | Feature::Sctp)),
-    );
+            .find(|f| f.as_str() == name)
+            .and_then(|f| caps.missing.get(f))
+    };
+    for name in crate::features::trial_features(plan) {
+        if let Some(reason) = features.reason(&name) {
+            let why = target_reason(&name)
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default();
+            return Gate::NotSupported(format!("{reason}{why}"));
+        }
+        if let Some(reason) = target_reason(&name) {
+            return Gate::Error(format!(
+                "{name} is a standard feature, but this target cannot carry it: {reason}; \
+                 exempt it with --exempt-features {name} to judge the rest"
+            ));
+        }
+    }
+    // What the target offers regardless of the implementation (an external host to probe).
+    let derived = plan.features();
+    let needed = plan.case.features.iter().chain(derived.iter());
     for feature in needed {
+        if matches!(feature, Feature::Udp | Feature::Sctp) {
+            continue;
+        }
         if let Some(reason) = caps.missing.get(feature) {
             return Gate::NotSupported(format!("{feature}: {reason}"));
         }
-        if !caps.features.contains(feature) {
-            return Gate::NotSupported(format!("{feature}: not supported by this target"));
-        }
     }
     Gate::Run
+}
+
+/// Parses a duration given in seconds (`3`, `0.5`).
+fn seconds(text: &str) -> Result<std::time::Duration, String> {
+    text.trim()
+        .parse::<f64>()
+        .ok()
+        .and_then(|s| std::time::Duration::try_from_secs_f64(s).ok())
+        .ok_or_else(|| format!("`{text}` is not a number of seconds"))
 }
 
 fn compile(pattern: &Option<String>, what: &str) -> Result<Option<Regex>, String> {
@@ -514,12 +598,34 @@ fn run(mut args: RunArgs, mode: Mode) -> ExitCode {
     let listing = args.harness.list;
 
     // Decide the target now (cheap), connect lazily on the first trial that runs.
-    let spec = target::choose(args.kubeconfig.clone(), !args.no_enforcer);
+    let spec = target::choose(&target::Choice {
+        kubeconfig: args.kubeconfig.clone(),
+        context: args.context.clone(),
+        in_cluster: args.in_cluster,
+        local: args.local,
+        plugin: sonobuoy_dir.is_some(),
+        enforcer: !args.no_enforcer,
+    });
+    if let (Ok(spec), false) = (&spec, listing) {
+        eprintln!("netpol-conformance: target: {}", spec.describe());
+    }
+    // The bundled enforcer implements every feature, so the local cluster judges them all.
+    let local_target = matches!(spec, Ok(TargetSpec::Local { .. }));
+    let features = match Selection::new(
+        &args.supported_features,
+        &args.exempt_features,
+        args.all_features || local_target,
+    ) {
+        Ok(f) => Arc::new(f),
+        Err(e) => return usage_error(&e.to_string()),
+    };
+    if !listing {
+        eprintln!("netpol-conformance: {}", features.describe());
+    }
     let unavailable: Option<String> = match (&spec, mode) {
         (Err(e), _) => Some(e.0.clone()),
         (Ok(TargetSpec::Local { .. }), Mode::CargoTest)
-            if !target::local_binaries_present()
-                && std::env::var("NETPOL_REQUIRE_LOCAL").as_deref() != Ok("1") =>
+            if !target::local_binaries_present() && !netpol_local::local_required() =>
         {
             Some(
                 "no target: the local cluster's control-plane binaries are not built \
@@ -548,6 +654,11 @@ fn run(mut args: RunArgs, mode: Mode) -> ExitCode {
         p.probes()
             .any(|probe| probe.protocol == crate::world::Protocol::Sctp)
     });
+    let connect_opts = target::ConnectOptions {
+        run_id: run_id.clone(),
+        preflight_sctp: needs_sctp,
+        wait_for_lock: !args.no_wait,
+    };
     let target: Arc<Mutex<Option<TargetState>>> = Arc::new(Mutex::new(None));
     // The CLI connects before any trial runs, so a target that cannot be had is one clear
     // error, not one per trial (the JUnit file still says why).
@@ -558,7 +669,7 @@ fn run(mut args: RunArgs, mode: Mode) -> ExitCode {
     if let (Mode::Cli, false, None, Ok(spec)) = (mode, listing, &unavailable, &spec)
         && selected > 0
     {
-        match target::connect(spec, &run_id, needs_sctp) {
+        match target::connect(spec, &connect_opts) {
             Ok(t) => *target.lock().expect("target lock") = Some(TargetState::Ready(Box::new(t))),
             Err(e) => {
                 let report = RunReport {
@@ -602,15 +713,22 @@ fn run(mut args: RunArgs, mode: Mode) -> ExitCode {
             let unavailable = unavailable.clone();
             let spec = spec.clone();
             let run_id = run_id.clone();
+            let connect_opts = connect_opts.clone();
             let keep = args.keep;
             let probe_target = args.probe_target;
+            let features = features.clone();
+            let (probe_timeout, settle_timeout, preflight_timeout) = (
+                args.probe_timeout,
+                args.settle_timeout,
+                args.preflight_timeout,
+            );
             Trial::ignorable_test(plan.trial.clone(), move || {
                 let classname = format!(
                     "netpol-conformance.{}.{}",
                     plan.case.source.as_str(),
                     plan.case.area
                 );
-                let record = |outcome: TrialOutcome, steps, log: String, duration| {
+                let record = |outcome: TrialOutcome, steps, log: String, duration, preflight| {
                     let report = TrialReport {
                         trial: plan.trial.clone(),
                         name: plan.name.clone(),
@@ -619,6 +737,7 @@ fn run(mut args: RunArgs, mode: Mode) -> ExitCode {
                         duration,
                         steps,
                         log,
+                        preflight,
                     };
                     if let Some(port) = progress_port {
                         let mut p = progress.lock().expect("progress lock");
@@ -640,18 +759,15 @@ fn run(mut args: RunArgs, mode: Mode) -> ExitCode {
                             Err(Failed::from(format!(
                                 "{}: {}\n{}",
                                 report.outcome.word(),
-                                match &report.outcome {
-                                    TrialOutcome::Failed { message }
-                                    | TrialOutcome::Error { message } => message.as_str(),
-                                    _ => "",
-                                },
+                                report.outcome.message().unwrap_or_default(),
                                 report.details()
                             )))
                         }
-                        TrialOutcome::Skipped { reason } => Ok(Completion::ignored_with(reason)),
-                        TrialOutcome::NotSupported { reason } => {
-                            Ok(Completion::ignored_with(format!("not supported: {reason}")))
-                        }
+                        TrialOutcome::Skipped { .. }
+                        | TrialOutcome::NotSupported { .. }
+                        | TrialOutcome::Partial { .. } => Ok(Completion::ignored_with(
+                            report.outcome.message().unwrap_or_default(),
+                        )),
                     };
                     reports.lock().expect("reports lock").push(report);
                     result
@@ -663,6 +779,7 @@ fn run(mut args: RunArgs, mode: Mode) -> ExitCode {
                         vec![],
                         String::new(),
                         zero,
+                        None,
                     );
                 }
                 if CANCEL.load(Ordering::SeqCst) {
@@ -673,6 +790,7 @@ fn run(mut args: RunArgs, mode: Mode) -> ExitCode {
                         vec![],
                         String::new(),
                         zero,
+                        None,
                     );
                 }
                 // Connect once, on the first trial that needs the target.
@@ -680,7 +798,7 @@ fn run(mut args: RunArgs, mode: Mode) -> ExitCode {
                     let mut slot = target.lock().expect("target lock");
                     if slot.is_none() {
                         let spec = spec.clone().expect("checked above");
-                        *slot = Some(match target::connect(&spec, &run_id, needs_sctp) {
+                        *slot = Some(match target::connect(&spec, &connect_opts) {
                             Ok(t) => TargetState::Ready(Box::new(t)),
                             Err(e) => TargetState::Failed(e),
                         });
@@ -695,38 +813,78 @@ fn run(mut args: RunArgs, mode: Mode) -> ExitCode {
                                 vec![],
                                 String::new(),
                                 zero,
+                                None,
                             );
                         }
                     }
                 };
                 let caps = cluster.capabilities();
-                if let Gate::NotSupported(reason) = gate(&plan, &caps) {
-                    return record(
-                        TrialOutcome::NotSupported { reason },
-                        vec![],
-                        String::new(),
-                        zero,
-                    );
+                match gate(&plan, &caps, &features) {
+                    Gate::Run => {}
+                    Gate::NotSupported(reason) => {
+                        return record(
+                            TrialOutcome::NotSupported { reason },
+                            vec![],
+                            String::new(),
+                            zero,
+                            None,
+                        );
+                    }
+                    Gate::Error(message) => {
+                        return record(
+                            TrialOutcome::Error { message },
+                            vec![],
+                            String::new(),
+                            zero,
+                            None,
+                        );
+                    }
                 }
                 // Trials that touch cluster-scoped policies or shared namespaces run alone.
-                let alone = plan.world.namespaces.iter().any(|n| n.fixed_name.is_some())
-                    || plan.kinds().iter().any(|k| k != "NetworkPolicy");
+                let alone =
+                    plan.world.is_shared() || plan.kinds().iter().any(|k| k != "NetworkPolicy");
                 let _shared_guard;
                 let _alone_guard;
                 if alone {
                     _alone_guard = exclusive.write().unwrap_or_else(|e| e.into_inner());
+                    // Other runs on the same cluster take turns with this one.
+                    if let Err(e) = cluster.lock_cluster_scope() {
+                        return record(
+                            TrialOutcome::Error {
+                                message: e.to_string(),
+                            },
+                            vec![],
+                            String::new(),
+                            zero,
+                            None,
+                        );
+                    }
                 } else {
                     _shared_guard = exclusive.read().unwrap_or_else(|e| e.into_inner());
                 }
+                let mut timeouts = Timeouts::for_target(local);
+                if let Some(t) = probe_timeout {
+                    timeouts.probe_connect = t;
+                }
+                if let Some(t) = settle_timeout {
+                    timeouts.probe_settle = t;
+                }
+                if let Some(t) = preflight_timeout {
+                    timeouts.preflight = t;
+                }
                 let opts = RunOptions {
-                    timeouts: Timeouts::for_target(local),
+                    timeouts,
                     probe_target,
                     color,
                     keep,
+                    features: features.clone(),
                 };
                 let suffix = format!("{run_id}-{}", counter.fetch_add(1, Ordering::SeqCst));
                 let r = run_plan(&*cluster, &caps, &plan, &suffix, &opts, &CANCEL);
-                record(r.outcome, r.steps, r.log, r.duration)
+                if alone {
+                    cluster.unlock_cluster_scope();
+                }
+                record(r.outcome, r.steps, r.log, r.duration, r.preflight)
             })
         })
         .collect();
@@ -859,14 +1017,28 @@ fn local(command: LocalCommand) -> ExitCode {
     }
 }
 
-fn cleanup(kubeconfig: Option<PathBuf>) -> ExitCode {
-    let path = match kubeconfig {
-        Some(p) => p,
-        None => match netpol_local::cluster::status(&netpol_local::cluster::default_state_dir()) {
-            Ok(s) if s.healthy() && s.kubeconfig.is_some() => {
-                s.kubeconfig.clone().expect("checked")
-            }
-            _ => {
+fn cleanup(
+    kubeconfig: Option<PathBuf>,
+    context: Option<String>,
+    run: Option<String>,
+    all: bool,
+) -> ExitCode {
+    let local_up = || {
+        netpol_local::cluster::status(&netpol_local::cluster::default_state_dir())
+            .ok()
+            .filter(|s| s.healthy())
+            .and_then(|s| s.kubeconfig.clone())
+    };
+    let spec = match target::choose(&target::Choice {
+        kubeconfig,
+        context,
+        enforcer: true,
+        ..Default::default()
+    }) {
+        Ok(spec @ TargetSpec::Kube { .. }) => spec,
+        _ => match local_up() {
+            Some(path) => TargetSpec::kubeconfig(path),
+            None => {
                 return usage_error(
                     "no cluster to clean: pass --kubeconfig, or bring the local cluster up \
                      (`local down` removes a local cluster entirely)",
@@ -874,16 +1046,27 @@ fn cleanup(kubeconfig: Option<PathBuf>) -> ExitCode {
             }
         },
     };
-    let target = match target::connect(&TargetSpec::Kube(Some(path)), "cleanup", false) {
+    eprintln!("netpol-conformance: cleaning {}", spec.describe());
+    let target = match target::connect(&spec, &target::ConnectOptions::new(&random_id())) {
         Ok(t) => t,
         Err(e) => return usage_error(&e),
     };
-    match target.cluster.cleanup_leftovers(None) {
+    let which = match (&run, all) {
+        (Some(id), _) => crate::kube::Leftovers::Run(id),
+        (None, true) => crate::kube::Leftovers::All,
+        (None, false) => crate::kube::Leftovers::Dead,
+    };
+    let result = target.cluster.cleanup_leftovers(which);
+    let problems = target.finish();
+    match result {
         Ok(removed) => {
             for r in &removed {
                 println!("deleted {r}");
             }
             println!("{} objects removed", removed.len());
+            for p in problems {
+                eprintln!("netpol-conformance: {p}");
+            }
             ExitCode::SUCCESS
         }
         Err(e) => usage_error(&e.to_string()),

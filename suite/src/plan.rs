@@ -61,6 +61,8 @@ pub enum Action {
     },
     /// Delete and create pods again.
     RecreatePods(Vec<String>),
+    /// Delete pods for good.
+    DeletePods(Vec<String>),
     /// Probe and compare.
     Probe(ProbePlan),
 }
@@ -77,6 +79,7 @@ impl Action {
             Action::LabelNamespace { .. } => "label_namespace",
             Action::LabelPod { .. } => "label_pod",
             Action::RecreatePods(_) => "recreate_pods",
+            Action::DeletePods(_) => "delete_pods",
             Action::Probe(_) => "probe",
         }
     }
@@ -342,6 +345,7 @@ fn plan_steps(
                 },
             ),
             Step::RecreatePods(pods) => push(&mut steps, Action::RecreatePods(pods.clone())),
+            Step::DeletePods(pods) => push(&mut steps, Action::DeletePods(pods.clone())),
             Step::Probe(p) => {
                 if let Some(lines) = &p.pairs {
                     for probe in pair_probes(world, p.name.clone(), lines) {
@@ -502,7 +506,7 @@ fn plan_json_one(plan: &Plan) -> Value {
                     v["set"] = json!(set);
                     v["remove"] = json!(remove);
                 }
-                Action::RecreatePods(pods) => v["pods"] = json!(pods),
+                Action::RecreatePods(pods) | Action::DeletePods(pods) => v["pods"] = json!(pods),
                 Action::DeleteAllPolicies => {}
             }
             v

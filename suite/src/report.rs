@@ -1,7 +1,7 @@
 //! One typed run report, several renderers: a summary for people, JUnit (via quick-junit), and
 //! Sonobuoy's results directory with its `done` file and progress updates.
 
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -37,6 +37,23 @@ pub enum TrialOutcome {
         /// Which feature, and why the target lacks it.
         reason: String,
     },
+    /// The steps that ran passed, but some were skipped (a protocol the run exempts): not a
+    /// pass of the whole case.
+    Partial {
+        /// Each skipped step with its reason.
+        skipped: Vec<SkippedStep>,
+    },
+}
+
+/// A probe step a partial trial left out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SkippedStep {
+    /// Index in the case file.
+    pub index: usize,
+    /// `SCTP/9003`.
+    pub probe: String,
+    /// Why.
+    pub reason: String,
 }
 
 impl TrialOutcome {
@@ -48,6 +65,72 @@ impl TrialOutcome {
             TrialOutcome::Error { .. } => "error",
             TrialOutcome::Skipped { .. } => "skipped",
             TrialOutcome::NotSupported { .. } => "not-supported",
+            TrialOutcome::Partial { .. } => "partial",
+        }
+    }
+
+    /// The one-line message of a non-pass: what differed, broke, or was left out.
+    pub fn message(&self) -> Option<String> {
+        match self {
+            TrialOutcome::Passed => None,
+            TrialOutcome::Failed { message } | TrialOutcome::Error { message } => {
+                Some(message.clone())
+            }
+            TrialOutcome::Skipped { reason } => Some(reason.clone()),
+            TrialOutcome::NotSupported { reason } => Some(format!("not supported: {reason}")),
+            TrialOutcome::Partial { skipped } => {
+                // One clause per reason: "steps 1, 3 (SCTP/9003): SCTP: exempted …".
+                let mut reasons: Vec<(&str, Vec<String>)> = Vec::new();
+                for s in skipped {
+                    let step = format!("{} ({})", s.index, s.probe);
+                    match reasons.iter_mut().find(|(r, _)| *r == s.reason) {
+                        Some((_, steps)) => steps.push(step),
+                        None => reasons.push((&s.reason, vec![step])),
+                    }
+                }
+                let clauses: Vec<String> = reasons
+                    .iter()
+                    .map(|(reason, steps)| {
+                        let word = if steps.len() == 1 { "step" } else { "steps" };
+                        format!("{word} {}: {reason}", steps.join(", "))
+                    })
+                    .collect();
+                Some(format!(
+                    "partial: the steps that ran passed; skipped {}",
+                    clauses.join("; ")
+                ))
+            }
+        }
+    }
+}
+
+/// How one probe step ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "result")]
+pub enum StepResult {
+    /// Every pair matched.
+    Passed,
+    /// Some pair's behaviour differed from the expectation.
+    Failed,
+    /// Some pair could not be judged (probe transport, dead destination, missing protocol).
+    Error {
+        /// What broke.
+        message: String,
+    },
+    /// Not probed: the run does not judge the step's protocol.
+    Skipped {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl fmt::Display for StepResult {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StepResult::Passed => f.write_str("passed"),
+            StepResult::Failed => f.write_str("failed"),
+            StepResult::Error { message } => write!(f, "error: {message}"),
+            StepResult::Skipped { reason } => write!(f, "skipped: {reason}"),
         }
     }
 }
@@ -61,8 +144,8 @@ pub struct StepReport {
     pub name: Option<String>,
     /// `TCP/80`.
     pub probe: String,
-    /// `passed`, `failed`, `error` or `skipped: <reason>`.
-    pub result: String,
+    /// How it ended.
+    pub result: StepResult,
     /// Pairs that matched.
     pub correct: usize,
     /// Pairs that did not.
@@ -97,6 +180,8 @@ pub struct TrialReport {
     pub steps: Vec<StepReport>,
     /// Everything else worth reading (policies applied, waits, cleanup).
     pub log: String,
+    /// Time the all-allowed pre-flight took, when it ran.
+    pub preflight: Option<Duration>,
 }
 
 impl TrialReport {
@@ -166,6 +251,8 @@ pub struct Counts {
     pub skipped: usize,
     /// Not-supported trials.
     pub not_supported: usize,
+    /// Trials that passed the steps they ran but skipped others.
+    pub partial: usize,
 }
 
 impl RunReport {
@@ -179,6 +266,7 @@ impl RunReport {
                 TrialOutcome::Error { .. } => c.errors += 1,
                 TrialOutcome::Skipped { .. } => c.skipped += 1,
                 TrialOutcome::NotSupported { .. } => c.not_supported += 1,
+                TrialOutcome::Partial { .. } => c.partial += 1,
             }
         }
         if self.aborted.is_some() {
@@ -235,12 +323,34 @@ pub fn junit(report: &RunReport) -> String {
                 s.set_type(t.outcome.word());
                 s
             }
+            TrialOutcome::Partial { .. } => {
+                let mut s = TestCaseStatus::skipped();
+                s.set_message(t.outcome.message().unwrap_or_default());
+                s.set_type("partial");
+                s.set_description(t.details());
+                s
+            }
         };
         let mut case = TestCase::new(format!("{}: {}", t.trial, t.name), status);
         case.set_classname(t.classname.as_str());
         case.set_time(t.duration);
         if matches!(t.outcome, TrialOutcome::Passed) && !t.steps.is_empty() {
             case.set_system_out(t.details());
+        }
+        if let Some(preflight) = t.preflight {
+            case.add_property(Property::new(
+                "preflight-seconds",
+                format!("{:.3}", preflight.as_secs_f64()),
+            ));
+        }
+        let skipped_steps: Vec<String> = t
+            .steps
+            .iter()
+            .filter(|s| matches!(s.result, StepResult::Skipped { .. }))
+            .map(|s| format!("{} {}", s.index, s.probe))
+            .collect();
+        if !skipped_steps.is_empty() {
+            case.add_property(Property::new("skipped-steps", skipped_steps.join(", ")));
         }
         suite.add_test_case(case);
     }
@@ -347,6 +457,14 @@ pub fn summary(report: &RunReport) -> String {
             TrialOutcome::Error { message } => {
                 let _ = writeln!(out, "  ERROR   {}: {message}", t.trial);
             }
+            TrialOutcome::Partial { skipped } => {
+                let _ = writeln!(
+                    out,
+                    "  PARTIAL {}: {} steps skipped",
+                    t.trial,
+                    skipped.len()
+                );
+            }
             _ => {}
         }
     }
@@ -355,12 +473,13 @@ pub fn summary(report: &RunReport) -> String {
     }
     let _ = writeln!(
         out,
-        "{} passed, {} failed, {} skipped ({} errors, {} not supported)",
+        "{} passed, {} failed, {} skipped ({} errors, {} not supported, {} partial)",
         c.passed,
         c.failed + c.errors,
-        c.skipped + c.not_supported,
+        c.skipped + c.not_supported + c.partial,
         c.errors,
-        c.not_supported
+        c.not_supported,
+        c.partial
     );
     out
 }

@@ -11,7 +11,7 @@ use crate::backend::ProbeJob;
 use crate::case::Feature;
 use crate::kube::exec::ExecProber;
 use crate::kube::{
-    KubeCluster, KubeOptions, KubeTimeouts, NetnsProber, Prober, client_from_kubeconfig,
+    KubeCluster, KubeOptions, KubeTimeouts, NetnsProber, Prober, client_for, client_from_kubeconfig,
 };
 use crate::reachability::Outcome;
 
@@ -73,11 +73,27 @@ impl HybridProber {
 /// The agnhost image the dummy pods run on real clusters.
 pub const AGNHOST_IMAGE: &str = "registry.k8s.io/e2e-test-images/agnhost:2.53";
 
+/// Where the kube client's configuration comes from, in kubectl's order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KubeConfigSource {
+    /// `--kubeconfig FILE` (or `NETPOL_KUBECONFIG`).
+    File(PathBuf),
+    /// `$KUBECONFIG` (one or more files) or `~/.kube/config`, read as kubectl reads them.
+    Default,
+    /// The pod's service account (plugin mode, `--in-cluster`).
+    InCluster,
+}
+
 /// Where the run goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TargetSpec {
-    /// A cluster through this kubeconfig, or the in-cluster config when `None`.
-    Kube(Option<PathBuf>),
+    /// A cluster through a kubeconfig or the in-cluster configuration.
+    Kube {
+        /// Where the configuration comes from.
+        source: KubeConfigSource,
+        /// The kubeconfig context (`--context`); the current context when `None`.
+        context: Option<String>,
+    },
     /// The local cluster, with or without the bundled enforcer.
     Local {
         /// Run `netpol-enforcer` on every node.
@@ -85,27 +101,136 @@ pub enum TargetSpec {
     },
 }
 
+impl TargetSpec {
+    /// A kubeconfig file, current context.
+    pub fn kubeconfig(path: PathBuf) -> TargetSpec {
+        TargetSpec::Kube {
+            source: KubeConfigSource::File(path),
+            context: None,
+        }
+    }
+
+    /// One line saying what the run is pointed at, printed before anything else.
+    pub fn describe(&self) -> String {
+        let context = |c: &Option<String>| match c {
+            Some(c) => format!("context {c}"),
+            None => "current context".to_string(),
+        };
+        match self {
+            TargetSpec::Kube {
+                source: KubeConfigSource::File(p),
+                context: c,
+            } => format!("kubeconfig {} ({})", p.display(), context(c)),
+            TargetSpec::Kube {
+                source: KubeConfigSource::Default,
+                context: c,
+            } => format!("{} ({})", default_kubeconfig_name(), context(c)),
+            TargetSpec::Kube {
+                source: KubeConfigSource::InCluster,
+                ..
+            } => "the in-cluster service account".into(),
+            TargetSpec::Local { enforcer: true } => {
+                "the local cluster, with the bundled enforcer".into()
+            }
+            TargetSpec::Local { enforcer: false } => {
+                "the local cluster, without an enforcer".into()
+            }
+        }
+    }
+}
+
+/// How the user asked for a target.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Choice {
+    /// `--kubeconfig` / `NETPOL_KUBECONFIG`.
+    pub kubeconfig: Option<PathBuf>,
+    /// `--context`.
+    pub context: Option<String>,
+    /// `--in-cluster`.
+    pub in_cluster: bool,
+    /// `--local`: the local cluster even where a kubeconfig exists.
+    pub local: bool,
+    /// Sonobuoy plugin mode: the run is in a pod.
+    pub plugin: bool,
+    /// Run the bundled enforcer on the local cluster.
+    pub enforcer: bool,
+}
+
 /// Why no target can be had; the harness reports it as a skip reason or an error.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct Unavailable(pub String);
 
-/// Decides the target from the options and the environment, without connecting.
-pub fn choose(kubeconfig: Option<PathBuf>, enforcer: bool) -> Result<TargetSpec, Unavailable> {
-    if let Some(path) = kubeconfig {
-        return Ok(TargetSpec::Kube(Some(path)));
+fn default_kubeconfig_name() -> String {
+    match std::env::var("KUBECONFIG") {
+        Ok(k) if !k.is_empty() => format!("$KUBECONFIG ({k})"),
+        _ => "~/.kube/config".into(),
     }
-    if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() {
-        return Ok(TargetSpec::Kube(None));
+}
+
+/// Whether kubectl would find a kubeconfig: `$KUBECONFIG` naming an existing file, or
+/// `~/.kube/config`.
+fn default_kubeconfig_exists() -> bool {
+    match std::env::var_os("KUBECONFIG") {
+        Some(k) if !k.is_empty() => std::env::split_paths(&k).any(|p| p.is_file()),
+        _ => std::env::var_os("HOME")
+            .is_some_and(|h| std::path::Path::new(&h).join(".kube/config").is_file()),
+    }
+}
+
+/// Decides the target from the options and the environment, without connecting, in kubectl's
+/// order: `--kubeconfig`, then the in-cluster configuration (only when asked for, or in plugin
+/// mode), then `$KUBECONFIG` / `~/.kube/config`; the local cluster when none exists, or with
+/// `--local`.
+pub fn choose(choice: &Choice) -> Result<TargetSpec, Unavailable> {
+    if choice.local {
+        if choice.kubeconfig.is_some() || choice.in_cluster {
+            return Err(Unavailable(
+                "--local cannot be combined with --kubeconfig or --in-cluster".into(),
+            ));
+        }
+    } else if let Some(path) = &choice.kubeconfig {
+        return Ok(TargetSpec::Kube {
+            source: KubeConfigSource::File(path.clone()),
+            context: choice.context.clone(),
+        });
+    } else if choice.in_cluster
+        || (choice.plugin && std::env::var_os("KUBERNETES_SERVICE_HOST").is_some())
+    {
+        if std::env::var_os("KUBERNETES_SERVICE_HOST").is_none() {
+            return Err(Unavailable(
+                "no target: --in-cluster was asked for, but KUBERNETES_SERVICE_HOST is not set: \
+                 this is not a pod"
+                    .into(),
+            ));
+        }
+        return Ok(TargetSpec::Kube {
+            source: KubeConfigSource::InCluster,
+            context: None,
+        });
+    } else if default_kubeconfig_exists() {
+        return Ok(TargetSpec::Kube {
+            source: KubeConfigSource::Default,
+            context: choice.context.clone(),
+        });
+    }
+    if choice.context.is_some() {
+        return Err(Unavailable(format!(
+            "--context needs a kubeconfig, and none was found (--kubeconfig, {})",
+            default_kubeconfig_name()
+        )));
     }
     if !netpol_local::cluster::is_root() {
         return Err(Unavailable(
-            "no target: the local cluster needs root (network namespaces, iptables); \
-             run as root, or point the suite at a cluster with --kubeconfig / NETPOL_KUBECONFIG"
+            "no target: no kubeconfig was found, and the local cluster needs root (network \
+             namespaces, iptables); run as root, or point the suite at a cluster with \
+             --kubeconfig / NETPOL_KUBECONFIG / KUBECONFIG"
                 .into(),
         ));
     }
-    Ok(TargetSpec::Local { enforcer })
+    Ok(TargetSpec::Local {
+        enforcer: choice.enforcer,
+    })
 }
 
 /// Whether the local cluster's control-plane binaries are already at hand (no build needed).
@@ -136,6 +261,9 @@ impl Target {
         if let Err(e) = self.cluster.delete_shared_worlds() {
             problems.push(format!("deleting shared worlds: {e}"));
         }
+        if let Err(e) = self.cluster.retire() {
+            problems.push(format!("retiring the run's leases: {e}"));
+        }
         drop(self.guard.take());
         OWNED_LOCAL.lock().unwrap_or_else(|e| e.into_inner()).take();
         problems
@@ -158,7 +286,40 @@ fn sctp_in_kernel() -> Result<(), String> {
 /// Connects to the target: for the local cluster, brings it up first (as the run's own).
 /// `preflight_sctp`: on a real cluster, decide SCTP support with one probe between two pods
 /// (only worth it when some selected case probes SCTP).
-pub fn connect(spec: &TargetSpec, run_id: &str, preflight_sctp: bool) -> Result<Target, String> {
+pub fn connect(spec: &TargetSpec, opts: &ConnectOptions) -> Result<Target, String> {
+    let target = connect_unannounced(spec, opts)?;
+    target
+        .cluster
+        .announce()
+        .map_err(|e| format!("announcing the run on the cluster: {e}"))?;
+    Ok(target)
+}
+
+/// How to connect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectOptions {
+    /// The run's id (labels, leases).
+    pub run_id: String,
+    /// On a real cluster, decide SCTP support with one probe between two pods (only worth it
+    /// when some selected case probes SCTP).
+    pub preflight_sctp: bool,
+    /// Wait for another run's cluster lock instead of failing at once.
+    pub wait_for_lock: bool,
+}
+
+impl ConnectOptions {
+    /// Options for a run with this id that needs no SCTP decision and waits for locks.
+    pub fn new(run_id: &str) -> ConnectOptions {
+        ConnectOptions {
+            run_id: run_id.into(),
+            preflight_sctp: false,
+            wait_for_lock: true,
+        }
+    }
+}
+
+fn connect_unannounced(spec: &TargetSpec, connect: &ConnectOptions) -> Result<Target, String> {
+    let run_id = connect.run_id.as_str();
     let rt = Arc::new(
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -166,13 +327,9 @@ pub fn connect(spec: &TargetSpec, run_id: &str, preflight_sctp: bool) -> Result<
             .build()
             .map_err(|e| format!("starting the async runtime: {e}"))?,
     );
+    // Only what the target can physically carry goes here; which policy features are judged
+    // is the run's declared selection (crate::features), never assumed.
     let mut caps = Capabilities::default();
-    caps.features.extend([
-        Feature::Udp,
-        Feature::NamedPort,
-        Feature::EgressNodePeers,
-        Feature::Cidr,
-    ]);
     match spec {
         TargetSpec::Local { enforcer } => {
             let enforcer_bin = if *enforcer {
@@ -228,6 +385,7 @@ pub fn connect(spec: &TargetSpec, run_id: &str, preflight_sctp: bool) -> Result<
                     node_ips: local.node_ips.iter().map(|ip| (*ip).into()).collect(),
                     external_ip: Some(local.external_host_ip.into()),
                     timeouts: KubeTimeouts::default(),
+                    wait_for_lock: connect.wait_for_lock,
                 },
                 format!("local ({})", local.server),
                 if local.enforced {
@@ -245,25 +403,25 @@ pub fn connect(spec: &TargetSpec, run_id: &str, preflight_sctp: bool) -> Result<
                 _rt: rt,
             })
         }
-        TargetSpec::Kube(path) => {
+        TargetSpec::Kube { source, context } => {
             let client = rt
-                .block_on(client_from_kubeconfig(path.as_ref()))
+                .block_on(client_for(source, context.as_deref()))
                 .map_err(|e| e.to_string())?;
             caps.missing.insert(
                 Feature::ExternalHost,
                 "this target has no external host the suite may probe".into(),
             );
             // NETPOL_SCTP=0 / 1 decides without the pre-flight probe.
-            let sctp = std::env::var("NETPOL_SCTP").ok();
-            match sctp.as_deref() {
-                Some("0") => {
+            let sctp = netpol_local::env_flag("NETPOL_SCTP")?;
+            match sctp {
+                Some(false) => {
                     caps.missing
                         .insert(Feature::Sctp, "SCTP switched off with NETPOL_SCTP=0".into());
                 }
-                Some("1") => {
+                Some(true) => {
                     caps.features.insert(Feature::Sctp);
                 }
-                _ => {}
+                None => {}
             }
             let prober = HybridProber {
                 exec: ExecProber {
@@ -271,15 +429,12 @@ pub fn connect(spec: &TargetSpec, run_id: &str, preflight_sctp: bool) -> Result<
                     client: client.clone(),
                     parallelism: 8,
                     exec_slack: std::time::Duration::from_secs(30),
-                    batch: std::env::var("NETPOL_EXEC_BATCH").as_deref() != Ok("0"),
+                    batch: netpol_local::env_flag("NETPOL_EXEC_BATCH")?.unwrap_or(true),
                     batch_works: std::sync::atomic::AtomicBool::new(true),
                 },
                 netns: NetnsProber { parallelism: 32 },
             };
-            let target = match path {
-                Some(p) => format!("kubeconfig {}", p.display()),
-                None => "in-cluster".into(),
-            };
+            let target = spec.describe();
             let mut cluster = KubeCluster::new(
                 rt.handle().clone(),
                 client,
@@ -292,13 +447,14 @@ pub fn connect(spec: &TargetSpec, run_id: &str, preflight_sctp: bool) -> Result<
                     node_ips: Vec::new(),
                     external_ip: None,
                     timeouts: KubeTimeouts::default(),
+                    wait_for_lock: connect.wait_for_lock,
                 },
                 target,
                 std::env::var("NETPOL_IMPLEMENTATION").unwrap_or_else(|_| "unknown".into()),
                 caps,
             )
             .map_err(|e| e.to_string())?;
-            if sctp.is_none() && preflight_sctp {
+            if sctp.is_none() && connect.preflight_sctp {
                 cluster.preflight_sctp();
             }
             Ok(Target {

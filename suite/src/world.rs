@@ -59,8 +59,10 @@ pub struct ModelNamespace {
     pub name: String,
     /// Labels the suite sets (the API server adds `kubernetes.io/metadata.name`).
     pub labels: BTreeMap<String, String>,
-    /// A fixed realized name, for worlds whose policies name namespaces literally (npa).
-    pub fixed_name: Option<String>,
+    /// Upstream's name for the namespace (npa: `network-policy-conformance-<house>`). Such a
+    /// world is created once per run and shared by its trials; its namespaces are realized as
+    /// `<upstream name>-<run id>` so two runs, or a leftover of a killed one, never collide.
+    pub upstream_name: Option<String>,
 }
 
 /// A pod of a world.
@@ -123,15 +125,24 @@ impl World {
         self.namespaces.iter().find(|n| n.name == model)
     }
 
-    /// The realized name of a model namespace for a run with this suffix.
+    /// The realized name of a model namespace for a trial with this suffix (for shared
+    /// worlds, the run id).
     ///
-    /// Worlds whose policies name namespaces literally keep their fixed names; the others get
-    /// `<world>-<model>-<suffix>` so concurrent trials never share a namespace.
+    /// Namespaces with an upstream name get `<upstream name>-<suffix>`; the others
+    /// `<world>-<model>-<suffix>`, so concurrent trials and runs never share a namespace.
     pub fn realized_namespace(&self, model: &str, suffix: &str) -> String {
-        match self.namespace(model).and_then(|n| n.fixed_name.clone()) {
-            Some(fixed) => fixed,
+        match self
+            .namespace(model)
+            .and_then(|n| n.upstream_name.as_deref())
+        {
+            Some(base) => format!("{base}-{suffix}"),
             None => format!("{}-{model}-{suffix}", self.kind.as_str()),
         }
+    }
+
+    /// Whether the world is created once per run and shared by its trials.
+    pub fn is_shared(&self) -> bool {
+        self.namespaces.iter().any(|n| n.upstream_name.is_some())
     }
 
     /// Resolves a port given by number or by container port name (looked up on every pod).
@@ -163,7 +174,7 @@ fn upstream() -> World {
         namespaces.push(ModelNamespace {
             name: ns.into(),
             labels: BTreeMap::new(),
-            fixed_name: None,
+            upstream_name: None,
         });
         for pod in ["a", "b", "c"] {
             let mut ports = Vec::new();
@@ -212,7 +223,7 @@ fn npa() -> World {
         namespaces.push(ModelNamespace {
             name: house.into(),
             labels: labels(&[("conformance-house", house)]),
-            fixed_name: Some(format!("network-policy-conformance-{house}")),
+            upstream_name: Some(format!("network-policy-conformance-{house}")),
         });
         let ports = if host_network {
             let hnp = |i: u16| NPA_HOST_PORT_BASE + i;
@@ -266,7 +277,7 @@ fn tutorial() -> World {
     let ns = |name: &str, l: &[(&str, &str)]| ModelNamespace {
         name: name.into(),
         labels: labels(l),
-        fixed_name: None,
+        upstream_name: None,
     };
     let pod = |namespace: &str, name: &str, l: &[(&str, &str)], ports: Vec<ServedPort>| ModelPod {
         namespace: namespace.into(),
@@ -338,12 +349,13 @@ mod tests {
     }
 
     #[test]
-    fn npa_world_has_fixed_namespaces_and_host_network_centaurs() {
+    fn npa_world_has_upstream_names_with_the_run_id_and_host_network_centaurs() {
         let w = WorldKind::Npa.model();
         assert_eq!(w.pods.len(), 10);
+        assert!(w.is_shared());
         assert_eq!(
-            w.realized_namespace("gryffindor", "ignored"),
-            "network-policy-conformance-gryffindor"
+            w.realized_namespace("gryffindor", "k3f9"),
+            "network-policy-conformance-gryffindor-k3f9"
         );
         let f1 = w.pod("forbidden-forrest/1").unwrap();
         assert!(f1.host_network);

@@ -11,7 +11,7 @@ use netpol_conformance::backend::TargetInfo;
 use netpol_conformance::case::load_embedded;
 use netpol_conformance::plan::plan_all;
 use netpol_conformance::report::{
-    self, Progress, RunReport, StepReport, TrialOutcome, TrialReport,
+    self, Progress, RunReport, SkippedStep, StepReport, StepResult, TrialOutcome, TrialReport,
 };
 
 fn golden(name: &str, actual: &str) {
@@ -59,11 +59,11 @@ fn trial_names_are_pinned() {
 
 fn sample_report() -> RunReport {
     let tables = "reachability: correct:70, incorrect:2, errors:0, result=false\nexpected:\n-   x/a x/b\nx/a   ?   X\nx/b   X   ?\n\nobserved:\n-   x/a x/b\nx/a   ?   .\nx/b   .   ?\n\ncomparison:\n-   x/a x/b\nx/a   ?   X\nx/b   X   ?\n";
-    let step = |result: &str, tables: Option<&str>| StepReport {
+    let step = |result: StepResult, tables: Option<&str>| StepReport {
         index: 1,
         name: None,
         probe: "TCP/80".into(),
-        result: result.into(),
+        result,
         correct: if tables.is_some() { 70 } else { 72 },
         wrong: if tables.is_some() { 2 } else { 0 },
         errors: 0,
@@ -88,6 +88,7 @@ fn sample_report() -> RunReport {
         duration: Duration::from_millis(1500),
         steps,
         log: "create NetworkPolicy deny-all\n".into(),
+        preflight: Some(Duration::from_millis(250)),
     };
     RunReport {
         suite_version: "0.1.0".into(),
@@ -97,13 +98,17 @@ fn sample_report() -> RunReport {
             implementation: "netpol-enforcer".into(),
         },
         trials: vec![
-            trial("pass", TrialOutcome::Passed, vec![step("passed", None)]),
+            trial(
+                "pass",
+                TrialOutcome::Passed,
+                vec![step(StepResult::Passed, None)],
+            ),
             trial(
                 "fail",
                 TrialOutcome::Failed {
                     message: "step 1 (TCP/80) had wrong results".into(),
                 },
-                vec![step("failed", Some(tables))],
+                vec![step(StepResult::Failed, Some(tables))],
             ),
             trial(
                 "error",
@@ -119,6 +124,30 @@ fn sample_report() -> RunReport {
                 },
                 vec![],
             ),
+            trial(
+                "partial",
+                TrialOutcome::Partial {
+                    skipped: vec![SkippedStep {
+                        index: 2,
+                        probe: "SCTP/80".into(),
+                        reason: "SCTP: exempted with --exempt-features".into(),
+                    }],
+                },
+                vec![
+                    step(StepResult::Passed, None),
+                    StepReport {
+                        index: 2,
+                        probe: "SCTP/80".into(),
+                        result: StepResult::Skipped {
+                            reason: "SCTP: exempted with --exempt-features".into(),
+                        },
+                        correct: 0,
+                        calls: 0,
+                        flaky: vec![],
+                        ..step(StepResult::Passed, None)
+                    },
+                ],
+            ),
         ],
         aborted: None,
         duration: Duration::from_secs(12),
@@ -133,7 +162,13 @@ fn junit_matches_its_golden_file() {
     assert!(xml.contains("<failure message=\"step 1 (TCP/80) had wrong results\""));
     assert!(xml.contains("<error message=\"creating world upstream"));
     assert!(xml.contains("<skipped message=\"SCTP: SCTP is not supported by this kernel\""));
-    assert!(xml.contains("tests=\"4\""));
+    // A partial trial is never a plain pass: skipped, with the steps it left out named.
+    assert!(xml.contains(
+        "<skipped message=\"partial: the steps that ran passed; skipped step 2 (SCTP/80): SCTP"
+    ));
+    assert!(xml.contains("name=\"skipped-steps\" value=\"2 SCTP/80\""));
+    assert!(xml.contains("name=\"preflight-seconds\" value=\"0.250\""));
+    assert!(xml.contains("tests=\"5\""));
 }
 
 #[test]

@@ -6,8 +6,8 @@
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,63 +16,8 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, DynamicObject, ListParams};
 use netpol_conformance::kube::{LABEL_RUN, client_from_kubeconfig, resource_of};
 
-const BIN: &str = env!("CARGO_BIN_EXE_netpol-conformance");
-
-/// Whether the test can run here; prints the reason when it cannot.
-fn prerequisites(test: &str) -> bool {
-    let required = std::env::var("NETPOL_REQUIRE_LOCAL").as_deref() == Ok("1");
-    let missing = if !netpol_local::cluster::is_root() {
-        Some("not root".to_string())
-    } else if let Err(e) = netpol_local::cluster::find_bin_dir() {
-        Some(format!("control-plane binaries: {e}"))
-    } else {
-        None
-    };
-    match missing {
-        None => true,
-        Some(why) if required => panic!("{test}: NETPOL_REQUIRE_LOCAL=1 but {why}"),
-        Some(why) => {
-            eprintln!("{test}: not run: {why} (set NETPOL_REQUIRE_LOCAL=1 to make this a failure)");
-            false
-        }
-    }
-}
-
-/// A scratch directory and local-cluster instance of one test; `local down` on drop.
-struct Scratch {
-    dir: PathBuf,
-    instance: &'static str,
-}
-
-impl Scratch {
-    fn new(instance: &'static str) -> Scratch {
-        let dir =
-            std::env::temp_dir().join(format!("netpol-suite-{instance}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch { dir, instance }
-    }
-
-    fn command(&self) -> Command {
-        let mut c = Command::new(BIN);
-        c.env("NETPOL_LOCAL_DIR", self.dir.join("cluster"))
-            .env("NETPOL_LOCAL_INSTANCE", self.instance)
-            .env_remove("NETPOL_KUBECONFIG")
-            .env_remove("SONOBUOY_RESULTS_DIR")
-            .env_remove("SONOBUOY_PROGRESS_PORT")
-            .env_remove("E2E_FOCUS")
-            .env_remove("E2E_SKIP")
-            .env_remove("NETPOL_JUNIT");
-        c
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = self.command().args(["local", "down"]).output();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
+mod common;
+use common::{Scratch, prerequisites};
 
 /// Collects the bodies POSTed to /progress.
 fn progress_listener() -> (u16, Arc<Mutex<Vec<String>>>) {
@@ -143,7 +88,7 @@ fn plugin_mode_leaves_results_sonobuoy_accepts() {
     );
     assert!(xml.contains("comparison:"), "{xml}");
     assert!(
-        xml.contains("<skipped message=\"SCTP: SCTP is not supported by this kernel"),
+        xml.contains("<skipped message=\"SCTP: exempted with --exempt-features"),
         "{xml}"
     );
     let bodies = bodies.lock().unwrap().clone();
@@ -267,4 +212,96 @@ fn an_interrupted_run_leaves_no_namespace_or_policy_behind() {
     let nps: Api<NetworkPolicy> = Api::all(client);
     let left = rt.block_on(nps.list(&ListParams::default())).unwrap();
     assert!(left.items.is_empty(), "NetworkPolicies left behind");
+}
+
+#[test]
+fn two_runs_share_a_cluster_and_the_next_run_recovers_from_a_killed_one() {
+    if !prerequisites("two_runs_share_a_cluster_and_the_next_run_recovers_from_a_killed_one") {
+        return;
+    }
+    let scratch = Scratch::new("two");
+    let up = scratch.command().args(["local", "up"]).output().unwrap();
+    assert!(
+        up.status.success(),
+        "local up: {}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let focus = "upstream::ingress::default-deny-ingress|npa::admin-tier::admin-egress-tcp|npa::baseline-tier::baseline-egress-tcp";
+    let start = |focus: &str| {
+        scratch
+            .command()
+            .args(["run", "--local", "--test-threads", "2"])
+            .env("E2E_FOCUS", focus)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // Two runs at once: upstream trials overlap, npa trials take turns on the cluster lock.
+    let (a, b) = (start(focus), start(focus));
+    for (name, run) in [("first", a), ("second", b)] {
+        let out = run.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "the {name} of two concurrent runs failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    // A run killed with SIGKILL in the middle of an npa trial leaves its policies, namespaces
+    // and lock behind; the next run gets going without a manual cleanup.
+    let kubeconfig = scratch.dir.join("cluster/kubeconfig");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = rt
+        .block_on(client_from_kubeconfig(Some(&kubeconfig)))
+        .unwrap();
+    let npa = "npa::admin-tier::admin-egress-tcp::v1alpha2";
+    let mut killed = start(npa);
+    let cnp = resource_of("ClusterNetworkPolicy").unwrap().0;
+    let cnps: Api<DynamicObject> = Api::all_with(client.clone(), &cnp);
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while rt
+        .block_on(cnps.list(&ListParams::default()))
+        .map(|l| l.items.is_empty())
+        .unwrap_or(true)
+    {
+        assert!(Instant::now() < deadline, "the run never created a policy");
+        assert!(killed.try_wait().unwrap().is_none(), "the run ended early");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    let next = start(npa).wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&next.stderr);
+    assert!(
+        next.status.success(),
+        "the run after a killed one failed:\n{}\n{stderr}",
+        String::from_utf8_lossy(&next.stdout)
+    );
+    assert!(
+        stderr.contains("removed what runs that are gone left behind"),
+        "{stderr}"
+    );
+    // `cleanup` takes what is left of the killed run (its namespaces), nothing of a live one.
+    let cleanup = scratch
+        .command()
+        .args(["cleanup", "--kubeconfig"])
+        .arg(&kubeconfig)
+        .output()
+        .unwrap();
+    assert!(cleanup.status.success());
+    let namespaces: Api<Namespace> = Api::all(client);
+    let left = rt
+        .block_on(namespaces.list(&ListParams::default().labels(LABEL_RUN)))
+        .unwrap();
+    assert!(
+        left.items.is_empty(),
+        "left behind: {:?}",
+        left.items
+            .iter()
+            .map(|n| n.metadata.name.clone())
+            .collect::<Vec<_>>()
+    );
 }

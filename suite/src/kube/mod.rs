@@ -3,9 +3,10 @@
 //! the agnhost pods on real clusters, the netns prober on the local cluster.
 
 pub mod exec;
+pub mod lease;
 mod objects;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -24,6 +25,7 @@ use crate::backend::{
 };
 use crate::case::ObjectRef;
 use crate::reachability::Outcome;
+use crate::target::KubeConfigSource;
 use crate::world::{ModelPod, World};
 
 pub use objects::{LABEL_RUN, LABEL_TRIAL, NETNS_ANNOTATION};
@@ -82,6 +84,8 @@ pub struct KubeOptions {
     pub external_ip: Option<IpAddr>,
     /// Waits.
     pub timeouts: KubeTimeouts,
+    /// Wait for another run's cluster lock (`false`: fail at once, naming the holder).
+    pub wait_for_lock: bool,
 }
 
 /// A cluster reached through the Kubernetes API.
@@ -92,9 +96,29 @@ pub struct KubeCluster {
     opts: KubeOptions,
     info: TargetInfo,
     caps: Capabilities,
-    /// Worlds with fixed namespace names are created once per run and shared by its trials.
+    /// Worlds with upstream namespace names are created once per run and shared by its trials.
     shared: Mutex<BTreeMap<String, RealizedWorld>>,
+    /// This run's run lease and cluster lock.
+    leases: lease::Leases,
 }
+
+/// Whose leftovers `cleanup` removes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leftovers<'a> {
+    /// One run's.
+    Run(&'a str),
+    /// Those of every run whose run lease is gone or expired: never a live run's.
+    Dead,
+    /// Every run's, live ones included.
+    All,
+}
+
+/// The cluster-scoped policy kinds.
+const CLUSTER_SCOPED: [&str; 3] = [
+    "AdminNetworkPolicy",
+    "BaselineAdminNetworkPolicy",
+    "ClusterNetworkPolicy",
+];
 
 /// The API resource of a policy kind.
 pub fn resource_of(kind: &str) -> Option<(ApiResource, bool)> {
@@ -175,6 +199,7 @@ impl KubeCluster {
                 kubernetes_version: version.git_version,
                 implementation,
             },
+            leases: lease::Leases::new(client.clone(), &opts.run_id),
             rt,
             client,
             prober,
@@ -182,6 +207,74 @@ impl KubeCluster {
             caps,
             shared: Mutex::new(BTreeMap::new()),
         })
+    }
+
+    /// Deletes a pod at once (no grace period) and waits until the API no longer has it.
+    async fn delete_pod_and_wait(&self, pod: &RealizedPod) -> Result<(), BackendError> {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.namespace);
+        api.delete(&pod.name, &DeleteParams::default().grace_period(0))
+            .await
+            .map_err(|e| api_err("delete", "Pod", &pod.name, e))?;
+        let deadline = Instant::now() + self.opts.timeouts.delete;
+        while api
+            .get_opt(&pod.name)
+            .await
+            .map_err(|e| api_err("get", "Pod", &pod.name, e))?
+            .is_some()
+        {
+            if Instant::now() > deadline {
+                return Err(other(
+                    format!("deleting pod {}/{}", pod.namespace, pod.name),
+                    "it never went away",
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Ok(())
+    }
+
+    /// Announces the run on the cluster (its run lease), so other runs and `cleanup` can tell
+    /// its objects from a dead run's.
+    pub fn announce(&self) -> Result<(), BackendError> {
+        self.rt.block_on(self.leases.announce())
+    }
+
+    /// Ends the run's presence on the cluster: releases the lock and deletes its leases.
+    pub fn retire(&self) -> Result<(), BackendError> {
+        self.rt.block_on(self.leases.retire())
+    }
+
+    /// The run ids whose objects exist on the cluster but whose run lease is gone or expired.
+    async fn dead_runs(&self) -> Result<BTreeSet<String>, BackendError> {
+        let live = self.leases.live_runs().await?;
+        let mut runs = BTreeSet::new();
+        for kind in CLUSTER_SCOPED {
+            if !self.caps.kinds.contains(kind) {
+                continue;
+            }
+            let api = self.dynamic(kind, None)?;
+            let list = api
+                .list(&ListParams::default().labels(LABEL_RUN))
+                .await
+                .map_err(|e| other(format!("listing {kind}s"), e))?;
+            runs.extend(
+                list.items
+                    .iter()
+                    .filter_map(|o| o.labels().get(LABEL_RUN).cloned()),
+            );
+        }
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        let list = api
+            .list(&ListParams::default().labels(LABEL_RUN))
+            .await
+            .map_err(|e| other("listing namespaces", e))?;
+        runs.extend(
+            list.items
+                .iter()
+                .filter_map(|o| o.labels().get(LABEL_RUN).cloned()),
+        );
+        runs.retain(|r| !live.contains(r));
+        Ok(runs)
     }
 
     /// Decides SCTP support on a real cluster with one probe: an SCTP server pod and a client
@@ -204,7 +297,7 @@ impl KubeCluster {
             namespaces: vec![ModelNamespace {
                 name: "sctp-preflight".into(),
                 labels: Default::default(),
-                fixed_name: None,
+                upstream_name: None,
             }],
             pods: vec![
                 pod(
@@ -369,7 +462,7 @@ impl KubeCluster {
             }
             let mut labels = ns.labels.clone();
             labels.insert(LABEL_RUN.into(), self.opts.run_id.clone());
-            if ns.fixed_name.is_none() {
+            if ns.upstream_name.is_none() {
                 labels.insert(LABEL_TRIAL.into(), suffix.into());
             }
             let obj: Namespace = serde_json::from_value(json!({
@@ -377,9 +470,28 @@ impl KubeCluster {
             }))
             .expect("namespace literal");
             let api: Api<Namespace> = Api::all(self.client.clone());
-            api.create(&PostParams::default(), &obj)
-                .await
-                .map_err(|e| api_err("create", "Namespace", &name, e))?;
+            match api.create(&PostParams::default(), &obj).await {
+                Ok(_) => {}
+                // Idempotent for this run's own namespace (a retried create); anyone else's
+                // namespace of the same name is an error, never adopted.
+                Err(kube::Error::Api(e)) if e.code == 409 => {
+                    let existing = api
+                        .get(&name)
+                        .await
+                        .map_err(|e| api_err("read", "Namespace", &name, e))?;
+                    let owner = existing.labels().get(LABEL_RUN).cloned();
+                    if owner.as_deref() != Some(self.opts.run_id.as_str()) {
+                        return Err(BackendError::World {
+                            world: world.kind.as_str().into(),
+                            message: format!(
+                                "namespace {name} already exists and is not this run's (run label: {})",
+                                owner.as_deref().unwrap_or("none")
+                            ),
+                        });
+                    }
+                }
+                Err(e) => return Err(api_err("create", "Namespace", &name, e)),
+            }
             namespaces.push(name);
         }
         let image = &self.opts.image;
@@ -565,25 +677,36 @@ impl KubeCluster {
         Ok(())
     }
 
-    /// Deletes everything any run of this suite left behind (by label), waiting for namespaces.
-    pub fn cleanup_leftovers(&self, run_id: Option<&str>) -> Result<Vec<String>, BackendError> {
-        self.rt.block_on(async {
-            let selector = match run_id {
-                Some(id) => format!("{LABEL_RUN}={id}"),
-                None => LABEL_RUN.to_string(),
-            };
-            let mut removed = Vec::new();
-            for kind in [
-                "AdminNetworkPolicy",
-                "BaselineAdminNetworkPolicy",
-                "ClusterNetworkPolicy",
-            ] {
+    /// Deletes what runs of this suite left behind (by label): one run's, the objects of runs
+    /// that are gone (no live run lease), or everything. Waits until namespaces are gone.
+    pub fn cleanup_leftovers(&self, which: Leftovers<'_>) -> Result<Vec<String>, BackendError> {
+        self.rt.block_on(self.remove_runs(which, true))
+    }
+
+    async fn remove_runs(
+        &self,
+        which: Leftovers<'_>,
+        wait: bool,
+    ) -> Result<Vec<String>, BackendError> {
+        let selectors: Vec<String> = match which {
+            Leftovers::Run(id) => vec![format!("{LABEL_RUN}={id}")],
+            Leftovers::All => vec![LABEL_RUN.to_string()],
+            Leftovers::Dead => self
+                .dead_runs()
+                .await?
+                .iter()
+                .map(|id| format!("{LABEL_RUN}={id}"))
+                .collect(),
+        };
+        let mut removed = Vec::new();
+        for selector in &selectors {
+            for kind in CLUSTER_SCOPED {
                 if !self.caps.kinds.contains(kind) {
                     continue;
                 }
                 let api = self.dynamic(kind, None)?;
                 let list = api
-                    .list(&ListParams::default().labels(&selector))
+                    .list(&ListParams::default().labels(selector))
                     .await
                     .map_err(|e| other(format!("listing {kind}s"), e))?;
                 for obj in list.items {
@@ -597,14 +720,27 @@ impl KubeCluster {
             }
             let api: Api<Namespace> = Api::all(self.client.clone());
             let list = api
-                .list(&ListParams::default().labels(&selector))
+                .list(&ListParams::default().labels(selector))
                 .await
                 .map_err(|e| other("listing namespaces", e))?;
             let names: Vec<String> = list.items.iter().map(|n| n.name_any()).collect();
-            self.delete_and_wait_namespaces(&names).await?;
+            if wait {
+                self.delete_and_wait_namespaces(&names).await?;
+            } else {
+                for name in &names {
+                    match api.delete(name, &DeleteParams::default()).await {
+                        Ok(_) => {}
+                        Err(e) if is_not_found(&e) => {}
+                        Err(e) => return Err(api_err("delete", "Namespace", name, e)),
+                    }
+                }
+            }
             removed.extend(names.into_iter().map(|n| format!("Namespace {n}")));
-            Ok(removed)
-        })
+        }
+        if which != Leftovers::Run(&self.opts.run_id) {
+            removed.extend(self.leases.prune_expired().await?);
+        }
+        Ok(removed)
     }
 
     /// Deletes the worlds shared by trials of this run (end of run).
@@ -631,7 +767,7 @@ impl Cluster for KubeCluster {
     }
 
     fn create_world(&self, world: &World, suffix: &str) -> Result<RealizedWorld, BackendError> {
-        let shared = world.namespaces.iter().any(|n| n.fixed_name.is_some());
+        let shared = world.is_shared();
         if !shared {
             return self.rt.block_on(self.create_world_async(world, suffix));
         }
@@ -640,7 +776,9 @@ impl Cluster for KubeCluster {
         let base = match cache.get(&key) {
             Some(w) => w.clone(),
             None => {
-                let w = self.rt.block_on(self.create_world_async(world, "shared"))?;
+                let w = self
+                    .rt
+                    .block_on(self.create_world_async(world, &self.opts.run_id))?;
                 cache.insert(key, w.clone());
                 w
             }
@@ -822,24 +960,7 @@ impl Cluster for KubeCluster {
                     .get(model)
                     .ok_or_else(|| other(format!("recreating {model}"), "not realized"))?;
                 let api: Api<Pod> = Api::namespaced(self.client.clone(), &old.namespace);
-                api.delete(&old.name, &DeleteParams::default().grace_period(0))
-                    .await
-                    .map_err(|e| api_err("delete", "Pod", &old.name, e))?;
-                let deadline = Instant::now() + self.opts.timeouts.delete;
-                while api
-                    .get_opt(&old.name)
-                    .await
-                    .map_err(|e| api_err("get", "Pod", &old.name, e))?
-                    .is_some()
-                {
-                    if Instant::now() > deadline {
-                        return Err(other(
-                            format!("recreating {model}"),
-                            "the old pod never went away",
-                        ));
-                    }
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
+                self.delete_pod_and_wait(old).await?;
                 api.create(
                     &PostParams::default(),
                     &objects::pod(spec, &self.opts.image, sctp, &self.opts.run_id),
@@ -867,6 +988,19 @@ impl Cluster for KubeCluster {
         })
     }
 
+    fn delete_pods(&self, realized: &RealizedWorld, pods: &[String]) -> Result<(), BackendError> {
+        self.rt.block_on(async {
+            for model in pods {
+                let pod = realized
+                    .pods
+                    .get(model)
+                    .ok_or_else(|| other(format!("deleting {model}"), "not realized"))?;
+                self.delete_pod_and_wait(pod).await?;
+            }
+            Ok(())
+        })
+    }
+
     fn delete_world(&self, realized: &RealizedWorld) -> Result<(), BackendError> {
         self.rt.block_on(async {
             self.delete_trial_objects(realized).await?;
@@ -891,6 +1025,38 @@ impl Cluster for KubeCluster {
             }
             Ok(())
         })
+    }
+
+    fn lock_cluster_scope(&self) -> Result<(), BackendError> {
+        self.rt.block_on(async {
+            let waiting = |who: &str| {
+                eprintln!(
+                    "netpol-conformance: waiting for the cluster lock, held by {who} \
+                     (trials with cluster-scoped policies take turns across runs)"
+                )
+            };
+            self.leases.lock(self.opts.wait_for_lock, &waiting).await?;
+            // A run killed mid-trial leaves cluster-scoped policies that select every npa
+            // world by its labels: remove what runs that are gone left behind.
+            match self.remove_runs(Leftovers::Dead, false).await {
+                Ok(removed) if !removed.is_empty() => eprintln!(
+                    "netpol-conformance: removed what runs that are gone left behind: {}",
+                    removed.join(", ")
+                ),
+                Ok(_) => {}
+                Err(e) => {
+                    let _ = self.leases.unlock().await;
+                    return Err(e);
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn unlock_cluster_scope(&self) {
+        if let Err(e) = self.rt.block_on(self.leases.unlock()) {
+            tracing::warn!("{e}");
+        }
     }
 
     fn probe(&self, jobs: &[ProbeJob]) -> Vec<Outcome> {
@@ -970,15 +1136,35 @@ impl Prober for NetnsProber {
 
 /// Reads a kubeconfig file into a client.
 pub async fn client_from_kubeconfig(path: Option<&PathBuf>) -> Result<Client, BackendError> {
-    let config = match path {
-        Some(path) => {
+    let source = match path {
+        Some(p) => KubeConfigSource::File(p.clone()),
+        None => KubeConfigSource::InCluster,
+    };
+    client_for(&source, None).await
+}
+
+/// A client from a kubeconfig file, kubectl's default kubeconfig, or the in-cluster
+/// configuration, with an optional context. The one place a client is built.
+pub async fn client_for(
+    source: &KubeConfigSource,
+    context: Option<&str>,
+) -> Result<Client, BackendError> {
+    let options = kube::config::KubeConfigOptions {
+        context: context.map(str::to_string),
+        ..Default::default()
+    };
+    let config = match source {
+        KubeConfigSource::File(path) => {
             let kc = kube::config::Kubeconfig::read_from(path)
                 .map_err(|e| other(format!("reading kubeconfig {}", path.display()), e))?;
-            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+            kube::Config::from_custom_kubeconfig(kc, &options)
                 .await
                 .map_err(|e| other(format!("loading kubeconfig {}", path.display()), e))?
         }
-        None => kube::Config::incluster()
+        KubeConfigSource::Default => kube::Config::from_kubeconfig(&options)
+            .await
+            .map_err(|e| other("loading the kubeconfig ($KUBECONFIG or ~/.kube/config)", e))?,
+        KubeConfigSource::InCluster => kube::Config::incluster()
             .map_err(|e| other("loading the in-cluster configuration", e))?,
     };
     Client::try_from(config).map_err(|e| other("building the Kubernetes client", e))
