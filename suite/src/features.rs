@@ -275,6 +275,83 @@ mod tests {
         );
     }
 
+    fn plan(trial: &str) -> Plan {
+        crate::plan::plan_all(&crate::case::load_embedded().unwrap())
+            .unwrap()
+            .into_iter()
+            .find(|p| p.trial == trial)
+            .unwrap_or_else(|| panic!("no trial {trial}"))
+    }
+
+    #[test]
+    fn npa_trials_need_upstream_feature_names_per_api_version() {
+        assert_eq!(
+            trial_features(&plan("npa::admin-tier::admin-egress-named-port::v1alpha2")),
+            ["ClusterNetworkPolicy", "ClusterNetworkPolicyNamedPorts"]
+        );
+        assert_eq!(
+            trial_features(&plan("npa::admin-tier::admin-egress-named-port::v1alpha1")),
+            ["AdminNetworkPolicy", "AdminNetworkPolicyNamedPorts"]
+        );
+        assert_eq!(
+            trial_features(&plan(
+                "npa::baseline-tier::baseline-egress-node-peers::v1alpha1"
+            )),
+            [
+                "BaselineAdminNetworkPolicy",
+                "BaselineAdminNetworkPolicyEgressNodePeers"
+            ]
+        );
+        assert_eq!(
+            trial_features(&plan("upstream::ingress::default-deny-ingress")),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn an_exempted_experimental_feature_makes_its_trials_not_supported_with_the_reason() {
+        use crate::backend::Cluster;
+        use crate::harness::{Gate, gate};
+        let caps = crate::backend::fake::FakeCluster::new(Box::new(|_, _| {
+            crate::reachability::Outcome::Connected
+        }))
+        .capabilities();
+        let named = plan("npa::admin-tier::admin-egress-named-port::v1alpha2");
+        let exempt = Selection::new(&[], &["ClusterNetworkPolicyNamedPorts".into()], true).unwrap();
+        assert_eq!(
+            gate(&named, &caps, &exempt),
+            Gate::NotSupported(
+                "ClusterNetworkPolicyNamedPorts: exempted with --exempt-features".into()
+            )
+        );
+        // Standard features only (a real cluster's default): experimental ones need declaring.
+        let standard = Selection::new(&[], &[], false).unwrap();
+        let Gate::NotSupported(reason) = gate(&named, &caps, &standard) else {
+            panic!()
+        };
+        assert!(reason.contains("experimental and not declared"), "{reason}");
+        assert_eq!(
+            gate(
+                &plan("npa::admin-tier::admin-egress-tcp::v1alpha2"),
+                &caps,
+                &standard
+            ),
+            Gate::Run
+        );
+        // A case-level SCTP trial on a target without SCTP: an error until exempted.
+        let mut no_sctp = caps.clone();
+        no_sctp
+            .missing
+            .insert(Feature::Sctp, "SCTP is not supported by this kernel".into());
+        let sctp = plan("npa::admin-tier::admin-egress-sctp::v1alpha2");
+        assert!(matches!(gate(&sctp, &no_sctp, &standard), Gate::Error(_)));
+        let exempt_sctp = Selection::new(&[], &["SCTP".into()], false).unwrap();
+        assert!(matches!(
+            gate(&sctp, &no_sctp, &exempt_sctp),
+            Gate::NotSupported(_)
+        ));
+    }
+
     #[test]
     fn unknown_names_are_errors_that_list_the_known_ones() {
         let e = Selection::new(&[], &["SCTPP".into()], false).unwrap_err();

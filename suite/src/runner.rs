@@ -1189,4 +1189,30 @@ mod tests {
         assert_eq!(calls.load(Ordering::SeqCst), 3);
         assert_eq!(report.steps[0].calls, 72 + 3);
     }
+
+    #[test]
+    fn a_shared_world_gets_its_labels_back_even_when_the_trial_fails() {
+        let plan = crate::plan::plan_all(&crate::case::load_embedded().unwrap())
+            .unwrap()
+            .into_iter()
+            .find(|p| p.trial == "npa::admin-tier::admin-egress-inline-cidr-peers::v1alpha2")
+            .unwrap();
+        assert!(plan.world.is_shared());
+        // Nothing is enforced: the first probe step fails, before the relabel steps run.
+        let cluster = FakeCluster::new(Box::new(|_, _| Outcome::Connected));
+        let caps = cluster.capabilities();
+        let report = run(&cluster, &caps, &plan, &opts());
+        assert!(matches!(report.outcome, TrialOutcome::Failed { .. }));
+        let log = cluster.log.lock().unwrap().clone();
+        let restore = log
+            .iter()
+            .rev()
+            .find(|l| l.starts_with("label_namespace"))
+            .expect("labels restored");
+        assert_eq!(
+            restore,
+            "label_namespace network-policy-conformance-slytherin-t {\"conformance-house\": \"slytherin\"} -[]"
+        );
+        assert_eq!(log.last().unwrap(), "delete_world t");
+    }
 }
