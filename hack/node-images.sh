@@ -62,9 +62,12 @@ exec 9>"$out/.lock"
 flock 9
 
 # Copies a program and every library ldd resolves for it into the tree ROOT, at the same paths.
+# The project's own binaries lose their debug info on the way (the release profile keeps line
+# tables, which only a debugger needs).
 add_program() {
   local tree=$1 src=$2 dest=${3:-$2} lib
   install -D -m 0755 "$(readlink -f "$src")" "$tree$dest"
+  if [[ $(basename "$src") == netpol-* ]]; then strip --strip-debug "$tree$dest"; fi
   while read -r lib; do
     [[ -e "$tree$lib" ]] || install -D -m 0755 "$(readlink -f "$lib")" "$tree$lib"
   done < <(ldd "$src" 2>/dev/null | grep -o '/[^ ]*' | sort -u)
@@ -121,10 +124,12 @@ fill_enforcer() {
   for p in iptables iptables-restore iptables-save ip6tables ip6tables-restore ip6tables-save; do
     ln -sf xtables-nft-multi "$1/usr/sbin/$p"
   done
-  local xt
-  xt="$(dirname "$(ldd "$(command -v xtables-nft-multi)" | grep -o '/[^ ]*libxtables[^ ]*' | head -n1)")/xtables"
+  # At their canonical path (/usr/lib/…/xtables, where iptables looks), with their libraries.
+  local xt so
+  xt="$(readlink -f "$(dirname "$(ldd "$(command -v xtables-nft-multi)" |
+    grep -o '/[^ ]*libxtables[^ ]*' | head -n1)")")/xtables"
   [[ -d $xt ]] || die "no iptables extension directory $xt"
-  mkdir -p "$1$xt" && cp -a "$xt/." "$1$xt/"
+  for so in "$xt"/*.so; do add_program "$1" "$so"; done
   add_program "$1" "$(command -v nft)" /usr/sbin/nft
   for f in /etc/protocols /etc/services /etc/ethertypes; do
     [[ -f $f ]] && install -D -m 0644 "$f" "$1$f"

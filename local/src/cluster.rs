@@ -53,10 +53,12 @@ use crate::agent_config::{AGENT_CONFIG_ENV, AgentConfig, ROLE_ENV, ROLE_NODE_AGE
 use crate::fabric::{self, Plan};
 use crate::pki::{self, Pki, PkiPaths};
 use crate::procs::{self, Spec, Stopped};
+pub use crate::state::Runtime;
 use crate::state::{NodeRecord, Phase, ProcRecord, State};
 
 mod binaries;
 mod commands;
+mod real_nodes;
 mod status;
 mod teardown;
 
@@ -251,6 +253,17 @@ pub enum Error {
     /// Starting the helper thread or runtime failed.
     #[error("starting the cluster's async runtime failed")]
     Runtime(#[source] std::io::Error),
+    /// The real nodes' binaries or images were not found.
+    #[error("real nodes need their binaries and images")]
+    NodeAssets(#[from] crate::kubelet::Error),
+    /// A step of bringing a real node up failed (a command's own error in `detail`).
+    #[error("{op} failed: {detail}")]
+    Node {
+        /// What was being done.
+        op: String,
+        /// What the command said.
+        detail: String,
+    },
 }
 
 /// Result alias of this module.
@@ -265,8 +278,13 @@ pub struct UpOptions {
     pub nodes: usize,
     /// Run this `netpol-enforcer` binary on every node; `None`: no enforcement.
     pub enforcer: Option<PathBuf>,
-    /// Pass `--fail-open` to the enforcers.
+    /// Pass `--fail-open` to the enforcers (emulated runtime; the DaemonSet's flags are its own).
     pub fail_open: bool,
+    /// What runs the pods (default [`Runtime::Emulated`]).
+    pub runtime: Runtime,
+    /// Real nodes: deploy the enforcer as the DaemonSet of `enforcer/deploy/` with the
+    /// locally built image (`enforcer` is for the emulated runtime and must be `None`).
+    pub enforcer_daemonset: bool,
     /// Instance name (`[a-z0-9]{0,8}`, default from [`fabric::INSTANCE_ENV`], empty = the
     /// plain `npc-node-0`, `npc-fabric`, `npc-ext`): namespaces become `npc-<instance>-…`,
     /// so two clusters with different instances and state directories can coexist.
@@ -280,6 +298,8 @@ impl Default for UpOptions {
             nodes: 2,
             enforcer: None,
             fail_open: false,
+            runtime: Runtime::Emulated,
+            enforcer_daemonset: false,
             instance: std::env::var(fabric::INSTANCE_ENV).unwrap_or_default(),
         }
     }
@@ -319,6 +339,8 @@ pub struct Cluster {
     pub state_dir: PathBuf,
     /// Whether enforcers run on the nodes.
     pub enforced: bool,
+    /// What runs the pods.
+    pub runtime: Runtime,
 }
 
 impl Cluster {
@@ -338,7 +360,8 @@ impl Cluster {
                 .collect(),
             bin_dir: s.bin_dir.clone(),
             state_dir: s.state_dir.clone(),
-            enforced: s.nodes.iter().any(|n| n.enforcer_metrics.is_some()),
+            enforced: s.nodes.iter().any(|n| n.enforcer_metrics.is_some()) || s.enforcer_daemonset,
+            runtime: s.runtime,
         }
     }
 
@@ -494,6 +517,10 @@ pub fn up(opts: &UpOptions) -> Result<Cluster> {
         }
         None => None,
     };
+    let assets = match opts.runtime {
+        Runtime::Kubelet => Some(real_nodes::NodeAssets::locate()?),
+        Runtime::Emulated => None,
+    };
     let agent = agent_program()?;
     let mut attempt = 1;
     loop {
@@ -505,6 +532,7 @@ pub fn up(opts: &UpOptions) -> Result<Cluster> {
             &bin_dir,
             enforcer.as_deref(),
             &agent,
+            assets.as_ref(),
             Timeouts::default(),
         );
         match result {
@@ -579,6 +607,7 @@ fn start(state: &RefCell<State>, spec: &Spec) -> Result<ProcRecord> {
     Ok(rec)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn bring_up(
     state: &RefCell<State>,
     opts: &UpOptions,
@@ -586,6 +615,7 @@ fn bring_up(
     bin_dir: &Path,
     enforcer: Option<&Path>,
     agent: &Path,
+    assets: Option<&real_nodes::NodeAssets>,
     t: Timeouts,
 ) -> Result<()> {
     let dir = opts.state_dir.clone();
@@ -594,11 +624,20 @@ fn bring_up(
         path: dir.clone(),
         source,
     })?;
+    state.borrow_mut().runtime = opts.runtime;
     save(state)?;
     // Network first: it is cheap and the agents need it.
     build_fabric(state, opts, plan)?;
-    let cp = write_credentials(state, &dir, bin_dir)?;
+    let mut cp = write_credentials(state, &dir, bin_dir)?;
     let kubeconfig = cp.admin_kubeconfig();
+    let proxy = match assets {
+        Some(_) => {
+            cp.real_nodes = true;
+            real_nodes::prepare_control_plane(&cp, plan)?;
+            Some(real_nodes::start_proxy(state, &cp, plan, agent, t)?)
+        }
+        None => None,
+    };
 
     // etcd, then the apiserver.
     let etcd = start(state, &cp.etcd())?;
@@ -633,6 +672,18 @@ fn bring_up(
         install_crds(&client).await
     })??;
 
+    if let (Some(assets), Some(proxy)) = (assets, proxy) {
+        let nodes = real_nodes::start_nodes(state, opts, plan, &cp, agent, assets, t)?;
+        let mut vital: Vec<&ProcRecord> = vec![&etcd, &apiserver, &kcm, &sched, &proxy];
+        vital.extend(nodes.iter());
+        wait_ready(&kubeconfig, plan, &[], &vital, t)?;
+        if opts.enforcer_daemonset {
+            real_nodes::deploy_enforcer(&bin_dir.join("kubectl"), &kubeconfig, &vital, t)?;
+            state.borrow_mut().enforcer_daemonset = true;
+            save(state)?;
+        }
+        return Ok(());
+    }
     let nodes = start_nodes(state, opts, plan, agent, &kubeconfig, enforcer)?;
     let mut vital: Vec<&ProcRecord> = vec![&etcd, &apiserver, &kcm, &sched];
     vital.extend(nodes.processes.iter());
@@ -696,6 +747,7 @@ fn free_port() -> Result<u16> {
 fn write_credentials(state: &RefCell<State>, dir: &Path, bin_dir: &Path) -> Result<ControlPlane> {
     let pki = Pki::generate()?.write(&dir.join("pki"))?;
     let cp = ControlPlane {
+        real_nodes: false,
         bin_dir: bin_dir.to_path_buf(),
         state_dir: dir.to_path_buf(),
         pki: pki.clone(),

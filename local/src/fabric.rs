@@ -222,6 +222,12 @@ pub enum Step {
     Forwarding(String),
 }
 
+/// Runs `ip` with these arguments (for steps outside the plan, e.g. real nodes' additions).
+pub fn ip(args: &[&str]) -> Result<()> {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    run("ip", &args)
+}
+
 fn run(program: &str, args: &[String]) -> Result<()> {
     let command = format!("{program} {}", args.join(" "));
     let out = Command::new(program)

@@ -9,12 +9,14 @@
 //!
 //! Modules: [`fabric`] (namespaces, bridge, routes), [`pki`] (certificates), [`procs`]
 //! (process groups, PID + start time), [`state`] (the state file), [`agent`] (the node
-//! agent), [`probe`] (connecting from inside a namespace).
+//! agent), [`probe`] (connecting from inside a namespace), [`kubelet`] (real nodes: kubelet,
+//! containerd and kube-proxy per node).
 
 pub mod agent;
 pub mod agent_config;
 pub mod cluster;
 pub mod fabric;
+pub mod kubelet;
 pub mod pki;
 pub mod probe;
 pub mod procs;
@@ -27,9 +29,10 @@ use agent_config::{AgentConfig, ROLE_ENV, ROLE_NODE_AGENT};
 /// Runs the role named by `NETPOL_LOCAL_ROLE`, if any, and returns its exit code; `None`
 /// when the variable is unset (the caller goes on with its own `main`).
 ///
-/// Roles: `node-agent` (config JSON in `NETPOL_LOCAL_AGENT_CONFIG`) and `external-host`
+/// Roles: `node-agent` (config JSON in `NETPOL_LOCAL_AGENT_CONFIG`), `external-host`
 /// (serves TCP 80 and TCP+UDP 53 in the namespace named by
-/// `NETPOL_LOCAL_EXTERNAL_NETNS` until killed).
+/// `NETPOL_LOCAL_EXTERNAL_NETNS` until killed), and for real nodes `ns-exec`
+/// ([`kubelet::nsexec`]) and `fabric-proxy` ([`kubelet::proxy`]).
 pub fn maybe_run_role() -> Option<ExitCode> {
     let role = std::env::var(ROLE_ENV).ok()?;
     let result = match role.as_str() {
@@ -37,6 +40,8 @@ pub fn maybe_run_role() -> Option<ExitCode> {
             .map_err(anyhow::Error::from)
             .and_then(run_agent),
         cluster::ROLE_EXTERNAL_HOST => run_external_host(),
+        kubelet::nsexec::ROLE_NS_EXEC => kubelet::nsexec::run(),
+        kubelet::proxy::ROLE_FABRIC_PROXY => kubelet::proxy::run(),
         other => Err(anyhow::anyhow!(
             "unknown {ROLE_ENV}={other:?} (expected {ROLE_NODE_AGENT} or {})",
             cluster::ROLE_EXTERNAL_HOST

@@ -21,6 +21,9 @@ pub const APISERVER_SANS: &[&str] = &[
     "kubernetes.default.svc.cluster.local",
     // The first address of the service range 10.96.0.0/16: the `kubernetes` Service.
     "10.96.0.1",
+    // The control plane's address on the fabric (real nodes reach the apiserver there,
+    // through crate::kubelet::proxy).
+    "172.30.254.1",
 ];
 
 /// Errors generating or writing the PKI.
@@ -86,6 +89,15 @@ pub const SCHEDULER: ClientIdentity = ClientIdentity {
     stem: "scheduler",
     common_name: "system:kube-scheduler",
     organizations: &[],
+};
+
+/// The apiserver's client identity towards the kubelets (exec, logs, port-forward); in
+/// `system:masters`, so the kubelets' webhook authorization allows it everything. Issued only
+/// for real nodes ([`issue`]).
+pub const APISERVER_KUBELET_CLIENT: ClientIdentity = ClientIdentity {
+    stem: "apiserver-kubelet-client",
+    common_name: "kube-apiserver-kubelet-client",
+    organizations: &["system:masters"],
 };
 
 /// Every generated credential, in memory.
@@ -267,6 +279,98 @@ impl Pki {
     }
 }
 
+/// A leaf certificate to issue from the cluster CA after the PKI exists (real nodes: each
+/// kubelet's client and serving certificates, kube-proxy's, the apiserver's kubelet client).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leaf {
+    /// Common name (the Kubernetes user for a client certificate).
+    pub common_name: String,
+    /// Organizations (the Kubernetes groups).
+    pub organizations: Vec<String>,
+    /// Subject alternative names (IP addresses or DNS names); only for server certificates.
+    pub sans: Vec<String>,
+    /// A serving certificate (else a client certificate).
+    pub server: bool,
+}
+
+impl Leaf {
+    /// A client certificate for `user` in `groups`.
+    pub fn client(user: &str, groups: &[&str]) -> Self {
+        Leaf {
+            common_name: user.into(),
+            organizations: groups.iter().map(|g| g.to_string()).collect(),
+            sans: Vec::new(),
+            server: false,
+        }
+    }
+
+    /// A serving certificate for `name` with these SANs.
+    pub fn server(name: &str, sans: &[String]) -> Self {
+        Leaf {
+            common_name: name.into(),
+            organizations: Vec::new(),
+            sans: sans.to_vec(),
+            server: true,
+        }
+    }
+}
+
+/// Issues `leaf` from the CA (`ca` holds its certificate and key PEMs).
+pub fn issue(ca: &CertKey, leaf: &Leaf) -> Result<CertKey> {
+    let ca_key = KeyPair::from_pem(&ca.key_pem).map_err(|source| Error::Generate {
+        what: "the CA key (parsing)",
+        source,
+    })?;
+    let issuer =
+        Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key).map_err(|source| Error::Generate {
+            what: "the CA certificate (parsing)",
+            source,
+        })?;
+    let key = generate_key("a leaf key")?;
+    let mut params =
+        CertificateParams::new(leaf.sans.clone()).map_err(|source| Error::Generate {
+            what: "leaf certificate parameters",
+            source,
+        })?;
+    let orgs: Vec<&str> = leaf.organizations.iter().map(String::as_str).collect();
+    params.distinguished_name = name(&leaf.common_name, &orgs);
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![if leaf.server {
+        ExtendedKeyUsagePurpose::ServerAuth
+    } else {
+        ExtendedKeyUsagePurpose::ClientAuth
+    }];
+    params.use_authority_key_identifier_extension = true;
+    let cert = params
+        .signed_by(&key, &issuer)
+        .map_err(|source| Error::Generate {
+            what: "a leaf certificate",
+            source,
+        })?;
+    Ok(CertKey {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+/// Writes a certificate and key as `<dir>/<stem>.crt` and `<dir>/<stem>.key` (key `0600`).
+pub fn write_pair(dir: &Path, stem: &str, pair: &CertKey) -> Result<(PathBuf, PathBuf)> {
+    std::fs::create_dir_all(dir).map_err(|source| Error::Write {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let (cert, key) = (
+        dir.join(format!("{stem}.crt")),
+        dir.join(format!("{stem}.key")),
+    );
+    write_file(&cert, &pair.cert_pem, false)?;
+    write_file(&key, &pair.key_pem, true)?;
+    Ok((cert, key))
+}
+
 fn write_file(path: &Path, contents: &str, private: bool) -> Result<()> {
     let fail = |source| Error::Write {
         path: path.to_path_buf(),
@@ -374,6 +478,67 @@ mod tests {
         let derived = run(&["pkey", "-pubout", "-in", paths.sa_private.to_str().unwrap()]);
         let written = std::fs::read_to_string(&paths.sa_public).unwrap();
         assert_eq!(derived.trim(), written.trim());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn issued_leaves_chain_to_the_ca() {
+        let Some(openssl) = openssl() else {
+            eprintln!("skipped: the openssl CLI is not installed, so the chain cannot be checked");
+            return;
+        };
+        let dir = temp_dir("leaf");
+        let pki = Pki::generate().unwrap();
+        let paths = pki.write(&dir).unwrap();
+        let node = issue(&pki.ca, &Leaf::client("system:node:n0", &["system:nodes"])).unwrap();
+        let serving = issue(
+            &pki.ca,
+            &Leaf::server("n0", &["172.30.254.10".into(), "n0".into()]),
+        )
+        .unwrap();
+        let (node_crt, _) = write_pair(&dir, "node", &node).unwrap();
+        let (serving_crt, _) = write_pair(&dir, "serving", &serving).unwrap();
+        let run = |args: &[&str]| {
+            let out = Command::new(openssl).args(args).output().unwrap();
+            assert!(out.status.success(), "openssl {args:?}: {out:?}");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let ca = paths.ca_cert.to_str().unwrap();
+        let v = run(&[
+            "verify",
+            "-CAfile",
+            ca,
+            "-purpose",
+            "sslclient",
+            node_crt.to_str().unwrap(),
+        ]);
+        assert!(v.contains(": OK"), "{v}");
+        let v = run(&[
+            "verify",
+            "-CAfile",
+            ca,
+            "-purpose",
+            "sslserver",
+            serving_crt.to_str().unwrap(),
+        ]);
+        assert!(v.contains(": OK"), "{v}");
+        let subject = run(&[
+            "x509",
+            "-noout",
+            "-subject",
+            "-in",
+            node_crt.to_str().unwrap(),
+        ]);
+        assert!(subject.contains("O = system:nodes"), "{subject}");
+        let sans = run(&[
+            "x509",
+            "-noout",
+            "-ext",
+            "subjectAltName",
+            "-in",
+            serving_crt.to_str().unwrap(),
+        ]);
+        assert!(sans.contains("IP Address:172.30.254.10"), "{sans}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

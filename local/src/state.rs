@@ -98,6 +98,44 @@ pub struct LinkRecord {
     pub name: String,
 }
 
+/// What runs the pods of a local cluster's nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Runtime {
+    /// The node agent: pods are network namespaces served by the agent itself.
+    #[default]
+    Emulated,
+    /// A real kubelet + containerd + runc (+ kube-proxy) per node (`crate::kubelet`).
+    Kubelet,
+}
+
+impl Runtime {
+    /// The lower-case name (`emulated`, `kubelet`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Runtime::Emulated => "emulated",
+            Runtime::Kubelet => "kubelet",
+        }
+    }
+}
+
+/// What real nodes changed on the host beyond processes and namespaces (see
+/// `crate::kubelet::host`); empty for the emulated runtime.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostChanges {
+    /// Kernel tunables as they were before the first kubelet started.
+    pub sysctls: Vec<crate::kubelet::host::SysctlRecord>,
+    /// Cgroup directories created (each node's `cgroupRoot` in every hierarchy); pods' cgroups
+    /// live below them.
+    pub cgroups: Vec<PathBuf>,
+    /// Inodes of the nodes' private mount namespaces: every process still in one (shims,
+    /// runc) is the cluster's.
+    pub mount_namespaces: Vec<u64>,
+    /// The node binaries (a process in a node's mount namespace is killed by `down` only if it
+    /// runs one of them or carries the cluster's owner mark).
+    pub node_bin_dir: Option<PathBuf>,
+}
+
 /// Everything a local cluster owns.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
@@ -132,6 +170,15 @@ pub struct State {
     pub external_netns: String,
     /// The external host's address ("the internet" of egress cases).
     pub external_host_ip: Ipv4Addr,
+    /// What runs the pods (absent in files of older versions: emulated).
+    #[serde(default)]
+    pub runtime: Runtime,
+    /// Host changes of real nodes (absent in older files: none).
+    #[serde(default)]
+    pub host: HostChanges,
+    /// Real nodes: the enforcer runs as the DaemonSet of `enforcer/deploy/`.
+    #[serde(default)]
+    pub enforcer_daemonset: bool,
 }
 
 /// The current format version.
@@ -156,6 +203,9 @@ impl State {
             instance: String::new(),
             external_netns: String::new(),
             external_host_ip: Ipv4Addr::UNSPECIFIED,
+            runtime: Runtime::Emulated,
+            host: HostChanges::default(),
+            enforcer_daemonset: false,
         }
     }
 
@@ -250,6 +300,19 @@ mod tests {
         assert!(matches!(err, Error::Parse { .. }), "{err:?}");
         assert!(err.to_string().contains("state.json"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_file_without_runtime_fields_reads_as_emulated() {
+        let dir = temp_dir("old");
+        let s = sample(&dir);
+        let mut v = serde_json::to_value(&s).unwrap();
+        let obj = v.as_object_mut().unwrap();
+        obj.remove("runtime");
+        obj.remove("host");
+        let back: State = serde_json::from_value(v).unwrap();
+        assert_eq!(back.runtime, Runtime::Emulated);
+        assert_eq!(back.host, HostChanges::default());
     }
 
     #[test]

@@ -21,6 +21,9 @@ pub struct ControlPlane {
     pub controller_manager_port: u16,
     /// scheduler secure port.
     pub scheduler_port: u16,
+    /// Real nodes: the apiserver advertises itself on the fabric, dials kubelets through the
+    /// fabric proxy and authenticates to them (see `real_nodes::apiserver_flags`).
+    pub real_nodes: bool,
 }
 
 fn arg(k: &str, v: impl fmt::Display) -> String {
@@ -69,7 +72,7 @@ impl ControlPlane {
     /// kube-apiserver on 127.0.0.1.
     pub fn apiserver(&self) -> Spec {
         let p = &self.pki;
-        Spec::new(
+        let mut spec = Spec::new(
             "kube-apiserver",
             self.bin_dir.join("kube-apiserver"),
             vec![
@@ -105,7 +108,17 @@ impl ControlPlane {
                 arg("profiling", false),
                 arg("v", 1),
             ],
-        )
+        );
+        if self.real_nodes {
+            let extra = super::real_nodes::apiserver_flags(self);
+            // Later flags replace the emulated ones of the same name.
+            spec.args.retain(|a| {
+                let name = a.split('=').next().unwrap_or(a);
+                !extra.iter().any(|e| e.split('=').next() == Some(name))
+            });
+            spec.args.extend(extra);
+        }
+        spec
     }
 
     /// kube-controller-manager with every controller, signing service-account tokens.
@@ -196,7 +209,39 @@ mod tests {
             apiserver_port: 6443,
             controller_manager_port: 10257,
             scheduler_port: 10259,
+            real_nodes: false,
         }
+    }
+
+    #[test]
+    fn real_nodes_advertise_the_fabric_address_and_reach_kubelets_through_the_proxy() {
+        let mut cp = cp();
+        cp.real_nodes = true;
+        let spec = cp.apiserver();
+        for want in [
+            "--advertise-address=172.30.254.1",
+            "--endpoint-reconciler-type=lease",
+            "--kubelet-client-certificate=/run/npc/pki/apiserver-kubelet-client.crt",
+            "--kubelet-certificate-authority=/run/npc/pki/ca.crt",
+            "--egress-selector-config-file=/run/npc/egress-selector.yaml",
+        ] {
+            assert!(
+                spec.args.iter().any(|a| a == want),
+                "missing {want}: {spec:?}"
+            );
+        }
+        let advertised = spec
+            .args
+            .iter()
+            .filter(|a| a.starts_with("--advertise-address="))
+            .count();
+        assert_eq!(advertised, 1, "{spec:?}");
+        assert!(
+            !spec
+                .args
+                .iter()
+                .any(|a| a == "--endpoint-reconciler-type=none")
+        );
     }
 
     #[test]

@@ -242,6 +242,10 @@ pub(super) fn down_unlocked(state_dir: &Path) -> Result<DownReport> {
             report.processes.push((rec.name.clone(), how));
         }
     }
+    // Real nodes: what outlived containerd (shims, containers), cgroups, kernel tunables.
+    if let Some(s) = &state {
+        report.errors.extend(real_nodes::undo_host_changes(s, t));
+    }
     for pid in owned_processes(state_dir) {
         let rec = ProcRecord {
             name: format!("unrecorded-{pid}"),
