@@ -86,14 +86,28 @@ enum LocalCommand {
         /// Number of nodes.
         #[arg(long, default_value_t = 2)]
         nodes: usize,
-        /// Run the enforcers with --fail-open.
+        /// Run the enforcers with --fail-open (emulated runtime).
         #[arg(long)]
         fail_open: bool,
+        /// What runs the pods: `emulated` (node agents, pods as network namespaces) or
+        /// `kubelet` (real kubelet + containerd + kube-proxy per node, the enforcer as the
+        /// DaemonSet of enforcer/deploy/; probe it with `run --kubeconfig`).
+        #[arg(long, value_enum, default_value_t = LocalRuntime::Emulated)]
+        runtime: LocalRuntime,
     },
     /// Stop everything `up` started and remove every namespace, link and file it made.
     Down,
     /// Show what is running.
     Status,
+}
+
+/// `local up --runtime`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LocalRuntime {
+    /// Node agents; pods are network namespaces.
+    Emulated,
+    /// Real kubelet + containerd + runc + kube-proxy per node.
+    Kubelet,
 }
 
 /// Selecting cases.
@@ -962,11 +976,13 @@ fn local(command: LocalCommand) -> ExitCode {
             no_enforcer,
             nodes,
             fail_open,
+            runtime,
         } => {
             if !cluster::is_root() {
                 return usage_error("`local up` needs root (network namespaces, iptables)");
             }
-            let enforcer = if no_enforcer {
+            let real = runtime == LocalRuntime::Kubelet;
+            let enforcer = if no_enforcer || real {
                 None
             } else {
                 match cluster::locate_enforcer() {
@@ -979,6 +995,12 @@ fn local(command: LocalCommand) -> ExitCode {
                 nodes,
                 enforcer,
                 fail_open,
+                runtime: if real {
+                    cluster::Runtime::Kubelet
+                } else {
+                    cluster::Runtime::Emulated
+                },
+                enforcer_daemonset: real && !no_enforcer,
                 ..Default::default()
             };
             // Ctrl-C during `up` must not leave half a cluster behind.

@@ -71,7 +71,7 @@ impl HybridProber {
 }
 
 /// The agnhost image the dummy pods run on real clusters.
-pub const AGNHOST_IMAGE: &str = "registry.k8s.io/e2e-test-images/agnhost:2.53";
+pub const AGNHOST_IMAGE: &str = netpol_local::kubelet::AGNHOST_IMAGE;
 
 /// Where the kube client's configuration comes from, in kubectl's order.
 #[derive(Debug, Clone, PartialEq, Eq)]
