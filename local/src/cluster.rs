@@ -12,6 +12,13 @@
 //! and returns once the cluster is ready: apiserver `/readyz`, every Node Ready, every CRD
 //! Established, the `default` service account present, every enforcer's `/readyz`.
 //!
+//! With [`UpOptions::runtime`] = [`Runtime::Kubelet`] step 4 is different (private
+//! submodule `real_nodes`, pieces in [`crate::kubelet`]): the fabric proxy, then per node
+//! containerd (images imported), a kubelet and kube-proxy; the apiserver gets the kubelet
+//! client certificate and an egress selector; with [`UpOptions::enforcer_daemonset`] the
+//! enforcer runs as the DaemonSet of `enforcer/deploy/`. `down` additionally kills what
+//! outlived containerd, removes the nodes' cgroup roots and restores the kernel tunables.
+//!
 //! [`down`] undoes everything from the state file alone, so it works after a killed run,
 //! and sweeps what a crash could have left unrecorded (processes carrying the cluster's
 //! owner mark in their environment, namespaces matching our names). [`status`] reports.
