@@ -52,7 +52,7 @@ pub enum MountNs {
     Join {
         /// Its PID.
         pid: i32,
-        /// Its start time (field 22 of /proc/<pid>/stat), so a reused PID is refused.
+        /// Its start time (field 22 of `/proc/<pid>/stat`), so a reused PID is refused.
         start_time: u64,
     },
 }
