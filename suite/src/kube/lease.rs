@@ -227,17 +227,21 @@ impl Leases {
         }
     }
 
+    /// Every lease any run of the suite made (run leases and the cluster lock).
+    async fn ours(&self) -> Result<Vec<Lease>, BackendError> {
+        self.api
+            .list(&ListParams::default().labels(LABEL_RUN))
+            .await
+            .map(|l| l.items)
+            .map_err(|e| lease_error("listing the suite's leases", e))
+    }
+
     /// Deletes run leases (and a cluster lock) whose holder stopped renewing; returns their
     /// names.
     pub async fn prune_expired(&self) -> Result<Vec<String>, BackendError> {
-        let list = self
-            .api
-            .list(&ListParams::default().labels(LABEL_RUN))
-            .await
-            .map_err(|e| lease_error("listing run leases", e))?;
         let now = Timestamp::now();
         let mut pruned = Vec::new();
-        for lease in list.items.iter().filter(|l| expired(l, now)) {
+        for lease in self.ours().await?.iter().filter(|l| expired(l, now)) {
             let name = lease.name_any();
             match self.api.delete(&name, &DeleteParams::default()).await {
                 Ok(_) => pruned.push(format!("Lease {LEASE_NAMESPACE}/{name}")),
@@ -250,14 +254,10 @@ impl Leases {
 
     /// The ids of runs whose run lease is live (this one included once announced).
     pub async fn live_runs(&self) -> Result<BTreeSet<String>, BackendError> {
-        let list = self
-            .api
-            .list(&ListParams::default().labels(LABEL_RUN))
-            .await
-            .map_err(|e| lease_error("listing run leases", e))?;
         let now = Timestamp::now();
-        Ok(list
-            .items
+        Ok(self
+            .ours()
+            .await?
             .iter()
             .filter(|l| l.name_any().starts_with("netpol-conformance-run-") && !expired(l, now))
             .filter_map(|l| l.labels().get(LABEL_RUN).cloned())
