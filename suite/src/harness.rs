@@ -579,6 +579,7 @@ enum TargetState {
 
 fn run(mut args: RunArgs, mode: Mode) -> ExitCode {
     let started = Instant::now();
+    let started_at = std::time::SystemTime::now();
     let select = SelectArgs {
         filter: None,
         exact: false,
@@ -689,6 +690,7 @@ fn run(mut args: RunArgs, mode: Mode) -> ExitCode {
                 let report = RunReport {
                     suite_version: env!("CARGO_PKG_VERSION").to_string(),
                     aborted: Some(format!("no target: {e}")),
+                    started: started_at,
                     duration: started.elapsed(),
                     ..Default::default()
                 };
@@ -742,12 +744,13 @@ fn run(mut args: RunArgs, mode: Mode) -> ExitCode {
                     plan.case.source.as_str(),
                     plan.case.area
                 );
-                let record = |outcome: TrialOutcome, steps, log: String, duration, preflight| {
+                let record = |outcome: TrialOutcome, at, steps, log, duration, preflight| {
                     let report = TrialReport {
                         trial: plan.trial.clone(),
                         name: plan.name.clone(),
                         classname: classname.clone(),
                         outcome,
+                        started: at,
                         duration,
                         steps,
                         log,
@@ -790,6 +793,7 @@ fn run(mut args: RunArgs, mode: Mode) -> ExitCode {
                 if let Some(reason) = unavailable {
                     return record(
                         TrialOutcome::Skipped { reason },
+                        std::time::SystemTime::now(),
                         vec![],
                         String::new(),
                         zero,
@@ -801,6 +805,7 @@ fn run(mut args: RunArgs, mode: Mode) -> ExitCode {
                         TrialOutcome::Skipped {
                             reason: "the run was interrupted".into(),
                         },
+                        std::time::SystemTime::now(),
                         vec![],
                         String::new(),
                         zero,
@@ -824,6 +829,7 @@ fn run(mut args: RunArgs, mode: Mode) -> ExitCode {
                                 TrialOutcome::Error {
                                     message: format!("no target: {e}"),
                                 },
+                                std::time::SystemTime::now(),
                                 vec![],
                                 String::new(),
                                 zero,
@@ -838,6 +844,7 @@ fn run(mut args: RunArgs, mode: Mode) -> ExitCode {
                     Gate::NotSupported(reason) => {
                         return record(
                             TrialOutcome::NotSupported { reason },
+                            std::time::SystemTime::now(),
                             vec![],
                             String::new(),
                             zero,
@@ -847,6 +854,7 @@ fn run(mut args: RunArgs, mode: Mode) -> ExitCode {
                     Gate::Error(message) => {
                         return record(
                             TrialOutcome::Error { message },
+                            std::time::SystemTime::now(),
                             vec![],
                             String::new(),
                             zero,
@@ -867,6 +875,7 @@ fn run(mut args: RunArgs, mode: Mode) -> ExitCode {
                             TrialOutcome::Error {
                                 message: e.to_string(),
                             },
+                            std::time::SystemTime::now(),
                             vec![],
                             String::new(),
                             zero,
@@ -898,7 +907,14 @@ fn run(mut args: RunArgs, mode: Mode) -> ExitCode {
                 if alone {
                     cluster.unlock_cluster_scope();
                 }
-                record(r.outcome, r.steps, r.log, r.duration, r.preflight)
+                record(
+                    r.outcome,
+                    r.started,
+                    r.steps,
+                    r.log,
+                    r.duration,
+                    r.preflight,
+                )
             })
         })
         .collect();
@@ -932,8 +948,10 @@ fn run(mut args: RunArgs, mode: Mode) -> ExitCode {
     let report = RunReport {
         suite_version: env!("CARGO_PKG_VERSION").to_string(),
         target: info,
+        hostname: report::hostname(),
         trials,
         aborted,
+        started: started_at,
         duration: started.elapsed(),
     };
     if let Some(path) = &args.junit

@@ -4,7 +4,7 @@
 use std::fmt::{self, Write as _};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use quick_junit::{NonSuccessKind, Property, Report, TestCase, TestCaseStatus, TestSuite};
 use serde::Serialize;
@@ -174,6 +174,8 @@ pub struct TrialReport {
     pub classname: String,
     /// How it ended.
     pub outcome: TrialOutcome,
+    /// When the trial began (gating and waiting for the cluster lock excluded).
+    pub started: SystemTime,
     /// Wall time.
     pub duration: Duration,
     /// Probe steps.
@@ -224,18 +226,47 @@ impl TrialReport {
 }
 
 /// The whole run.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RunReport {
     /// The suite's version.
     pub suite_version: String,
     /// What was tested.
     pub target: TargetInfo,
+    /// The machine the suite ran on (the plugin pod's name under Sonobuoy).
+    pub hostname: String,
     /// Trials in name order.
     pub trials: Vec<TrialReport>,
     /// Why the run stopped early, if it did.
     pub aborted: Option<String>,
+    /// When the run began.
+    pub started: SystemTime,
     /// Wall time of the run.
     pub duration: Duration,
+}
+
+impl Default for RunReport {
+    /// An empty run that began now, on this machine.
+    fn default() -> Self {
+        RunReport {
+            suite_version: String::new(),
+            target: TargetInfo::default(),
+            hostname: hostname(),
+            trials: Vec::new(),
+            aborted: None,
+            started: SystemTime::now(),
+            duration: Duration::ZERO,
+        }
+    }
+}
+
+/// This machine's host name (the kernel's), `localhost` when it cannot be read.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
+        .unwrap_or_else(|| "localhost".into())
 }
 
 /// Counts by outcome.
@@ -285,7 +316,14 @@ impl RunReport {
 /// The JUnit name of the synthetic case that records an early abort.
 pub const ABORT_CASE: &str = "netpol-conformance run";
 
-/// Renders JUnit XML.
+/// A report time as quick-junit takes it (UTC).
+fn junit_time(t: SystemTime) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::<chrono::Utc>::from(t)
+}
+
+/// Renders JUnit XML. Every testcase, the abort case included, carries `timestamp`, `time` and
+/// `hostname`; an abort is an `<error>` (an infrastructure fault, as [`RunReport::counts`]
+/// counts it), so the summary's and JUnit's counts agree.
 pub fn junit(report: &RunReport) -> String {
     let mut junit = Report::new("netpol-conformance");
     let mut suite = TestSuite::new("netpol-conformance");
@@ -300,6 +338,9 @@ pub fn junit(report: &RunReport) -> String {
     ] {
         suite.add_property(Property::new(name, value));
     }
+    suite
+        .extra
+        .insert("hostname".into(), report.hostname.as_str().into());
     for t in &report.trials {
         let status = match &t.outcome {
             TrialOutcome::Passed => TestCaseStatus::success(),
@@ -333,7 +374,10 @@ pub fn junit(report: &RunReport) -> String {
         };
         let mut case = TestCase::new(format!("{}: {}", t.trial, t.name), status);
         case.set_classname(t.classname.as_str());
+        case.set_timestamp(junit_time(t.started));
         case.set_time(t.duration);
+        case.extra
+            .insert("hostname".into(), report.hostname.as_str().into());
         if matches!(t.outcome, TrialOutcome::Passed) && !t.steps.is_empty() {
             case.set_system_out(t.details());
         }
@@ -355,14 +399,21 @@ pub fn junit(report: &RunReport) -> String {
         suite.add_test_case(case);
     }
     if let Some(reason) = &report.aborted {
-        let mut s = TestCaseStatus::non_success(NonSuccessKind::Failure);
+        // The run itself as one case: from its start for as long as it ran.
+        let mut s = TestCaseStatus::non_success(NonSuccessKind::Error);
         s.set_message(reason.as_str());
         s.set_type("aborted");
         let mut case = TestCase::new(ABORT_CASE, s);
         case.set_classname("netpol-conformance");
+        case.set_timestamp(junit_time(report.started));
+        case.set_time(report.duration);
+        case.extra
+            .insert("hostname".into(), report.hostname.as_str().into());
         suite.add_test_case(case);
     }
+    suite.set_timestamp(junit_time(report.started));
     suite.set_time(report.duration);
+    junit.set_timestamp(junit_time(report.started));
     junit.set_time(report.duration);
     junit.add_test_suite(suite);
     junit

@@ -98,6 +98,7 @@ pub fn run_plan(
             plan.case.area
         ),
         outcome: TrialOutcome::Passed,
+        started: std::time::SystemTime::now(),
         duration: Duration::ZERO,
         steps: Vec::new(),
         log: String::new(),

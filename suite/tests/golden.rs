@@ -5,7 +5,7 @@
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use netpol_conformance::backend::TargetInfo;
 use netpol_conformance::case::load_embedded;
@@ -57,6 +57,11 @@ fn trial_names_are_pinned() {
     golden("trials.txt", &listing);
 }
 
+/// 2026-01-02T03:04:05Z plus `ms` milliseconds: fixed times keep the goldens stable.
+fn at(ms: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(1_767_323_045) + Duration::from_millis(ms)
+}
+
 fn sample_report() -> RunReport {
     let tables = "reachability: correct:70, incorrect:2, errors:0, result=false\nexpected:\n-   x/a x/b\nx/a   ?   X\nx/b   X   ?\n\nobserved:\n-   x/a x/b\nx/a   ?   .\nx/b   .   ?\n\ncomparison:\n-   x/a x/b\nx/a   ?   X\nx/b   X   ?\n";
     let step = |result: StepResult, tables: Option<&str>| StepReport {
@@ -80,11 +85,16 @@ fn sample_report() -> RunReport {
             vec![]
         },
     };
-    let trial = |name: &str, outcome: TrialOutcome, steps: Vec<StepReport>| TrialReport {
+    let mut started = 0;
+    let mut trial = |name: &str, outcome: TrialOutcome, steps: Vec<StepReport>| TrialReport {
         trial: format!("upstream::ingress::{name}"),
         name: format!("should {name}"),
         classname: "netpol-conformance.upstream.ingress".into(),
         outcome,
+        started: {
+            started += 1500;
+            at(started)
+        },
         duration: Duration::from_millis(1500),
         steps,
         log: "create NetworkPolicy deny-all\n".into(),
@@ -97,6 +107,7 @@ fn sample_report() -> RunReport {
             kubernetes_version: "v1.37.2".into(),
             implementation: "netpol-enforcer".into(),
         },
+        hostname: "ci-runner-7".into(),
         trials: vec![
             trial(
                 "pass",
@@ -150,6 +161,7 @@ fn sample_report() -> RunReport {
             ),
         ],
         aborted: None,
+        started: at(0),
         duration: Duration::from_secs(12),
     }
 }
@@ -172,14 +184,84 @@ fn junit_matches_its_golden_file() {
 }
 
 #[test]
-fn an_aborted_run_still_says_why_in_junit() {
+fn every_testcase_says_when_where_and_how_long() {
+    let xml = report::junit(&sample_report());
+    let parsed = quick_junit::Report::deserialize_from_str(&xml).unwrap();
+    let suite = &parsed.test_suites[0];
+    assert_eq!(
+        suite.extra.get("hostname").map(|h| h.as_str()),
+        Some("ci-runner-7")
+    );
+    assert_eq!(
+        suite.timestamp.unwrap().to_rfc3339(),
+        "2026-01-02T03:04:05+00:00"
+    );
+    assert_eq!(suite.test_cases.len(), 5);
+    for (i, case) in suite.test_cases.iter().enumerate() {
+        let ts = case
+            .timestamp
+            .unwrap_or_else(|| panic!("{} has no timestamp", case.name.as_str()));
+        // Trial i started 1.5 s after trial i-1 (sample_report's clock).
+        let expected = chrono::DateTime::<chrono::Utc>::from(at(1500 * (i as u64 + 1)));
+        assert_eq!(ts, expected, "{}", case.name.as_str());
+        assert_eq!(
+            case.time,
+            Some(Duration::from_millis(1500)),
+            "{}",
+            case.name.as_str()
+        );
+        assert_eq!(
+            case.extra.get("hostname").map(|h| h.as_str()),
+            Some("ci-runner-7"),
+            "{}",
+            case.name.as_str()
+        );
+    }
+}
+
+#[test]
+fn an_aborted_run_is_one_error_in_junit_and_in_the_summary() {
     let mut r = sample_report();
-    r.trials.truncate(1);
+    r.trials.truncate(2);
     r.aborted = Some("the run was interrupted".into());
+    r.duration = Duration::from_secs(7);
     let xml = report::junit(&r);
-    assert!(xml.contains("name=\"netpol-conformance run\""));
-    assert!(xml.contains("<failure message=\"the run was interrupted\""));
+    assert!(xml.contains("<error message=\"the run was interrupted\" type=\"aborted\""));
     assert!(r.has_failures());
+    let parsed = quick_junit::Report::deserialize_from_str(&xml).unwrap();
+    let suite = &parsed.test_suites[0];
+    let abort = suite
+        .test_cases
+        .iter()
+        .find(|c| c.name.as_str() == report::ABORT_CASE)
+        .expect("the abort case");
+    // The run as one case: from the run's start, for as long as it ran, on this host.
+    assert_eq!(
+        abort.timestamp,
+        Some(chrono::DateTime::<chrono::Utc>::from(at(0)).into())
+    );
+    assert_eq!(abort.time, Some(Duration::from_secs(7)));
+    assert_eq!(
+        abort.extra.get("hostname").map(|h| h.as_str()),
+        Some("ci-runner-7")
+    );
+    // Counted the same way by both renderers: one passed, one failed, one error (the abort).
+    let c = r.counts();
+    assert_eq!((c.passed, c.failed, c.errors), (1, 1, 1));
+    assert_eq!(
+        (suite.tests, suite.failures, suite.errors, suite.skipped),
+        (
+            3,
+            c.failed,
+            c.errors,
+            c.skipped + c.not_supported + c.partial
+        )
+    );
+    let summary = report::summary(&r);
+    assert!(
+        summary.ends_with("1 passed, 2 failed, 0 skipped (1 errors, 0 not supported, 0 partial)\n"),
+        "{summary}"
+    );
 }
 
 #[test]
