@@ -109,6 +109,7 @@ ensure_suite() {
     export GOFLAGS=-mod=mod GOTOOLCHAIN=local CGO_ENABLED=0
     local staging start
     staging="$(mktemp -d "$cache_root/upstream/.build.XXXXXX")"
+    chmod 0755 "$staging"
     trap 'rm -rf "$staging"' EXIT
     start=$SECONDS
     log "building the conformance suite of sigs.k8s.io/network-policy-api@$version (go test -c)"
