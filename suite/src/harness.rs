@@ -205,6 +205,8 @@ pub struct RunArgs {
     #[arg(long, env = "NETPOL_ALL_FEATURES")]
     pub all_features: bool,
     #[command(flatten)]
+    npa_report: report::npa::ReportArgs,
+    #[command(flatten)]
     harness: libtest_mimic::Arguments,
 }
 
@@ -589,6 +591,10 @@ fn run(mut args: RunArgs, mode: Mode) -> ExitCode {
         Ok(p) => p,
         Err(e) => return usage_error(&e),
     };
+    let implementation = match args.npa_report.implementation() {
+        Ok(i) => i,
+        Err(e) => return usage_error(&e),
+    };
     let (focus, skip) = match (
         compile(&args.focus, "E2E_FOCUS"),
         compile(&args.e2e_skip, "E2E_SKIP"),
@@ -749,6 +755,7 @@ fn run(mut args: RunArgs, mode: Mode) -> ExitCode {
                         trial: plan.trial.clone(),
                         name: plan.name.clone(),
                         classname: classname.clone(),
+                        features: crate::features::trial_features(&plan),
                         outcome,
                         started: at,
                         duration,
@@ -962,6 +969,20 @@ fn run(mut args: RunArgs, mode: Mode) -> ExitCode {
             path.display()
         );
         return ExitCode::from(2);
+    }
+    if let (Some(path), Some(implementation)) = (&args.npa_report.report_output, &implementation) {
+        let npa = report::npa::conformance_report(&report, &features, implementation);
+        if let Err(e) = report::npa::write(&npa, path) {
+            eprintln!(
+                "netpol-conformance: writing the ConformanceReport to {}: {e}",
+                path.display()
+            );
+            return ExitCode::from(2);
+        }
+        eprintln!(
+            "netpol-conformance: ConformanceReport in {}",
+            path.display()
+        );
     }
     if let Some(dir) = &sonobuoy_dir {
         match report::write_sonobuoy(&report, dir) {

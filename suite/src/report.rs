@@ -1,5 +1,6 @@
-//! One typed run report, several renderers: a summary for people, JUnit (via quick-junit), and
-//! Sonobuoy's results directory with its `done` file and progress updates.
+//! One typed run report, several renderers: a summary for people, JUnit (via quick-junit),
+//! Sonobuoy's results directory with its `done` file and progress updates, and
+//! network-policy-api's ConformanceReport ([`npa`]).
 
 use std::fmt::{self, Write as _};
 use std::io::Write as _;
@@ -10,6 +11,8 @@ use quick_junit::{NonSuccessKind, Property, Report, TestCase, TestCaseStatus, Te
 use serde::Serialize;
 
 use crate::backend::TargetInfo;
+
+pub mod npa;
 
 /// How a trial ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -172,6 +175,9 @@ pub struct TrialReport {
     pub name: String,
     /// JUnit classname: `netpol-conformance.<source>.<area>`.
     pub classname: String,
+    /// The feature names the trial needs ([`crate::features::trial_features`]): upstream's own
+    /// for network-policy-api trials, which is how [`npa`] files them into profiles.
+    pub features: Vec<String>,
     /// How it ended.
     pub outcome: TrialOutcome,
     /// When the trial began (gating and waiting for the cluster lock excluded).

@@ -97,6 +97,7 @@ pub fn run_plan(
             plan.case.source.as_str(),
             plan.case.area
         ),
+        features: features::trial_features(plan),
         outcome: TrialOutcome::Passed,
         started: std::time::SystemTime::now(),
         duration: Duration::ZERO,

@@ -9,9 +9,10 @@ use std::time::{Duration, SystemTime};
 
 use netpol_conformance::backend::TargetInfo;
 use netpol_conformance::case::load_embedded;
+use netpol_conformance::features::{Selection, trial_features};
 use netpol_conformance::plan::plan_all;
 use netpol_conformance::report::{
-    self, Progress, RunReport, SkippedStep, StepReport, StepResult, TrialOutcome, TrialReport,
+    self, Progress, RunReport, SkippedStep, StepReport, StepResult, TrialOutcome, TrialReport, npa,
 };
 
 fn golden(name: &str, actual: &str) {
@@ -90,6 +91,7 @@ fn sample_report() -> RunReport {
         trial: format!("upstream::ingress::{name}"),
         name: format!("should {name}"),
         classname: "netpol-conformance.upstream.ingress".into(),
+        features: vec![],
         outcome,
         started: {
             started += 1500;
@@ -331,4 +333,317 @@ fn progress_is_posted_as_sonobuoy_expects() {
     assert_eq!(json["completed"], 1);
     assert_eq!(json["failures"][0], "upstream::ingress::fail");
     assert_eq!(json["msg"], "PASSED upstream::ingress::pass");
+}
+
+/// A run of the 48 network-policy-api trials on an implementation that declares only
+/// ClusterNetworkPolicyNamedPorts, on a kernel without SCTP (exempted): outcomes follow the
+/// gate's rules, plus one failure, one error and one interrupted trial.
+fn npa_run() -> (RunReport, Selection) {
+    let judged = Selection::new(
+        &["ClusterNetworkPolicyNamedPorts".into()],
+        &["SCTP".into()],
+        false,
+    )
+    .unwrap();
+    let plans = plan_all(&load_embedded().unwrap()).unwrap();
+    let trials = plans
+        .iter()
+        .filter(|p| p.trial.starts_with("npa::"))
+        .map(|p| {
+            let features = trial_features(p);
+            let sctp = p
+                .probes()
+                .filter(|s| s.protocol == netpol_conformance::world::Protocol::Sctp)
+                .count();
+            let outcome = match p.name.as_str() {
+                "CNPAdminTierGress" => TrialOutcome::Failed {
+                    message: "step 3 (TCP/80) had wrong results".into(),
+                },
+                "AdminNetworkPolicyEgressUDP" => TrialOutcome::Error {
+                    message: "step 2 (UDP/53): exec into gryffindor/0 failed".into(),
+                },
+                "BaselineAdminNetworkPolicyIngressTCP" => TrialOutcome::Skipped {
+                    reason: "the run was interrupted".into(),
+                },
+                _ => match features.iter().find_map(|f| judged.reason(f)) {
+                    Some(reason) => TrialOutcome::NotSupported { reason },
+                    None if sctp == p.probes().count() && sctp > 0 => TrialOutcome::NotSupported {
+                        reason: "every probe step was skipped: SCTP: exempted".into(),
+                    },
+                    None if sctp > 0 => TrialOutcome::Partial {
+                        skipped: vec![SkippedStep {
+                            index: 1,
+                            probe: "SCTP/9003".into(),
+                            reason: "SCTP: exempted with --exempt-features".into(),
+                        }],
+                    },
+                    None => TrialOutcome::Passed,
+                },
+            };
+            TrialReport {
+                trial: p.trial.clone(),
+                name: p.name.clone(),
+                classname: format!("netpol-conformance.npa.{}", p.case.area),
+                features,
+                outcome,
+                started: at(0),
+                duration: Duration::from_secs(3),
+                steps: vec![],
+                log: String::new(),
+                preflight: None,
+            }
+        })
+        .collect::<Vec<_>>();
+    assert_eq!(trials.len(), 48);
+    let run = RunReport {
+        suite_version: "0.1.0".into(),
+        target: TargetInfo {
+            target: "kind-kind".into(),
+            kubernetes_version: "v1.35.0".into(),
+            implementation: "kube-network-policies".into(),
+        },
+        hostname: "ci-runner-7".into(),
+        trials,
+        aborted: None,
+        started: at(0),
+        duration: Duration::from_secs(754),
+    };
+    (run, judged)
+}
+
+fn implementation() -> npa::Implementation {
+    npa::ReportArgs {
+        report_output: Some("report.yaml".into()),
+        organization: Some("kubernetes".into()),
+        project: Some("kube-network-policies".into()),
+        url: Some("https://github.com/kubernetes-sigs/kube-network-policies".into()),
+        implementation_version: Some("v1.1.1".into()),
+        contact: vec![
+            "@example/maintainers".into(),
+            "https://example.com/issues".into(),
+        ],
+        additional_info: Some("https://example.com/ci/runs/1".into()),
+    }
+    .implementation()
+    .unwrap()
+    .unwrap()
+}
+
+#[test]
+fn conformance_report_matches_its_golden_file() {
+    let (run, judged) = npa_run();
+    let yaml = npa::render(&npa::conformance_report(&run, &judged, &implementation()));
+    golden("conformance-report.yaml", &yaml);
+}
+
+/// upstream's field names (network-policy-api `conformance/apis/v1alpha1`: conformancereport.go,
+/// profilereport.go, statistics.go, result.go): (key, required).
+const REPORT_FIELDS: &[(&str, bool)] = &[
+    ("apiVersion", true),
+    ("kind", true),
+    ("implementation", true),
+    ("date", true),
+    ("networkPolicyV2APIVersion", true),
+    ("profiles", true),
+];
+const IMPLEMENTATION_FIELDS: &[(&str, bool)] = &[
+    ("organization", true),
+    ("project", true),
+    ("url", true),
+    ("version", true),
+    ("contact", true),
+    ("additionalInformation", true),
+];
+const PROFILE_FIELDS: &[(&str, bool)] =
+    &[("name", true), ("standard", true), ("experimental", false)];
+const STATUS_FIELDS: &[(&str, bool)] = &[
+    ("result", true),
+    ("summary", true),
+    ("statistics", true),
+    ("skippedTests", false),
+    ("failedTests", false),
+];
+const EXPERIMENTAL_ONLY_FIELDS: &[(&str, bool)] =
+    &[("supportedFeatures", false), ("unsupportedFeatures", false)];
+const STATISTICS_FIELDS: &[(&str, bool)] = &[("Passed", true), ("Skipped", true), ("Failed", true)];
+
+/// Checks an object's keys against a field list: none unknown, every required one present.
+fn fields<'a>(
+    what: &str,
+    value: &'a serde_json::Value,
+    lists: &[&[(&str, bool)]],
+) -> &'a serde_json::Map<String, serde_json::Value> {
+    let map = value
+        .as_object()
+        .unwrap_or_else(|| panic!("{what} is not a mapping: {value}"));
+    let known: Vec<(&str, bool)> = lists.iter().flat_map(|l| l.iter().copied()).collect();
+    for key in map.keys() {
+        assert!(
+            known.iter().any(|(k, _)| k == key),
+            "{what} has `{key}`, which upstream's ConformanceReport has not"
+        );
+    }
+    for (key, required) in known {
+        assert!(!required || map.contains_key(key), "{what} lacks `{key}`");
+    }
+    map
+}
+
+fn names(v: Option<&serde_json::Value>) -> Vec<&str> {
+    v.map(|v| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap())
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+#[test]
+fn conformance_report_reads_back_with_upstreams_fields_and_rules() {
+    let (run, judged) = npa_run();
+    let yaml = npa::render(&npa::conformance_report(&run, &judged, &implementation()));
+    let doc: serde_json::Value = serde_saphyr::from_str(&yaml).expect("the report is YAML");
+    let top = fields("the report", &doc, &[REPORT_FIELDS]);
+    assert_eq!(top["apiVersion"], "policy.networking.k8s.io/v1alpha1");
+    assert_eq!(top["kind"], "ConformanceReport");
+    assert_eq!(top["networkPolicyV2APIVersion"], "v0.2.0");
+    // A string that YAML 1.1 readers (Go's) would otherwise take for a timestamp: quoted.
+    assert!(
+        yaml.contains("date: '2026-01-02T03:16:39Z'")
+            || yaml.contains("date: \"2026-01-02T03:16:39Z\""),
+        "{yaml}"
+    );
+    let date = top["date"].as_str().unwrap();
+    assert!(chrono::DateTime::parse_from_rfc3339(date).is_ok(), "{date}");
+    let implementation = fields(
+        "implementation",
+        &top["implementation"],
+        &[IMPLEMENTATION_FIELDS],
+    );
+    assert_eq!(names(implementation.get("contact")).len(), 2);
+
+    let mut seen = Vec::new();
+    for profile in top["profiles"].as_array().unwrap() {
+        let p = fields("a profile", profile, &[PROFILE_FIELDS]);
+        let name = p["name"].as_str().unwrap();
+        seen.push(name);
+        let mut levels = vec![(
+            "standard",
+            fields(
+                &format!("{name}.standard"),
+                &p["standard"],
+                &[STATUS_FIELDS],
+            ),
+        )];
+        if let Some(e) = p.get("experimental") {
+            levels.push((
+                "experimental",
+                fields(
+                    &format!("{name}.experimental"),
+                    e,
+                    &[STATUS_FIELDS, EXPERIMENTAL_ONLY_FIELDS],
+                ),
+            ));
+        }
+        for (level, status) in levels {
+            let what = format!("{name}.{level}");
+            let stats = fields(
+                &format!("{what}.statistics"),
+                &status["statistics"],
+                &[STATISTICS_FIELDS],
+            );
+            let count = |k: &str| {
+                stats[k]
+                    .as_u64()
+                    .unwrap_or_else(|| panic!("{what}.{k} is a count"))
+            };
+            let (failed, skipped) = (
+                names(status.get("failedTests")),
+                names(status.get("skippedTests")),
+            );
+            assert_eq!(failed.len() as u64, count("Failed"), "{what}");
+            assert_eq!(skipped.len() as u64, count("Skipped"), "{what}");
+            let result = status["result"].as_str().unwrap();
+            let expected = if count("Failed") > 0 {
+                "failure"
+            } else if count("Skipped") > 0 {
+                "partial"
+            } else {
+                "success"
+            };
+            assert_eq!(result, expected, "{what}");
+            // Short names are upstream's test names for the profile's API version.
+            let prefix = if name == "ClusterNetworkPolicy" {
+                "CNP"
+            } else {
+                name
+            };
+            for t in failed.iter().chain(&skipped) {
+                assert!(t.starts_with(prefix), "{what}: {t}");
+            }
+        }
+    }
+    assert_eq!(
+        seen,
+        [
+            "AdminNetworkPolicy",
+            "BaselineAdminNetworkPolicy",
+            "ClusterNetworkPolicy"
+        ]
+    );
+
+    // The outcomes, level by level.
+    let profile = |name: &str| {
+        doc["profiles"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    let cnp = profile("ClusterNetworkPolicy");
+    assert_eq!(
+        names(cnp["standard"].get("failedTests")),
+        ["CNPAdminTierGress"]
+    );
+    // Partial trials (their SCTP steps exempted) count as skipped: the level is not a pass.
+    assert_eq!(
+        names(cnp["standard"].get("skippedTests")),
+        [
+            "CNPAdminTierEgressInlineCIDRPeers",
+            "CNPBaselineTierEgressInlineCIDRPeers",
+            "CNPBaselineTierGress"
+        ]
+    );
+    // Not supported (the 4 SCTP-only trials, the 2 of the undeclared EgressNodePeers): in no
+    // statistic. The 4 NamedPorts trials count at the experimental level, the rest standard.
+    let stats = &cnp["standard"]["statistics"];
+    let counted = stats["Passed"].as_u64().unwrap()
+        + stats["Failed"].as_u64().unwrap()
+        + stats["Skipped"].as_u64().unwrap();
+    assert_eq!(counted, 24 - 4 - 2 - 4, "{stats}");
+    let experimental = &cnp["experimental"];
+    assert_eq!(experimental["statistics"]["Passed"], 4);
+    assert_eq!(
+        names(experimental.get("supportedFeatures")),
+        ["ClusterNetworkPolicyNamedPorts"]
+    );
+    assert_eq!(
+        names(experimental.get("unsupportedFeatures")),
+        ["ClusterNetworkPolicyEgressNodePeers"]
+    );
+    // No experimental v1alpha1 feature was declared: as upstream, no experimental level at all.
+    let anp = profile("AdminNetworkPolicy");
+    assert!(anp.get("experimental").is_none());
+    assert_eq!(
+        names(anp["standard"].get("failedTests")),
+        ["AdminNetworkPolicyEgressUDP"]
+    );
+    // Integration and PriorityField need both v1alpha1 kinds: in neither profile.
+    assert!(!yaml.contains("AdminNetworkPolicyIntegration") && !yaml.contains("PriorityField"));
+    let banp = profile("BaselineAdminNetworkPolicy");
+    assert_eq!(banp["standard"]["result"], "partial");
 }
