@@ -723,6 +723,17 @@ fn run(mut args: RunArgs, mode: Mode) -> ExitCode {
         ..Default::default()
     }));
     let color = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let live = (!listing).then(|| {
+        let style = crate::progress::Style::choose(args.harness.quiet, color);
+        Arc::new(crate::progress::Live::new(selected, style))
+    });
+    if live.as_ref().is_some_and(|l| l.relays_stdout())
+        && args.harness.color.is_none()
+        && std::env::var_os("NO_COLOR").is_none()
+    {
+        // libtest sees the relay's pipe, not the terminal behind it.
+        args.harness.color = Some(libtest_mimic::ColorSetting::Always);
+    }
 
     let trials: Vec<Trial> = plans
         .into_iter()
@@ -732,6 +743,7 @@ fn run(mut args: RunArgs, mode: Mode) -> ExitCode {
             let exclusive = exclusive.clone();
             let counter = counter.clone();
             let progress = progress.clone();
+            let live = live.clone();
             let unavailable = unavailable.clone();
             let spec = spec.clone();
             let run_id = run_id.clone();
@@ -745,6 +757,9 @@ fn run(mut args: RunArgs, mode: Mode) -> ExitCode {
                 args.preflight_timeout,
             );
             Trial::ignorable_test(plan.trial.clone(), move || {
+                if let Some(live) = &live {
+                    live.started(&plan.trial);
+                }
                 let classname = format!(
                     "netpol-conformance.{}.{}",
                     plan.case.source.as_str(),
@@ -793,6 +808,9 @@ fn run(mut args: RunArgs, mode: Mode) -> ExitCode {
                             report.outcome.message().unwrap_or_default(),
                         )),
                     };
+                    if let Some(live) = &live {
+                        live.finished(&report);
+                    }
                     reports.lock().expect("reports lock").push(report);
                     result
                 };
@@ -927,6 +945,9 @@ fn run(mut args: RunArgs, mode: Mode) -> ExitCode {
         .collect();
 
     let conclusion = libtest_mimic::run(&args.harness, trials);
+    if let Some(live) = &live {
+        live.finish();
+    }
     if listing {
         return conclusion.exit_code();
     }
@@ -995,6 +1016,11 @@ fn run(mut args: RunArgs, mode: Mode) -> ExitCode {
                 return ExitCode::from(2);
             }
         }
+    }
+    if let Some(path) = std::env::var_os("GITHUB_STEP_SUMMARY").filter(|p| !p.is_empty())
+        && let Err(e) = report::github::append_step_summary(&report, std::path::Path::new(&path))
+    {
+        tracing::warn!("appending to GITHUB_STEP_SUMMARY: {e}");
     }
     eprint!("{}", report::summary(&report));
     if sonobuoy_dir.is_some() {

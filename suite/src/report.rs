@@ -1,6 +1,6 @@
 //! One typed run report, several renderers: a summary for people, JUnit (via quick-junit),
 //! Sonobuoy's results directory with its `done` file and progress updates, and
-//! network-policy-api's ConformanceReport ([`npa`]).
+//! network-policy-api's ConformanceReport ([`npa`]), and the GitHub job summary ([`github`]).
 
 use std::fmt::{self, Write as _};
 use std::io::Write as _;
@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use crate::backend::TargetInfo;
 
+pub mod github;
 pub mod npa;
 
 /// How a trial ended.

@@ -647,3 +647,44 @@ fn conformance_report_reads_back_with_upstreams_fields_and_rules() {
     let banp = profile("BaselineAdminNetworkPolicy");
     assert_eq!(banp["standard"]["result"], "partial");
 }
+
+#[test]
+fn github_step_summary_matches_its_golden_file() {
+    let md = report::github::markdown(&sample_report());
+    golden("step-summary.md", &md);
+    // Failing and erroring trials with their tables and rerun commands; passing ones not.
+    assert!(md.contains("<b>FAILED</b> <code>upstream::ingress::fail</code>"));
+    assert!(md.contains("<b>ERROR</b> <code>upstream::ingress::error</code>"));
+    assert!(!md.contains("upstream::ingress::pass"));
+    assert!(md.contains("comparison:\n-   x/a x/b\nx/a   ?   X\n"));
+    assert!(md.contains("netpol-conformance probe --netns /run/netns/npc-1"));
+}
+
+#[test]
+fn github_step_summary_is_plain_and_stays_under_githubs_limit() {
+    let mut r = sample_report();
+    let failing = r.trials[1].clone();
+    r.trials[1].steps[0].tables =
+        Some("comparison:\n-   x/a\nx/a   \x1b[31mX\x1b[0m\n".to_string());
+    // 3,000 failing trials with large tables: far above 1 MiB if all were shown.
+    for i in 0..3000 {
+        let mut t = failing.clone();
+        t.trial = format!("user::bulk::t{i:04}");
+        t.steps[0].tables = Some("x".repeat(2000));
+        r.trials.push(t);
+    }
+    let md = report::github::markdown(&r);
+    assert!(!md.contains('\x1b'), "colour codes are dropped");
+    assert!(md.contains("x/a   X\n"));
+    assert!(md.len() <= report::github::LIMIT, "{}", md.len());
+    let shown = md.matches("<b>FAILED</b>").count();
+    assert!(shown > 100 && shown < 3001, "{shown}");
+    assert!(
+        md.contains(&format!(
+            "… and {} more failing trials: see the JUnit report.",
+            3001 - shown
+        )),
+        "{}",
+        &md[md.len() - 200..]
+    );
+}
