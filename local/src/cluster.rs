@@ -684,6 +684,7 @@ fn bring_up(
         let mut vital: Vec<&ProcRecord> = vec![&etcd, &apiserver, &kcm, &sched, &proxy];
         vital.extend(nodes.iter());
         wait_ready(&kubeconfig, plan, &[], &vital, t)?;
+        real_nodes::set_pod_cidrs(&bin_dir.join("kubectl"), &kubeconfig, plan)?;
         if opts.enforcer_daemonset {
             real_nodes::deploy_enforcer(&bin_dir.join("kubectl"), &kubeconfig, &vital, t)?;
             state.borrow_mut().enforcer_daemonset = true;

@@ -330,6 +330,16 @@ fn pod_manifest(name: &str, node: &str) -> String {
 
 /// Two pods on two nodes, a Service, probes by pod IP and ClusterIP, exec and logs.
 fn exercise(c: &Cluster) -> Result<(), Failed> {
+    for (node, cidr) in c.node_names.iter().zip(&c.pod_cidrs) {
+        let got = kubectl(
+            c,
+            &["get", "node", node, "-o", "jsonpath={.spec.podCIDR}"],
+            None,
+        )?;
+        if got.trim() != cidr.to_string() {
+            return Err(format!("{node} has podCIDR {got:?}, not {cidr}").into());
+        }
+    }
     kubectl(c, &["create", "namespace", TEST_NS], None)?;
     let started = Instant::now();
     for (name, node) in [("a", &c.node_names[0]), ("b", &c.node_names[1])] {

@@ -391,6 +391,27 @@ fn root_path(cfg: &NodeConfig, inside: &str) -> PathBuf {
     PathBuf::from(inside)
 }
 
+/// Sets each Node's `spec.podCIDR(s)` to its fabric pod CIDR, as a CIDR-allocating controller
+/// manager would (ours does not allocate; the ptp CNI config carries the range): the
+/// enforcer learns from it which addresses are pods.
+pub(super) fn set_pod_cidrs(kubectl: &Path, kubeconfig: &Path, plan: &Plan) -> Result<()> {
+    let kc = kubeconfig.display().to_string();
+    for n in &plan.nodes {
+        let cidr = n.pod_cidr.to_string();
+        let patch = serde_json::json!({"spec": {"podCIDR": cidr, "podCIDRs": [cidr]}}).to_string();
+        run_cmd(
+            kubectl,
+            &["--kubeconfig", &kc, "patch", "node", &n.name, "-p", &patch],
+            None,
+        )
+        .map_err(|detail| Error::Node {
+            op: format!("setting the pod CIDR of {}", n.name),
+            detail,
+        })?;
+    }
+    Ok(())
+}
+
 /// Applies `enforcer/deploy/` as shipped and waits for every node's enforcer to be Ready.
 pub(super) fn deploy_enforcer(
     kubectl: &Path,
