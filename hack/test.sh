@@ -3,6 +3,7 @@
 #
 #   sudo hack/test.sh
 #
+#   0. set-up: packages, the control-plane and real-node binaries (cached), the node images;
 #   1. checks: cargo fmt, cargo clippy -D warnings, shellcheck + actionlint (hack/lint.sh);
 #   2. unit tests (no root, no cluster), privileged tests (root, throwaway network namespaces),
 #      and the whole conformance table on the local cluster with the bundled enforcer
@@ -16,7 +17,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 step() { printf '\n==> %s\n' "$*" >&2; }
 
 step "set-up"
-bash hack/setup.sh
+# NETPOL_SETUP_NODES=1: also the real-node binaries (kubelet, containerd, …), so the real-node
+# tests run on a fresh machine rather than skip.
+NETPOL_SETUP_NODES=1 bash hack/setup.sh
 NETPOL_CONTROL_PLANE_DIR="$(hack/control-plane.sh)"
 export NETPOL_CONTROL_PLANE_DIR
 
@@ -27,6 +30,8 @@ bash hack/lint.sh
 
 step "build"
 cargo build --workspace --all-targets --locked
+# The real nodes' images (pause, agnhost, and the project's own from this build's binaries).
+NETPOL_RELEASE_DIR="$PWD/target/debug" bash hack/node-images.sh >/dev/null
 
 step "tests: unit, privileged, local cluster"
 mkdir -p target/conformance
