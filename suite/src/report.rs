@@ -11,6 +11,7 @@ use quick_junit::{NonSuccessKind, Property, Report, TestCase, TestCaseStatus, Te
 use serde::Serialize;
 
 use crate::backend::TargetInfo;
+use crate::reachability::{Expected, Observed, Table, Verdict};
 
 pub mod github;
 pub mod npa;
@@ -165,6 +166,34 @@ pub struct StepReport {
     pub tables: Option<String>,
     /// Commands to repeat the failing probes by hand.
     pub rerun: Vec<String>,
+    /// The same tables as values, for every step that probed (passed or not).
+    pub grids: Option<StepGrids>,
+}
+
+/// A probe step's tables as values: what [`StepReport::tables`] renders as text, for renderers
+/// that draw cells (the HTML report).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StepGrids {
+    /// What each pair should do.
+    pub expected: Expected,
+    /// What each pair did, as last probed.
+    pub observed: Observed,
+    /// Expected against observed, per pair.
+    pub comparison: Table<Verdict>,
+    /// For a step that did not pass, the command that repeats each probed pair's probe by hand
+    /// (every pair, matching ones too, to compare with); empty for a step that passed.
+    pub rerun: Vec<PairCommand>,
+}
+
+/// The command that repeats one pair's probe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PairCommand {
+    /// Source model pod.
+    pub from: String,
+    /// Destination model pod.
+    pub to: String,
+    /// The command.
+    pub command: String,
 }
 
 /// One trial's result.

@@ -565,6 +565,7 @@ fn probe_step(
         calls: 0,
         tables: None,
         rerun: Vec::new(),
+        grids: None,
     };
     if let Some(result) = step_gate(probe, caps, opts) {
         step.result = result;
@@ -639,6 +640,22 @@ fn probe_step(
             message: format!("{} probes could not be judged", comparison.errors),
         }
     };
+    step.grids = Some(crate::report::StepGrids {
+        expected: probe.expected.clone(),
+        observed: observed.clone(),
+        comparison: comparison.table.clone(),
+        rerun: if comparison.passed() {
+            Vec::new()
+        } else {
+            jobs.iter()
+                .map(|j| crate::report::PairCommand {
+                    from: j.from.model.clone(),
+                    to: j.to_model.clone(),
+                    command: j.rerun_command(),
+                })
+                .collect()
+        },
+    });
     if !comparison.passed() {
         let mut tables = TruthTables {
             expected: &probe.expected,

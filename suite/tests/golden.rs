@@ -80,6 +80,7 @@ fn sample_report() -> RunReport {
             vec!["y/a -> x/a".into()]
         },
         tables: tables.map(String::from),
+        grids: None,
         rerun: if tables.is_some() {
             vec!["netpol-conformance probe --netns /run/netns/npc-1 10.244.0.2:80 --protocol tcp --timeout 1".into()]
         } else {
