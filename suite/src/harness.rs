@@ -139,6 +139,10 @@ pub struct RunArgs {
     /// Write a JUnit report here (also written when the run aborts early).
     #[arg(long, env = "NETPOL_JUNIT")]
     pub junit: Option<PathBuf>,
+    /// Write the HTML report here: one self-contained file (also written as report.html into
+    /// the Sonobuoy results directory).
+    #[arg(long, env = "NETPOL_HTML")]
+    pub html: Option<PathBuf>,
     /// Sonobuoy plugin mode: results into $SONOBUOY_RESULTS_DIR, then the `done` file.
     #[arg(long)]
     pub sonobuoy: bool,
@@ -703,6 +707,9 @@ fn run(mut args: RunArgs, mode: Mode) -> ExitCode {
                 if let Some(path) = &args.junit {
                     let _ = report::write_junit(&report, path);
                 }
+                if let Some(path) = &args.html {
+                    let _ = report::html::write_html(&report, path);
+                }
                 if let Some(dir) = &sonobuoy_dir {
                     let _ = report::write_sonobuoy(&report, dir);
                 }
@@ -990,6 +997,16 @@ fn run(mut args: RunArgs, mode: Mode) -> ExitCode {
             path.display()
         );
         return ExitCode::from(2);
+    }
+    if let Some(path) = &args.html {
+        if let Err(e) = report::html::write_html(&report, path) {
+            eprintln!(
+                "netpol-conformance: writing the HTML report to {}: {e}",
+                path.display()
+            );
+            return ExitCode::from(2);
+        }
+        eprintln!("netpol-conformance: HTML report in {}", path.display());
     }
     if let (Some(path), Some(implementation)) = (&args.npa_report.report_output, &implementation) {
         let npa = report::npa::conformance_report(&report, &features, implementation);

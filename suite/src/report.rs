@@ -1,6 +1,7 @@
 //! One typed run report, several renderers: a summary for people, JUnit (via quick-junit),
 //! Sonobuoy's results directory with its `done` file and progress updates, and
-//! network-policy-api's ConformanceReport ([`npa`]), and the GitHub job summary ([`github`]).
+//! network-policy-api's ConformanceReport ([`npa`]), the GitHub job summary ([`github`]) and a
+//! self-contained HTML page ([`html`]).
 
 use std::fmt::{self, Write as _};
 use std::io::Write as _;
@@ -14,6 +15,7 @@ use crate::backend::TargetInfo;
 use crate::reachability::{Expected, Observed, Table, Verdict};
 
 pub mod github;
+pub mod html;
 pub mod npa;
 
 /// How a trial ended.
@@ -465,12 +467,14 @@ pub fn write_junit(report: &RunReport, path: &Path) -> std::io::Result<()> {
     std::fs::write(path, junit(report))
 }
 
-/// Writes Sonobuoy's results: `junit.xml` in `dir`, then `done` naming it (written last, as the
-/// worker uploads whatever `done` points to as soon as it appears).
+/// Writes Sonobuoy's results: `junit.xml` and the HTML report `report.html` in `dir`, then
+/// `done` naming the JUnit file (written last, as the worker uploads whatever `done` points to
+/// as soon as it appears).
 pub fn write_sonobuoy(report: &RunReport, dir: &Path) -> std::io::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
     let result = dir.join("junit.xml");
     write_junit(report, &result)?;
+    html::write_html(report, &dir.join("report.html"))?;
     let absolute = std::path::absolute(&result)?;
     let done_tmp = dir.join(".done.tmp");
     std::fs::write(&done_tmp, absolute.display().to_string())?;

@@ -289,7 +289,7 @@ fn sonobuoy_results_end_with_done_naming_the_junit_file() {
     names.sort();
     assert_eq!(
         names,
-        ["done", "junit.xml"],
+        ["done", "junit.xml", "report.html"],
         "no other *.xml or stray files"
     );
     std::fs::remove_dir_all(&dir).unwrap();
