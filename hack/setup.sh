@@ -31,6 +31,8 @@ declare -A packages=(
   [shellcheck]=shellcheck
   [openssl]=openssl
   [flock]=util-linux
+  # The HTML report's browser tests render it in headless Chromium.
+  [chromium]=chromium
 )
 missing=()
 for cmd in "${!packages[@]}"; do

@@ -39,7 +39,7 @@ mkdir -p target/conformance
 source hack/kernel-features.sh
 NETPOL_EXEMPT_FEATURES="$(kernel_exemptions)"
 export NETPOL_EXEMPT_FEATURES
-NETPOL_REQUIRE_LOCAL=1 NETPOL_LOCAL=1 NETPOL_JUNIT="$PWD/target/conformance/junit.xml" \
+NETPOL_REQUIRE_LOCAL=1 NETPOL_REQUIRE_BROWSER=1 NETPOL_LOCAL=1 NETPOL_JUNIT="$PWD/target/conformance/junit.xml" \
   cargo test --workspace --locked --no-fail-fast
 
 step "manifests: server-side dry-run against the local cluster"
