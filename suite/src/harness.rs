@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Instant;
 
+use clap::builder::BoolishValueParser;
 use clap::{Args, Parser, Subcommand};
 use libtest_mimic::{Completion, Failed, Trial};
 use regex::Regex;
@@ -154,10 +155,10 @@ pub struct RunArgs {
     #[arg(long, env = "NETPOL_CONTEXT")]
     pub context: Option<String>,
     /// Use the pod's service account (implied in Sonobuoy plugin mode).
-    #[arg(long, env = "NETPOL_IN_CLUSTER")]
+    #[arg(long, env = "NETPOL_IN_CLUSTER", value_parser = BoolishValueParser::new())]
     pub in_cluster: bool,
     /// Run on the local cluster even where a kubeconfig exists.
-    #[arg(long, env = "NETPOL_LOCAL")]
+    #[arg(long, env = "NETPOL_LOCAL", value_parser = BoolishValueParser::new())]
     pub local: bool,
     /// One probe's connect timeout in seconds (default: 1 on the local cluster, 3 elsewhere,
     /// as upstream).
@@ -171,7 +172,7 @@ pub struct RunArgs {
     pub preflight_timeout: Option<std::time::Duration>,
     /// Fail at once, naming the holder, when another run holds the cluster lock for trials
     /// with cluster-scoped policies (default: wait for it).
-    #[arg(long, env = "NETPOL_NO_WAIT")]
+    #[arg(long, env = "NETPOL_NO_WAIT", value_parser = BoolishValueParser::new())]
     pub no_wait: bool,
     /// Probe upstream cases through the destination's Service (default) or its pod IP.
     #[arg(
@@ -185,10 +186,10 @@ pub struct RunArgs {
     #[arg(long, env = "NETPOL_CASES")]
     pub cases: Option<PathBuf>,
     /// Leave each trial's namespaces and policies in place (debugging).
-    #[arg(long, env = "NETPOL_KEEP")]
+    #[arg(long, env = "NETPOL_KEEP", value_parser = BoolishValueParser::new())]
     pub keep: bool,
     /// Local cluster only: run without the bundled enforcer (deny expectations then fail).
-    #[arg(long, env = "NETPOL_NO_ENFORCER")]
+    #[arg(long, env = "NETPOL_NO_ENFORCER", value_parser = BoolishValueParser::new())]
     pub no_enforcer: bool,
     /// Only cases whose trial or upstream name matches this regex (as Sonobuoy's E2E_FOCUS).
     #[arg(long, env = "E2E_FOCUS")]
@@ -206,7 +207,7 @@ pub struct RunArgs {
     pub exempt_features: Vec<String>,
     /// Judge every feature, experimental ones included (the local cluster's default: the
     /// bundled enforcer implements them all).
-    #[arg(long, env = "NETPOL_ALL_FEATURES")]
+    #[arg(long, env = "NETPOL_ALL_FEATURES", value_parser = BoolishValueParser::new())]
     pub all_features: bool,
     #[command(flatten)]
     npa_report: report::npa::ReportArgs,

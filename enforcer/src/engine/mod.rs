@@ -44,6 +44,7 @@
 //!   a pod range (a CNI's bridge or gateway address often does);
 //! - a snapshot with no policy of any kind accepts every flow, so it accepts this one too.
 
+pub mod index;
 pub mod policy;
 pub mod selector;
 
@@ -51,7 +52,7 @@ use std::fmt;
 use std::net::IpAddr;
 
 use crate::flow::Flow;
-use crate::store::{
+use index::{
     Endpoint, NamedPort, PORT_NAME_UNINTERNED, PeerMatch, RuleRef, Snapshot, in_bits, in_members,
 };
 use policy::{Action, ClusterPolicy, ContainerPort, Direction, PolicyRef, PortMatch};
@@ -108,7 +109,7 @@ pub struct RuleId<'s> {
 }
 
 impl<'s> RuleId<'s> {
-    fn origin(&self) -> crate::store::Origin {
+    fn origin(&self) -> index::Origin {
         self.snap.origins[self.origin as usize]
     }
 
@@ -541,7 +542,7 @@ fn named_port_matches<'r>(
 #[derive(Clone, Copy)]
 struct Dst<'a> {
     /// The destination pod, if it is one.
-    pod: Option<&'a crate::store::PodEntry>,
+    pod: Option<&'a index::PodEntry>,
 }
 
 /// Whether any of the rule's resolved peers is the other end of the connection. Pod sets hold
