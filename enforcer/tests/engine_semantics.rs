@@ -8,7 +8,7 @@ use engine_support::*;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use netpol_api::{v1alpha1, v1alpha2};
-use netpol_enforcer::engine::index::Endpoint;
+use netpol_enforcer::engine::index::{Endpoint, PeerMatch};
 use netpol_enforcer::engine::policy::{Action, Direction, PolicyKind};
 use netpol_enforcer::engine::{Decision, Reason, Tier, Verdict, decide};
 use netpol_enforcer::flow::Protocol::{self, Tcp, Udp};
@@ -593,12 +593,13 @@ fn peers_resolve_to_small_and_large_sets_alike() {
     assert!(
         snap.peers
             .iter()
-            .any(|p| matches!(p, netpol_enforcer::engine::index::PeerMatch::PodBits { .. }))
+            .any(|p| matches!(p, PeerMatch::PodBits { .. }))
     );
-    assert!(snap.peers.iter().any(|p| matches!(
-        p,
-        netpol_enforcer::engine::index::PeerMatch::Pods { len: 1, .. }
-    )));
+    assert!(
+        snap.peers
+            .iter()
+            .any(|p| matches!(p, PeerMatch::Pods { len: 1, .. }))
+    );
     for i in 0..70u8 {
         let src = format!("10.3.0.{}", i + 1);
         let (on_80, on_81) = if i == 7 {
