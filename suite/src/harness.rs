@@ -937,7 +937,9 @@ fn run(mut args: RunArgs, mode: Mode) -> ExitCode {
                 };
                 let suffix = format!("{run_id}-{}", counter.fetch_add(1, Ordering::SeqCst));
                 let r = run_plan(&*cluster, &caps, &plan, &suffix, &opts, &CANCEL);
-                if alone {
+                // A shared world (npa) outlives its trial and serves fixed host ports, so two
+                // runs' copies cannot coexist: the lock is kept until the run deletes it.
+                if alone && !plan.world.is_shared() {
                     cluster.unlock_cluster_scope();
                 }
                 record(

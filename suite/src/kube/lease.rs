@@ -139,9 +139,9 @@ impl Leases {
         Ok(())
     }
 
-    /// Takes the cluster lock. A held lock is waited for (`on_wait` is told who holds it, once
-    /// per holder), or with `wait == false` is an error naming the holder. An expired lock is
-    /// taken over.
+    /// Takes the cluster lock (at once when this run already holds it). A held lock is waited
+    /// for (`on_wait` is told who holds it, once per holder), or with `wait == false` is an
+    /// error naming the holder. An expired lock is taken over.
     pub async fn lock(&self, wait: bool, on_wait: &dyn Fn(&str)) -> Result<(), BackendError> {
         let mut told = String::new();
         loop {
@@ -159,6 +159,9 @@ impl Leases {
                 Ok(None) => continue,
                 Err(e) => return Err(lease_error("reading the cluster lock", e)),
             };
+            if current.labels().get(LABEL_RUN) == Some(&self.run_id) {
+                return Ok(());
+            }
             if expired(&current, Timestamp::now()) {
                 // The holder stopped renewing (killed): take the lock over.
                 let dp = DeleteParams {

@@ -209,6 +209,27 @@ impl KubeCluster {
         })
     }
 
+    /// Creates a world; when that fails half-way, removes what was created, so a later trial
+    /// (or the shared world's next attempt) starts from nothing rather than from leftovers.
+    fn create_world_or_remove_it(
+        &self,
+        world: &World,
+        suffix: &str,
+    ) -> Result<RealizedWorld, BackendError> {
+        self.rt
+            .block_on(self.create_world_async(world, suffix))
+            .inspect_err(|_| {
+                let names: Vec<String> = world
+                    .namespaces
+                    .iter()
+                    .map(|n| world.realized_namespace(&n.name, suffix))
+                    .collect();
+                if let Err(e) = self.rt.block_on(self.delete_and_wait_namespaces(&names)) {
+                    tracing::warn!("removing a world that did not come up: {e}");
+                }
+            })
+    }
+
     /// Deletes a pod at once (no grace period) and waits until the API no longer has it.
     async fn delete_pod_and_wait(&self, pod: &RealizedPod) -> Result<(), BackendError> {
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.namespace);
@@ -769,16 +790,14 @@ impl Cluster for KubeCluster {
     fn create_world(&self, world: &World, suffix: &str) -> Result<RealizedWorld, BackendError> {
         let shared = world.is_shared();
         if !shared {
-            return self.rt.block_on(self.create_world_async(world, suffix));
+            return self.create_world_or_remove_it(world, suffix);
         }
         let key = world.kind.as_str().to_string();
         let mut cache = self.shared.lock().expect("shared lock");
         let base = match cache.get(&key) {
             Some(w) => w.clone(),
             None => {
-                let w = self
-                    .rt
-                    .block_on(self.create_world_async(world, &self.opts.run_id))?;
+                let w = self.create_world_or_remove_it(world, &self.opts.run_id)?;
                 cache.insert(key, w.clone());
                 w
             }
