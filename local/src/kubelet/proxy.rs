@@ -118,7 +118,7 @@ pub fn run() -> anyhow::Result<()> {
                 let _ = std::thread::Builder::new()
                     .name("to-apiserver-conn".into())
                     .spawn(move || match TcpStream::connect(upstream) {
-                        Ok(up) => splice_tcp(conn, up),
+                        Ok(up) => splice(conn, up),
                         Err(e) => eprintln!("fabric-proxy: dialing the apiserver {upstream}: {e}"),
                     });
             }
@@ -185,27 +185,42 @@ fn serve_connect(mut conn: UnixStream, allowed: &[Ipv4Net]) -> anyhow::Result<()
     };
     conn.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
         .context("answering a CONNECT request")?;
-    splice_unix(conn, up);
+    splice(conn, up);
     Ok(())
 }
 
-fn splice_tcp(a: TcpStream, b: TcpStream) {
-    let (a2, b2) = match (a.try_clone(), b.try_clone()) {
-        (Ok(a2), Ok(b2)) => (a2, b2),
-        _ => return,
-    };
-    let t = std::thread::spawn(move || copy_then_shutdown(a2, b2, |s| s.shutdown(Shutdown::Write)));
-    copy_then_shutdown(b, a, |s| s.shutdown(Shutdown::Write));
-    let _ = t.join();
+/// A connected stream the proxy splices to a TCP connection (TCP or a Unix socket).
+trait Stream: Read + Write + Send + Sized + 'static {
+    fn duplicate(&self) -> std::io::Result<Self>;
+    fn shutdown_write(&self) -> std::io::Result<()>;
 }
 
-fn splice_unix(a: UnixStream, b: TcpStream) {
-    let (a2, b2) = match (a.try_clone(), b.try_clone()) {
+impl Stream for TcpStream {
+    fn duplicate(&self) -> std::io::Result<Self> {
+        self.try_clone()
+    }
+    fn shutdown_write(&self) -> std::io::Result<()> {
+        self.shutdown(Shutdown::Write)
+    }
+}
+
+impl Stream for UnixStream {
+    fn duplicate(&self) -> std::io::Result<Self> {
+        self.try_clone()
+    }
+    fn shutdown_write(&self) -> std::io::Result<()> {
+        self.shutdown(Shutdown::Write)
+    }
+}
+
+/// Copies both ways between `a` and `b` until each side has said all it has.
+fn splice<A: Stream>(a: A, b: TcpStream) {
+    let (a2, b2) = match (a.duplicate(), b.duplicate()) {
         (Ok(a2), Ok(b2)) => (a2, b2),
         _ => return,
     };
-    let t = std::thread::spawn(move || copy_then_shutdown(a2, b2, |s| s.shutdown(Shutdown::Write)));
-    copy_then_shutdown(b, a, |s| s.shutdown(Shutdown::Write));
+    let t = std::thread::spawn(move || copy_then_shutdown(a2, b2, TcpStream::shutdown_write));
+    copy_then_shutdown(b, a, A::shutdown_write);
     let _ = t.join();
 }
 
