@@ -26,6 +26,17 @@ pub struct TargetInfo {
     pub kubernetes_version: String,
     /// The policy implementation, if known (`netpol-enforcer`, `none`, a CNI name).
     pub implementation: String,
+    /// How the probes were carried out (`exec`, `netns`, `exec+netns`; `none` before any).
+    pub prober: String,
+    /// How the nodes run pods: `kubelet` (real kubelets) or `emulated` (the local cluster's
+    /// network-namespace pods), read from the Nodes.
+    pub runtime: String,
+    /// The nodes' container runtimes as they report them (`containerd://2.4.2`).
+    pub container_runtime: String,
+    /// Where the bundled enforcer runs: `daemonset` (the `enforcer/deploy/` DaemonSet found
+    /// on the cluster), `process` (one per node of the local cluster), `none`, or `unknown`
+    /// (policy is the CNI's business).
+    pub enforcer: String,
 }
 
 /// What the target can do, decided once before the run.
@@ -283,6 +294,7 @@ pub mod fake {
                 target: "fake".into(),
                 kubernetes_version: "v0.0.0-fake".into(),
                 implementation: "oracle".into(),
+                ..Default::default()
             }
         }
         fn capabilities(&self) -> Capabilities {

@@ -372,6 +372,13 @@ pub fn junit(report: &RunReport) -> String {
             report.target.kubernetes_version.as_str(),
         ),
         ("implementation", report.target.implementation.as_str()),
+        ("prober", report.target.prober.as_str()),
+        ("runtime", report.target.runtime.as_str()),
+        (
+            "container-runtime",
+            report.target.container_runtime.as_str(),
+        ),
+        ("enforcer", report.target.enforcer.as_str()),
         ("suite-version", report.suite_version.as_str()),
     ] {
         suite.add_property(Property::new(name, value));

@@ -20,13 +20,18 @@ use crate::reachability::Outcome;
 struct HybridProber {
     exec: ExecProber,
     netns: NetnsProber,
+    /// Whether some probe went through exec / from a network namespace (for reports).
+    used_exec: std::sync::atomic::AtomicBool,
+    used_netns: std::sync::atomic::AtomicBool,
 }
 
 impl Prober for HybridProber {
     fn probe(&self, job: &ProbeJob) -> Outcome {
         if Self::is_local(job) {
+            self.mark(true);
             self.netns.probe(job)
         } else {
+            self.mark(false);
             self.exec.probe(job)
         }
     }
@@ -41,6 +46,12 @@ impl Prober for HybridProber {
             (0..jobs.len()).partition(|i| Self::is_local(&jobs[*i]));
         let pick = |idx: &[usize]| idx.iter().map(|i| jobs[*i].clone()).collect::<Vec<_>>();
         let mut out = vec![Outcome::Error("not probed".into()); jobs.len()];
+        if !local.is_empty() {
+            self.mark(true);
+        }
+        if !remote.is_empty() {
+            self.mark(false);
+        }
         for (idx, outcomes) in [
             (&local, self.netns.probe_all(&pick(&local))),
             (&remote, self.exec.probe_all(&pick(&remote))),
@@ -59,9 +70,29 @@ impl Prober for HybridProber {
             .collect();
         jobs.len() - remote.len() + self.exec.calls(&remote)
     }
+    fn used(&self) -> String {
+        let exec = self.used_exec.load(std::sync::atomic::Ordering::SeqCst);
+        let netns = self.used_netns.load(std::sync::atomic::Ordering::SeqCst);
+        match (exec, netns) {
+            (true, true) => "exec+netns",
+            (true, false) => "exec",
+            (false, true) => "netns",
+            (false, false) => "none",
+        }
+        .into()
+    }
 }
 
 impl HybridProber {
+    fn mark(&self, netns: bool) {
+        let flag = if netns {
+            &self.used_netns
+        } else {
+            &self.used_exec
+        };
+        flag.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
     fn is_local(job: &ProbeJob) -> bool {
         job.from
             .netns
@@ -386,6 +417,7 @@ fn connect_unannounced(spec: &TargetSpec, connect: &ConnectOptions) -> Result<Ta
                     external_ip: Some(local.external_host_ip.into()),
                     timeouts: KubeTimeouts::default(),
                     wait_for_lock: connect.wait_for_lock,
+                    enforcer: Some(if local.enforced { "process" } else { "none" }.into()),
                 },
                 format!("local ({})", local.server),
                 if local.enforced {
@@ -433,6 +465,8 @@ fn connect_unannounced(spec: &TargetSpec, connect: &ConnectOptions) -> Result<Ta
                     batch_works: std::sync::atomic::AtomicBool::new(true),
                 },
                 netns: NetnsProber { parallelism: 32 },
+                used_exec: Default::default(),
+                used_netns: Default::default(),
             };
             let target = spec.describe();
             let mut cluster = KubeCluster::new(
@@ -448,6 +482,7 @@ fn connect_unannounced(spec: &TargetSpec, connect: &ConnectOptions) -> Result<Ta
                     external_ip: None,
                     timeouts: KubeTimeouts::default(),
                     wait_for_lock: connect.wait_for_lock,
+                    enforcer: None,
                 },
                 target,
                 std::env::var("NETPOL_IMPLEMENTATION").unwrap_or_else(|_| "unknown".into()),

@@ -109,6 +109,10 @@ fn sample_report() -> RunReport {
             target: "local".into(),
             kubernetes_version: "v1.37.2".into(),
             implementation: "netpol-enforcer".into(),
+            prober: "netns".into(),
+            runtime: "emulated".into(),
+            container_runtime: "netpol-local://0.1.0".into(),
+            enforcer: "process".into(),
         },
         hostname: "ci-runner-7".into(),
         trials: vec![
@@ -402,6 +406,7 @@ fn npa_run() -> (RunReport, Selection) {
             target: "kind-kind".into(),
             kubernetes_version: "v1.35.0".into(),
             implementation: "kube-network-policies".into(),
+            ..Default::default()
         },
         hostname: "ci-runner-7".into(),
         trials,

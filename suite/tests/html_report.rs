@@ -345,6 +345,7 @@ fn synthetic_run(n: usize) -> RunReport {
             target: "sample (synthetic run for docs and tests)".into(),
             kubernetes_version: "v1.37.2".into(),
             implementation: "example-cni".into(),
+            ..Default::default()
         },
         hostname: "ci-runner-7".into(),
         trials,

@@ -46,6 +46,11 @@ pub trait Prober: Send + Sync {
     fn calls(&self, jobs: &[ProbeJob]) -> usize {
         jobs.len()
     }
+    /// What actually carried the run's probes so far, for reports; [`Prober::name`] unless the
+    /// prober picks per probe.
+    fn used(&self) -> String {
+        self.name().into()
+    }
 }
 
 /// Named waits of the backend.
@@ -86,6 +91,9 @@ pub struct KubeOptions {
     pub timeouts: KubeTimeouts,
     /// Wait for another run's cluster lock (`false`: fail at once, naming the holder).
     pub wait_for_lock: bool,
+    /// Where the bundled enforcer runs, when the caller knows (the local cluster); `None`
+    /// looks for its DaemonSet on the cluster.
+    pub enforcer: Option<String>,
 }
 
 /// A cluster reached through the Kubernetes API.
@@ -193,11 +201,26 @@ impl KubeCluster {
             }
         }
         caps.kinds.insert("NetworkPolicy".into());
+        let (runtime, container_runtime) = rt.block_on(node_runtime(&client));
+        let enforcer = match opts.enforcer.clone() {
+            Some(e) => e,
+            None => rt.block_on(enforcer_daemonset(&client)),
+        };
+        // Nobody named the implementation, but the bundled enforcer's DaemonSet is there.
+        let implementation = if implementation == "unknown" && enforcer.starts_with("daemonset") {
+            "netpol-enforcer (DaemonSet)".to_string()
+        } else {
+            implementation
+        };
         Ok(KubeCluster {
             info: TargetInfo {
                 target,
                 kubernetes_version: version.git_version,
                 implementation,
+                prober: String::new(),
+                runtime,
+                container_runtime,
+                enforcer,
             },
             leases: lease::Leases::new(client.clone(), &opts.run_id),
             rt,
@@ -780,7 +803,10 @@ impl KubeCluster {
 
 impl Cluster for KubeCluster {
     fn info(&self) -> TargetInfo {
-        self.info.clone()
+        TargetInfo {
+            prober: self.prober.used(),
+            ..self.info.clone()
+        }
     }
 
     fn capabilities(&self) -> Capabilities {
@@ -1114,6 +1140,54 @@ pub fn run_pool<P: Prober + ?Sized>(prober: &P, jobs: &[ProbeJob]) -> Vec<Outcom
                 .unwrap_or_else(|| Outcome::Error("not probed".into()))
         })
         .collect()
+}
+
+/// The local cluster's emulated nodes report this container runtime.
+const EMULATED_RUNTIME: &str = "netpol-local://";
+
+/// How the nodes run pods, from their `containerRuntimeVersion`: (`kubelet` or `emulated`,
+/// the distinct runtime versions). A cluster that will not list its Nodes gives `unknown`.
+async fn node_runtime(client: &Client) -> (String, String) {
+    let api: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    let nodes = match api.list(&ListParams::default()).await {
+        Ok(list) => list.items,
+        Err(e) => return ("unknown".into(), format!("listing nodes: {e}")),
+    };
+    let versions: BTreeSet<String> = nodes
+        .iter()
+        .filter_map(|n| n.status.as_ref()?.node_info.as_ref())
+        .map(|i| i.container_runtime_version.clone())
+        .collect();
+    let runtime = if versions.is_empty() {
+        "unknown"
+    } else if versions.iter().all(|v| v.starts_with(EMULATED_RUNTIME)) {
+        "emulated"
+    } else {
+        "kubelet"
+    };
+    (
+        runtime.into(),
+        versions.into_iter().collect::<Vec<_>>().join(", "),
+    )
+}
+
+/// `daemonset` when the cluster runs the bundled enforcer's DaemonSet (`enforcer/deploy/`,
+/// found by its `app.kubernetes.io/name` label) with every pod ready, `daemonset (n/m ready)`
+/// when not all are, else `unknown`: policy is then the CNI's own business.
+async fn enforcer_daemonset(client: &Client) -> String {
+    let api: Api<k8s_openapi::api::apps::v1::DaemonSet> = Api::all(client.clone());
+    let params = ListParams::default().labels("app.kubernetes.io/name=netpol-enforcer");
+    match api.list(&params).await {
+        Ok(list) => match list.items.first().and_then(|d| d.status.as_ref()) {
+            Some(s) if s.number_ready == s.desired_number_scheduled => "daemonset".into(),
+            Some(s) => format!(
+                "daemonset ({}/{} ready)",
+                s.number_ready, s.desired_number_scheduled
+            ),
+            None => "unknown".into(),
+        },
+        Err(e) => format!("unknown (listing DaemonSets: {e})"),
+    }
 }
 
 /// The netns prober of the local cluster.
