@@ -113,7 +113,7 @@ run_plugin() {
   local var wait_minutes="${SONOBUOY_WAIT_MINUTES:-90}"
   local args=(run --kubeconfig "$kubeconfig" --plugin "$plugin"
     --plugin-image "$name:$NETPOL_SUITE_IMAGE"
-    --skip-preflight=existingnamespace --wait="$wait_minutes" --wait-output=progress)
+    --wait="$wait_minutes" --wait-output=progress)
   for var in "${passed_env[@]}"; do
     if [[ -n "${!var:-}" ]]; then
       args+=(--plugin-env "$name.$var=${!var}")
@@ -123,12 +123,9 @@ run_plugin() {
   log "loading $NETPOL_SUITE_IMAGE into kind-$KIND_CLUSTER_NAME"
   "$KIND" load docker-image "$NETPOL_SUITE_IMAGE" --name "$KIND_CLUSTER_NAME" ||
     die "kind load docker-image $NETPOL_SUITE_IMAGE failed; build it with hack/kind-images.sh suite"
-  # A previous run's namespace would take the new service account down with it when it finishes
-  # terminating; start from nothing.
+  # Start from nothing: a previous run's namespace would still be terminating. The plugin runs
+  # as shipped, under Sonobuoy's own service account, with nothing applied beforehand.
   "$SONOBUOY" delete --kubeconfig "$kubeconfig" --wait >/dev/null 2>&1 || true
-  log "applying plugin/rbac.yaml (namespace sonobuoy, service account and ClusterRole)"
-  "$KUBECTL" --kubeconfig "$kubeconfig" apply -f "$REPO_ROOT/plugin/rbac.yaml" ||
-    die "could not apply plugin/rbac.yaml"
 
   log "sonobuoy ${args[*]}"
   if ! "$SONOBUOY" "${args[@]}"; then

@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # Entry point of the Sonobuoy plugin container (installed as /usr/local/bin/sonobuoy-entrypoint).
 #
-# Runs `netpol-conformance run --sonobuoy`, which writes $SONOBUOY_RESULTS_DIR/junit.xml and then
-# the `done` file naming it. This wrapper only adds what the binary cannot do for itself:
+# Runs `netpol-conformance run --sonobuoy`, which writes junit.xml and report.html into
+# $SONOBUOY_RESULTS_DIR and then the `done` file naming that directory (Sonobuoy's worker tars a
+# directory it is given, so this wrapper's log travels with the results). This wrapper only adds
+# what the binary cannot do for itself:
 #   - Sonobuoy's plugin env carries E2E_FOCUS="" and friends; an empty value is dropped so the
 #     suite sees "not set" rather than an empty regular expression (an empty E2E_SKIP would
 #     match, and skip, every case);
 #   - if the binary dies before writing `done` (crash, OOM kill of a child, bad kubeconfig),
-#     Sonobuoy would wait for its timeout (6 h by default) and report nothing. The wrapper then
-#     writes a one-case junit.xml whose <error> carries the exit status and the end of the log,
-#     and the `done` file, so `sonobuoy results` shows why.
+#     Sonobuoy would wait for its timeout (`sonobuoy run --timeout`, 6 h by default) and then
+#     report the plugin as timed out, with nothing to say why. The wrapper then writes a
+#     one-case junit.xml whose <error> carries the exit status and the end of the log, and the
+#     `done` file, so `sonobuoy results` shows why.
 # Extra arguments are passed to `netpol-conformance run`.
 set -euo pipefail
 
@@ -64,8 +67,8 @@ else
   chmod 0644 "$tmp"  # the worker sidecar may run as another user
   mv "$tmp" "$junit"
 fi
-# `done` names the file the worker uploads; it is written last.
-printf '%s' "$junit" >"$results_dir/done"
+# `done` names what the worker uploads (the directory, tarred by the worker); it is written last.
+printf '%s' "$(cd "$results_dir" && pwd -P)" >"$results_dir/done"
 if [[ "$status" -eq 0 ]]; then
   status=1
 fi

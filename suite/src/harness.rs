@@ -57,7 +57,6 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         timeout: u64,
     },
-    /// Delete namespaces and policies that earlier runs left behind (by label).
     /// Delete namespaces, policies and leases that runs which are gone left behind (by label
     /// and run lease); a live run's objects are never touched unless asked for.
     Cleanup {
@@ -74,6 +73,18 @@ enum Command {
         /// Every run's objects, live runs included.
         #[arg(long)]
         all: bool,
+    },
+    /// Print the Sonobuoy plugin definition for `sonobuoy run --plugin`, as shipped in
+    /// plugin/netpol-conformance.yaml or with another image or service account.
+    SonobuoyPlugin {
+        /// The suite image the plugin runs (default: the released image the file names).
+        #[arg(long)]
+        image: Option<String>,
+        /// Run the plugin pod as this service account of Sonobuoy's namespace instead of
+        /// Sonobuoy's own; `netpol-conformance` is the least-privilege one plugin/rbac.yaml
+        /// creates (apply it first, then `sonobuoy run --skip-preflight=existingnamespace`).
+        #[arg(long)]
+        service_account: Option<String>,
     },
 }
 
@@ -258,6 +269,16 @@ pub fn main() -> ExitCode {
             protocol,
             timeout,
         } => probe_once(&netns, target, &protocol, timeout),
+        Command::SonobuoyPlugin {
+            image,
+            service_account,
+        } => match crate::plugin::render(&crate::plugin::Overrides {
+            image,
+            service_account,
+        }) {
+            Ok(text) => print_out(std::iter::once(text)),
+            Err(e) => usage_error(&e),
+        },
     }
 }
 

@@ -12,6 +12,7 @@ pub mod features;
 pub mod harness;
 pub mod kube;
 pub mod plan;
+pub mod plugin;
 pub mod progress;
 pub mod reachability;
 pub mod render;

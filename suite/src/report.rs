@@ -474,15 +474,18 @@ pub fn write_junit(report: &RunReport, path: &Path) -> std::io::Result<()> {
     std::fs::write(path, junit(report))
 }
 
-/// Writes Sonobuoy's results: `junit.xml` and the HTML report `report.html` in `dir`, then
-/// `done` naming the JUnit file (written last, as the worker uploads whatever `done` points to
-/// as soon as it appears).
+/// Writes Sonobuoy's results into `dir`: `junit.xml` and the HTML report `report.html`, then
+/// `done` naming the directory itself (written last, as the worker uploads whatever `done`
+/// points to as soon as it appears). A directory in `done` makes Sonobuoy's worker tar the whole
+/// of it, so the log the plugin's entrypoint keeps there and the HTML report reach the results
+/// tarball beside the JUnit file; the plugin's `result-files` keeps the post-processing to
+/// `junit.xml`. Returns the JUnit file's path.
 pub fn write_sonobuoy(report: &RunReport, dir: &Path) -> std::io::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
     let result = dir.join("junit.xml");
     write_junit(report, &result)?;
     html::write_html(report, &dir.join("report.html"))?;
-    let absolute = std::path::absolute(&result)?;
+    let absolute = std::path::absolute(dir)?;
     let done_tmp = dir.join(".done.tmp");
     std::fs::write(&done_tmp, absolute.display().to_string())?;
     std::fs::rename(&done_tmp, dir.join("done"))?;

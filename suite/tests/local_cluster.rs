@@ -55,6 +55,23 @@ fn progress_listener() -> (u16, Arc<Mutex<Vec<String>>>) {
     (port, bodies)
 }
 
+/// Sonobuoy's `plugin.ProgressUpdate` fields (`pkg/plugin/interface.go`); the server sets
+/// `name`, `node` and `timestamp` itself.
+const PROGRESS_FIELDS: [&str; 8] = [
+    "msg",
+    "total",
+    "completed",
+    "failures",
+    "errors",
+    "appendtotals",
+    "appendcompleted",
+    "appendfailing",
+];
+
+/// The worker's side of a Sonobuoy run, replayed: the plugin container's entrypoint as shipped
+/// (`plugin/sonobuoy-entrypoint.sh`, the binary on its PATH) with the env Sonobuoy sets
+/// (`SONOBUOY_RESULTS_DIR`, `SONOBUOY_PROGRESS_PORT`, the plugin's empty `E2E_SKIP`) and a
+/// progress listener standing in for the worker.
 #[test]
 fn plugin_mode_leaves_results_sonobuoy_accepts() {
     if !prerequisites("plugin_mode_leaves_results_sonobuoy_accepts") {
@@ -63,12 +80,31 @@ fn plugin_mode_leaves_results_sonobuoy_accepts() {
     let scratch = Scratch::new("plg");
     let results = scratch.dir.join("results");
     let (port, bodies) = progress_listener();
-    let out = scratch
-        .command()
-        .args(["run", "--no-enforcer"])
+    let suite = scratch.command();
+    let bin_dir = Path::new(suite.get_program()).parent().unwrap().to_owned();
+    let mut entrypoint = std::process::Command::new("bash");
+    entrypoint.arg(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../plugin/sonobuoy-entrypoint.sh"
+    ));
+    for (key, value) in suite.get_envs() {
+        match value {
+            Some(v) => entrypoint.env(key, v),
+            None => entrypoint.env_remove(key),
+        };
+    }
+    let path = std::env::join_paths(
+        std::iter::once(bin_dir).chain(std::env::split_paths(&std::env::var_os("PATH").unwrap())),
+    )
+    .unwrap();
+    let out = entrypoint
+        .arg("--no-enforcer")
+        .env("PATH", path)
         .env("SONOBUOY_RESULTS_DIR", &results)
         .env("SONOBUOY_PROGRESS_PORT", port.to_string())
         .env("E2E_FOCUS", "default-deny-ingress")
+        // Sonobuoy passes the plugin's empty values through; empty must mean "not set".
+        .env("E2E_SKIP", "")
         .stdin(Stdio::null())
         .output()
         .unwrap();
@@ -77,9 +113,36 @@ fn plugin_mode_leaves_results_sonobuoy_accepts() {
         out.status.success(),
         "plugin mode exits 0 once results are written:\n{stderr}"
     );
+
+    // `done` names the results directory, absolute: the worker tars and uploads all of it.
     let done = std::fs::read_to_string(results.join("done")).unwrap();
-    assert_eq!(Path::new(&done), results.join("junit.xml"));
-    let xml = std::fs::read_to_string(&done).unwrap();
+    assert_eq!(Path::new(&done), std::path::absolute(&results).unwrap());
+    let mut files: Vec<(String, u32)> = std::fs::read_dir(&results)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let mode =
+                std::os::unix::fs::PermissionsExt::mode(&e.metadata().unwrap().permissions());
+            (e.file_name().into_string().unwrap(), mode)
+        })
+        .collect();
+    files.sort();
+    let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        ["done", "junit.xml", "netpol-conformance.log", "report.html"],
+        "the JUnit file is the only *.xml; the log and HTML report travel with it"
+    );
+    for (name, mode) in &files {
+        // The worker sidecar may run as another user.
+        assert!(mode & 0o004 != 0, "{name} is not world-readable ({mode:o})");
+    }
+    let log = std::fs::read_to_string(results.join("netpol-conformance.log")).unwrap();
+    assert!(log.contains("default-deny-ingress"), "{log}");
+    let html = std::fs::read_to_string(results.join("report.html")).unwrap();
+    assert!(html.contains("default-deny-ingress"));
+
+    let xml = std::fs::read_to_string(results.join("junit.xml")).unwrap();
     // Without an enforcer the deny cases fail with the tables; SCTP is skipped with its reason.
     assert!(xml.contains("tests=\"3\""), "{xml}");
     assert!(
@@ -91,10 +154,36 @@ fn plugin_mode_leaves_results_sonobuoy_accepts() {
         xml.contains("<skipped message=\"SCTP: exempted with --exempt-features"),
         "{xml}"
     );
+
+    // One progress update per trial, each in Sonobuoy's field names and types, counting up.
     let bodies = bodies.lock().unwrap().clone();
     assert_eq!(bodies.len(), 3, "one progress update per trial: {bodies:?}");
+    let mut seen = 0;
+    for body in &bodies {
+        let update: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+        for key in update.keys() {
+            assert!(
+                PROGRESS_FIELDS.contains(&key.as_str()),
+                "unknown field {key}: {body}"
+            );
+        }
+        assert!(update["msg"].is_string(), "{body}");
+        assert_eq!(update["total"], 3, "{body}");
+        let strings = |k: &str| {
+            update[k]
+                .as_array()
+                .unwrap_or_else(|| panic!("{k} is not a list: {body}"))
+                .iter()
+                .map(|v| v.as_str().expect("a string").to_string())
+                .collect::<Vec<_>>()
+        };
+        let done_now = update["completed"].as_u64().unwrap() as usize + strings("failures").len();
+        assert_eq!(done_now, seen + 1, "each update adds one trial: {body}");
+        seen = done_now;
+        assert!(strings("errors").is_empty(), "{body}");
+    }
     let last: serde_json::Value = serde_json::from_str(bodies.last().unwrap()).unwrap();
-    assert_eq!(last["total"], 3);
     assert_eq!(last["failures"].as_array().unwrap().len(), 2);
 }
 
