@@ -37,6 +37,9 @@ pub struct TargetInfo {
     /// on the cluster), `process` (one per node of the local cluster), `none`, or `unknown`
     /// (policy is the CNI's business).
     pub enforcer: String,
+    /// Execs the run opened into its pods, counted as they happened (0 where probes did not
+    /// go through exec); beside each step's `probe calls`, which the prober plans.
+    pub execs: usize,
 }
 
 /// What the target can do, decided once before the run.

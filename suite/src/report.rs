@@ -379,6 +379,7 @@ pub fn junit(report: &RunReport) -> String {
             report.target.container_runtime.as_str(),
         ),
         ("enforcer", report.target.enforcer.as_str()),
+        ("execs", report.target.execs.to_string().as_str()),
         ("suite-version", report.suite_version.as_str()),
     ] {
         suite.add_property(Property::new(name, value));

@@ -70,6 +70,9 @@ impl Prober for HybridProber {
             .collect();
         jobs.len() - remote.len() + self.exec.calls(&remote)
     }
+    fn execs(&self) -> usize {
+        self.exec.execs()
+    }
     fn used(&self) -> String {
         let exec = self.used_exec.load(std::sync::atomic::Ordering::SeqCst);
         let netns = self.used_netns.load(std::sync::atomic::Ordering::SeqCst);
@@ -463,6 +466,7 @@ fn connect_unannounced(spec: &TargetSpec, connect: &ConnectOptions) -> Result<Ta
                     exec_slack: std::time::Duration::from_secs(30),
                     batch: netpol_local::env_flag("NETPOL_EXEC_BATCH")?.unwrap_or(true),
                     batch_works: std::sync::atomic::AtomicBool::new(true),
+                    execs: Default::default(),
                 },
                 netns: NetnsProber { parallelism: 32 },
                 used_exec: Default::default(),

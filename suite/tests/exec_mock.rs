@@ -198,6 +198,7 @@ fn prober_with(
         exec_slack: Duration::from_secs(10),
         batch,
         batch_works: AtomicBool::new(true),
+        execs: Default::default(),
     };
     (prober, seen, rt)
 }
@@ -238,6 +239,11 @@ fn batch_mode_probes_a_row_with_one_exec() {
     );
     let seen = seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(
+        Prober::execs(&prober),
+        2,
+        "the count reports give is what reached the server"
+    );
     let command = command_of(seen.iter().find(|u| u.contains("/pods/a/")).unwrap());
     assert_eq!(&command[..2], ["sh", "-c"]);
     assert_eq!(&command[3..6], ["sh", "tcp", "1s"]);
@@ -269,6 +275,7 @@ fn batch_mode_falls_back_when_the_image_has_no_shell() {
         2,
         "one batch attempt, then one single probe"
     );
+    assert_eq!(Prober::execs(&prober), 2, "failed execs are counted too");
     assert_eq!(
         prober.calls(&[job_to(2), job_to(3)]),
         2,

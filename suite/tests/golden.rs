@@ -113,6 +113,7 @@ fn sample_report() -> RunReport {
             runtime: "emulated".into(),
             container_runtime: "netpol-local://0.1.0".into(),
             enforcer: "process".into(),
+            execs: 0,
         },
         hostname: "ci-runner-7".into(),
         trials: vec![

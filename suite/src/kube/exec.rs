@@ -1,7 +1,7 @@
 //! The exec prober: `/agnhost connect <ip>:<port> --timeout=<t>s --protocol=<p>` run through the
 //! API server's exec endpoint in the source pod, and the decoding of what comes back.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
@@ -34,6 +34,8 @@ pub struct ExecProber {
     pub batch: bool,
     /// Cleared when an image turns out to have no shell.
     pub batch_works: AtomicBool,
+    /// Execs opened so far, counted as they are opened (what reports call `execs`).
+    pub execs: AtomicUsize,
 }
 
 /// The shell loop of batch mode: `sh -c SCRIPT sh <protocol> <timeout> <target>…` prints one
@@ -154,6 +156,7 @@ struct ExecResult {
 
 impl ExecProber {
     async fn exec(&self, job: &ProbeJob, command: Vec<String>) -> Result<ExecResult, String> {
+        self.execs.fetch_add(1, Ordering::SeqCst);
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &job.from.namespace);
         let params = AttachParams::default()
             .container(job.from.container.clone())
@@ -287,6 +290,9 @@ impl Prober for ExecProber {
         out.into_iter()
             .map(|o| o.unwrap_or_else(|| Outcome::Error("not probed".into())))
             .collect()
+    }
+    fn execs(&self) -> usize {
+        self.execs.load(Ordering::SeqCst)
     }
     fn calls(&self, jobs: &[ProbeJob]) -> usize {
         if self.batching() {

@@ -51,6 +51,10 @@ pub trait Prober: Send + Sync {
     fn used(&self) -> String {
         self.name().into()
     }
+    /// Execs this prober has opened so far (0 for probers that do not exec).
+    fn execs(&self) -> usize {
+        0
+    }
 }
 
 /// Named waits of the backend.
@@ -221,6 +225,7 @@ impl KubeCluster {
                 runtime,
                 container_runtime,
                 enforcer,
+                execs: 0,
             },
             leases: lease::Leases::new(client.clone(), &opts.run_id),
             rt,
@@ -805,6 +810,7 @@ impl Cluster for KubeCluster {
     fn info(&self) -> TargetInfo {
         TargetInfo {
             prober: self.prober.used(),
+            execs: self.prober.execs(),
             ..self.info.clone()
         }
     }
