@@ -219,6 +219,21 @@ pub trait Cluster: Send + Sync {
     fn delete_pods(&self, realized: &RealizedWorld, pods: &[String]) -> Result<(), BackendError>;
     /// Deletes everything a world's creation made, waiting until it is gone.
     fn delete_world(&self, realized: &RealizedWorld) -> Result<(), BackendError>;
+    /// Ends a trial's use of its world. With `reusable` (the trial left the world's pods and
+    /// labels as it found them, see `runner::reusable`) a backend may remove only the trial's
+    /// own objects and hand the world to a later trial of the same world from
+    /// [`Cluster::create_world`], as upstream's suite reuses its namespaces; the later trial's
+    /// pre-flight then proves every pair connects again before its first policy. The default
+    /// deletes the world.
+    fn release_world(
+        &self,
+        world: &World,
+        realized: &RealizedWorld,
+        reusable: bool,
+    ) -> Result<(), BackendError> {
+        let _ = (world, reusable);
+        self.delete_world(realized)
+    }
     /// Takes the cluster-wide turn of trials with cluster-scoped policies: other runs on the
     /// same cluster wait for it (the default: a cluster only this run uses).
     fn lock_cluster_scope(&self) -> Result<(), BackendError> {

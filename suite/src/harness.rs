@@ -199,6 +199,10 @@ pub struct RunArgs {
     /// Leave each trial's namespaces and policies in place (debugging).
     #[arg(long, env = "NETPOL_KEEP", value_parser = BoolishValueParser::new())]
     pub keep: bool,
+    /// Give every trial fresh namespaces and pods instead of handing a world that a trial left
+    /// as it found it to the next trial of the same world (for comparison and debugging).
+    #[arg(long, env = "NETPOL_FRESH_WORLDS", value_parser = BoolishValueParser::new())]
+    pub fresh_worlds: bool,
     /// Local cluster only: run without the bundled enforcer (deny expectations then fail).
     #[arg(long, env = "NETPOL_NO_ENFORCER", value_parser = BoolishValueParser::new())]
     pub no_enforcer: bool,
@@ -778,6 +782,7 @@ fn run(mut args: RunArgs, mode: Mode) -> ExitCode {
             let run_id = run_id.clone();
             let connect_opts = connect_opts.clone();
             let keep = args.keep;
+            let fresh_worlds = args.fresh_worlds;
             let probe_target = args.probe_target;
             let features = features.clone();
             let (probe_timeout, settle_timeout, preflight_timeout) = (
@@ -954,6 +959,7 @@ fn run(mut args: RunArgs, mode: Mode) -> ExitCode {
                     probe_target,
                     color,
                     keep,
+                    fresh_worlds,
                     features: features.clone(),
                 };
                 let suffix = format!("{run_id}-{}", counter.fetch_add(1, Ordering::SeqCst));

@@ -66,6 +66,8 @@ pub struct RunOptions {
     pub color: bool,
     /// Leave the world in place after the trial (debugging).
     pub keep: bool,
+    /// Never hand a world to a later trial (`--fresh-worlds`).
+    pub fresh_worlds: bool,
     /// The features the run judges.
     pub features: Arc<Selection>,
 }
@@ -130,12 +132,15 @@ pub fn run_plan(
         &mut report,
     );
     report.outcome = outcome;
-    // A shared world outlives the trial: put back every label the trial changed, also after a
-    // failure, so the next trial finds the world as upstream describes it.
-    if plan.world.is_shared()
+    // A shared world outlives the trial, and so may one a later trial reuses: put back every
+    // label the trial changed, also after a failure, so the next trial finds the world as
+    // upstream describes it.
+    let mut reusable = reusable(plan, &report.outcome) && !opts.keep && !opts.fresh_worlds;
+    if (plan.world.is_shared() || reusable)
         && !opts.keep
         && let Err(e) = restore_labels(cluster, plan, &realized)
     {
+        reusable = false;
         report
             .log
             .push_str(&format!("restoring labels failed: {e}\n"));
@@ -147,7 +152,7 @@ pub fn run_plan(
     }
     if opts.keep {
         report.log.push_str("--keep: the world was left in place\n");
-    } else if let Err(e) = cluster.delete_world(&realized) {
+    } else if let Err(e) = cluster.release_world(&plan.world, &realized, reusable) {
         report.log.push_str(&format!("cleanup failed: {e}\n"));
         if matches!(report.outcome, TrialOutcome::Passed) {
             report.outcome = TrialOutcome::Error {
@@ -245,6 +250,39 @@ fn run_steps(
 
 /// Sets every label key a trial's relabel steps touch back to the world model's value (or
 /// removes it where the model has none).
+/// Policy kinds: what a trial may create, change and delete and still leave its world reusable.
+const POLICY_KINDS: [&str; 4] = [
+    "NetworkPolicy",
+    "AdminNetworkPolicy",
+    "BaselineAdminNetworkPolicy",
+    "ClusterNetworkPolicy",
+];
+
+/// Whether a trial leaves its world as it found it once its own objects are gone and its label
+/// changes are undone: it only touched policies and labels (no pod recreated or deleted, no
+/// other object made), and it did not end in a failure or an error, after which nobody can say
+/// what state the world is in.
+pub fn reusable(plan: &Plan, outcome: &TrialOutcome) -> bool {
+    let policy = |kind: &str| POLICY_KINDS.contains(&kind);
+    let only_policies = plan.steps.iter().all(|step| match &step.action {
+        Action::Create(objects) | Action::Update(objects) => objects
+            .iter()
+            .all(|o| policy(o["kind"].as_str().unwrap_or_default())),
+        Action::Patch { target, .. } => policy(&target.kind),
+        Action::Delete(targets) => targets.iter().all(|t| policy(&t.kind)),
+        Action::RecreatePods(_) | Action::DeletePods(_) => false,
+        Action::DeleteAllPolicies
+        | Action::LabelNamespace { .. }
+        | Action::LabelPod { .. }
+        | Action::Probe(_) => true,
+    });
+    only_policies
+        && !matches!(
+            outcome,
+            TrialOutcome::Failed { .. } | TrialOutcome::Error { .. }
+        )
+}
+
 fn restore_labels(
     cluster: &dyn Cluster,
     plan: &Plan,
@@ -844,6 +882,7 @@ mod tests {
             probe_target: ProbeTarget::PodIp,
             color: false,
             keep: false,
+            fresh_worlds: false,
             features: Arc::new(Selection::all()),
         }
     }
@@ -1050,6 +1089,47 @@ mod tests {
         plan_all(&load_files([("t.yaml".into(), text.into())]).unwrap())
             .unwrap()
             .remove(0)
+    }
+
+    #[test]
+    fn only_trials_that_touched_policies_and_labels_leave_a_reusable_world() {
+        let plans = crate::plan::plan_all(&crate::case::load_embedded().unwrap()).unwrap();
+        let by_action = |action: &str| {
+            plans
+                .iter()
+                .find(|p| p.steps.iter().any(|s| s.action.name() == action))
+                .unwrap_or_else(|| panic!("no trial does {action}"))
+        };
+        let passed = TrialOutcome::Passed;
+        assert!(reusable(by_action("label_pod"), &passed));
+        assert!(reusable(by_action("label_namespace"), &passed));
+        let policies_only = &plan();
+        for action in [
+            Action::RecreatePods(vec!["x/a".into()]),
+            Action::DeletePods(vec!["x/a".into()]),
+        ] {
+            let mut p = plan();
+            let mut step = p.steps[0].clone();
+            step.action = action;
+            p.steps.push(step);
+            assert!(
+                !reusable(&p, &passed),
+                "{}",
+                p.steps.last().unwrap().action.name()
+            );
+        }
+        assert!(reusable(policies_only, &passed));
+        let failed = TrialOutcome::Failed {
+            message: "wrong".into(),
+        };
+        let error = TrialOutcome::Error {
+            message: "gone".into(),
+        };
+        assert!(
+            !reusable(policies_only, &failed),
+            "a failed trial's world is suspect"
+        );
+        assert!(!reusable(policies_only, &error));
     }
 
     #[test]

@@ -33,6 +33,7 @@ fn a_real_run_plan_keeps_its_grids_equal_to_its_text_tables() {
         probe_target: ProbeTarget::PodIp,
         color: false,
         keep: false,
+        fresh_worlds: false,
         features: Arc::new(Selection::all()),
     };
     let report = run_plan(&cluster, &caps, &plan, "g1", &opts, &AtomicBool::new(false));

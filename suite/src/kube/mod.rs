@@ -110,6 +110,9 @@ pub struct KubeCluster {
     caps: Capabilities,
     /// Worlds with upstream namespace names are created once per run and shared by its trials.
     shared: Mutex<BTreeMap<String, RealizedWorld>>,
+    /// Worlds a trial released as it found them, by world definition, for the next trial of the
+    /// same world (deleted at the end of the run with the shared ones).
+    idle: Mutex<Vec<(String, RealizedWorld)>>,
     /// This run's run lease and cluster lock.
     leases: lease::Leases,
 }
@@ -234,6 +237,7 @@ impl KubeCluster {
             opts,
             caps,
             shared: Mutex::new(BTreeMap::new()),
+            idle: Mutex::new(Vec::new()),
         })
     }
 
@@ -685,7 +689,7 @@ impl KubeCluster {
         Ok(())
     }
 
-    /// Deletes the trial's cluster-scoped policies and, for shared worlds, its NetworkPolicies.
+    /// Deletes the trial's cluster-scoped policies and its NetworkPolicies (by its label).
     async fn delete_trial_objects(&self, realized: &RealizedWorld) -> Result<(), BackendError> {
         let selector = format!("{LABEL_TRIAL}={}", realized.suffix);
         for kind in [
@@ -792,12 +796,18 @@ impl KubeCluster {
         Ok(removed)
     }
 
-    /// Deletes the worlds shared by trials of this run (end of run).
+    /// Deletes the worlds shared by trials of this run and those left idle for reuse (end of
+    /// run).
     pub fn delete_shared_worlds(&self) -> Result<(), BackendError> {
-        let shared: Vec<RealizedWorld> =
+        let mut shared: Vec<RealizedWorld> =
             std::mem::take(&mut *self.shared.lock().expect("shared lock"))
                 .into_values()
                 .collect();
+        shared.extend(
+            std::mem::take(&mut *self.idle.lock().expect("idle lock"))
+                .into_iter()
+                .map(|(_, w)| w),
+        );
         for world in shared {
             let names: Vec<String> = world.namespaces.values().cloned().collect();
             self.rt.block_on(self.delete_and_wait_namespaces(&names))?;
@@ -822,6 +832,20 @@ impl Cluster for KubeCluster {
     fn create_world(&self, world: &World, suffix: &str) -> Result<RealizedWorld, BackendError> {
         let shared = world.is_shared();
         if !shared {
+            let key = world_key(world);
+            let reused = {
+                let mut idle = self.idle.lock().expect("idle lock");
+                idle.iter()
+                    .position(|(k, _)| *k == key)
+                    .map(|i| idle.swap_remove(i).1)
+            };
+            if let Some(w) = reused {
+                tracing::debug!("trial {suffix} reuses the world of trial {}", w.suffix);
+                return Ok(RealizedWorld {
+                    suffix: suffix.to_string(),
+                    ..w
+                });
+            }
             return self.create_world_or_remove_it(world, suffix);
         }
         let key = world.kind.as_str().to_string();
@@ -1052,6 +1076,27 @@ impl Cluster for KubeCluster {
         })
     }
 
+    fn release_world(
+        &self,
+        world: &World,
+        realized: &RealizedWorld,
+        reusable: bool,
+    ) -> Result<(), BackendError> {
+        if !reusable || world.is_shared() {
+            return self.delete_world(realized);
+        }
+        if let Err(e) = self.rt.block_on(self.delete_trial_objects(realized)) {
+            // Not reusable after all; deleting it is still owed.
+            let _ = self.delete_world(realized);
+            return Err(e);
+        }
+        self.idle
+            .lock()
+            .expect("idle lock")
+            .push((world_key(world), realized.clone()));
+        Ok(())
+    }
+
     fn delete_world(&self, realized: &RealizedWorld) -> Result<(), BackendError> {
         self.rt.block_on(async {
             self.delete_trial_objects(realized).await?;
@@ -1117,6 +1162,11 @@ impl Cluster for KubeCluster {
     fn probe_calls(&self, jobs: &[ProbeJob]) -> usize {
         self.prober.calls(jobs)
     }
+}
+
+/// What makes two worlds interchangeable: their whole definition.
+fn world_key(world: &World) -> String {
+    serde_json::to_string(world).expect("a world serializes")
 }
 
 /// Runs blocking probes on a bounded pool of plain threads (probers block on exec or on
