@@ -99,6 +99,11 @@ fn a_deny_trial_passes_on_real_nodes_with_the_daemonset_and_fails_without_it() {
     assert_eq!(property(&xml, "runtime"), "kubelet", "{xml}");
     assert_eq!(property(&xml, "enforcer"), "daemonset", "{xml}");
     assert!(property(&xml, "container-runtime").starts_with("containerd://"));
+    let execs: usize = property(&xml, "execs").parse().expect("a count");
+    assert!(
+        execs > 0,
+        "probes went through exec, so execs were counted: {xml}"
+    );
     assert!(
         !xml.contains("<failure") && !xml.contains("<error"),
         "{xml}"
