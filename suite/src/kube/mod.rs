@@ -1169,33 +1169,29 @@ fn world_key(world: &World) -> String {
     serde_json::to_string(world).expect("a world serializes")
 }
 
-/// Runs blocking probes on a bounded pool of plain threads (probers block on exec or on
+/// Runs blocking probes on a bounded rayon pool of their own (probers block on exec or on
 /// netns threads, so they stay off the async runtime); outcomes come back in job order.
 pub fn run_pool<P: Prober + ?Sized>(prober: &P, jobs: &[ProbeJob]) -> Vec<Outcome> {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    let next = AtomicUsize::new(0);
-    let results: Vec<Mutex<Option<Outcome>>> = jobs.iter().map(|_| Mutex::new(None)).collect();
+    use rayon::prelude::*;
     let width = prober.parallelism().clamp(1, jobs.len().max(1));
-    std::thread::scope(|scope| {
-        for _ in 0..width {
-            scope.spawn(|| {
-                loop {
-                    let i = next.fetch_add(1, Ordering::SeqCst);
-                    let Some(job) = jobs.get(i) else { break };
-                    let outcome = prober.probe(job);
-                    *results[i].lock().expect("result slot") = Some(outcome);
-                }
-            });
-        }
-    });
-    results
-        .into_iter()
-        .map(|slot| {
-            slot.into_inner()
-                .expect("result slot")
-                .unwrap_or_else(|| Outcome::Error("not probed".into()))
-        })
-        .collect()
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(width)
+        .thread_name(|i| format!("probe-{i}"))
+        .build();
+    match pool {
+        // One job per task (`with_max_len(1)`): probes block for up to a connect timeout, so
+        // idle workers must take single jobs rather than wait behind a split range.
+        Ok(pool) => pool.install(|| {
+            jobs.par_iter()
+                .with_max_len(1)
+                .map(|job| prober.probe(job))
+                .collect()
+        }),
+        Err(e) => jobs
+            .iter()
+            .map(|_| Outcome::Error(format!("no probe worker threads: {e}")))
+            .collect(),
+    }
 }
 
 /// The local cluster's emulated nodes report this container runtime.
