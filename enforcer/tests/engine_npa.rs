@@ -5,7 +5,7 @@
 //! pods are host-networked on two nodes labelled `kubernetes.io/os=linux`. Policies are written
 //! once in ClusterNetworkPolicy (v1alpha2) form, as in the upstream HEAD manifests, and also
 //! rendered to AdminNetworkPolicy / BaselineAdminNetworkPolicy (v1alpha1) with the project's
-//! mapping. Every probe of `engine_npa_probes.csv` (the reference's Appendix A probe table, all
+//! mapping. Every probe of the suite's `tests/fixtures/npa-probes.csv` (the reference's Appendix A probe table, all
 //! 24 tests, patches applied in order) is checked against `decide`, for both API versions.
 
 mod engine_support;
@@ -925,7 +925,7 @@ struct Probe {
 }
 
 fn probes(test: &str) -> Vec<Probe> {
-    let csv = include_str!("engine_npa_probes.csv");
+    let csv = include_str!("../../suite/tests/fixtures/npa-probes.csv");
     let rows: Vec<Probe> = csv
         .lines()
         .skip(1)
@@ -1024,7 +1024,7 @@ npa_tests! {
 
 #[test]
 fn every_test_in_the_probe_table_is_covered() {
-    let csv = include_str!("engine_npa_probes.csv");
+    let csv = include_str!("../../suite/tests/fixtures/npa-probes.csv");
     let mut names: Vec<&str> = csv
         .lines()
         .skip(1)
