@@ -13,6 +13,9 @@
 #   enforcer.tar    the image of enforcer/deploy/daemonset.yaml       netpol-enforcer + iptables, nft
 #   conformance.tar the image of plugin/netpol-conformance.yaml       netpol-conformance + bash (the
 #                                                                     Sonobuoy entrypoint) + busybox
+#   sonobuoy.tar    $NETPOL_SONOBUOY_IMAGE, only when $NETPOL_SONOBUOY_BIN is set (for
+#                   hack/sonobuoy-local.sh): that sonobuoy binary alone at /sonobuoy, as
+#                   upstream's image has it on a static base
 # The project's two images carry the release binaries: $NETPOL_RELEASE_DIR (holding netpol-enforcer
 # and netpol-conformance), else ${CARGO_TARGET_DIR:-target}/release, built with cargo when absent.
 # Dynamically linked programs are copied with the libraries `ldd` names, so the images run the
@@ -157,4 +160,13 @@ build enforcer "$ENFORCER_IMAGE" fill_enforcer --config.entrypoint /usr/local/bi
 build conformance "$CONFORMANCE_IMAGE" fill_conformance \
   --config.entrypoint /usr/local/bin/netpol-conformance --config.cmd run --config.user 65532:65532 \
   --config.env PATH=/usr/local/bin:/usr/bin:/bin
+if [[ -n ${NETPOL_SONOBUOY_BIN:-} ]]; then
+  [[ -x $NETPOL_SONOBUOY_BIN ]] || die "NETPOL_SONOBUOY_BIN=$NETPOL_SONOBUOY_BIN is not a program"
+  fill_sonobuoy() {
+    install -D -m 0755 "$NETPOL_SONOBUOY_BIN" "$1/sonobuoy"
+    mkdir -p "$1/tmp" && chmod 1777 "$1/tmp"
+  }
+  build sonobuoy "${NETPOL_SONOBUOY_IMAGE:?NETPOL_SONOBUOY_IMAGE names the sonobuoy image}" \
+    fill_sonobuoy --config.entrypoint /sonobuoy --config.workingdir /
+fi
 printf '%s\n' "$out"

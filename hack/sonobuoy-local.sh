@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# Run the suite's Sonobuoy plugin under a real `sonobuoy run` on the local cluster's real nodes,
+# exactly as a user would on theirs, and print what `sonobuoy results` says.
+#
+#   hack/sonobuoy-local.sh --build-only          # build sonobuoy and its image once, print the CLI
+#   hack/sonobuoy-local.sh --state-dir D --out DIR [--plugin-env NAME=VALUE]... [--wait MINUTES]
+#
+# D is the state directory of a cluster from `netpol-conformance local up --runtime kubelet`
+# (NETPOL_LOCAL_DIR; default /run/netpol-conformance/local): D/kubeconfig is used, and every
+# node's containerd (D/**/root/run/containerd/containerd.sock) gets the sonobuoy image.
+#
+# Build: the sonobuoy CLI from github.com/vmware-tanzu/sonobuoy at $NETPOL_SONOBUOY_VERSION
+# (default: the kind workflow's SONOBUOY_VERSION), its version stamped as upstream's Makefile
+# does (pkg/buildinfo.Version), cached in
+# ${NETPOL_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/netpol-conformance}/upstream/sonobuoy-<version>;
+# its aggregator/worker image sonobuoy/sonobuoy:<version> is that binary alone
+# (hack/node-images.sh with NETPOL_SONOBUOY_BIN).
+#
+# Run: `sonobuoy run --plugin plugin/netpol-conformance.yaml --wait` — the plugin as shipped,
+# nothing applied first; --plugin-env netpol-conformance.E2E_FOCUS=… narrows the table — then
+# `sonobuoy retrieve`, `sonobuoy results` (DIR/results.txt) and `sonobuoy results --mode
+# detailed` (DIR/results-detailed.json, one line per trial), and `sonobuoy delete --wait` at
+# the end, also on failure and Ctrl-C. Exit status: 1 when the plugin reports a failed trial or
+# the run did not complete.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(cd "$here/.." && pwd)"
+
+SONOBUOY_VERSION="${NETPOL_SONOBUOY_VERSION:-$(sed -n 's/^[[:space:]]*SONOBUOY_VERSION:[[:space:]]*\(v[0-9.]*\).*/\1/p' \
+  "$root/.github/workflows/kind.yml" | head -n1)}"
+[[ -n $SONOBUOY_VERSION ]] || { echo "sonobuoy-local: no SONOBUOY_VERSION in .github/workflows/kind.yml" >&2; exit 1; }
+SONOBUOY_IMAGE="sonobuoy/sonobuoy:$SONOBUOY_VERSION"
+
+log() { printf 'sonobuoy-local: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"; exit "${1:-0}"; }
+
+cache_root="${NETPOL_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/netpol-conformance}"
+dir="$cache_root/upstream/sonobuoy-$SONOBUOY_VERSION"
+sonobuoy="$dir/sonobuoy"
+
+ensure_cli() {
+  [[ -x $sonobuoy ]] && return
+  mkdir -p "$cache_root/upstream"
+  (
+    exec 9>"$cache_root/upstream/.lock"
+    flock 9
+    [[ -x $sonobuoy ]] && exit 0
+    command -v go >/dev/null || die "go is not installed"
+    export CGO_ENABLED=0 GOFLAGS=-mod=mod GOTOOLCHAIN=local
+    local staging
+    staging="$(mktemp -d "$cache_root/upstream/.build.XXXXXX")"
+    chmod 0755 "$staging"
+    trap 'rm -rf "$staging"' EXIT
+    log "building github.com/vmware-tanzu/sonobuoy@$SONOBUOY_VERSION"
+    mkdir -p "$staging/module"
+    printf 'module netpol.local/sonobuoy-build\n\ngo 1.24\n\nrequire github.com/vmware-tanzu/sonobuoy %s\n' \
+      "$SONOBUOY_VERSION" >"$staging/module/go.mod"
+    printf 'package tools\n\nimport _ "github.com/vmware-tanzu/sonobuoy/cmd/sonobuoy/app"\n' >"$staging/module/tools.go"
+    (cd "$staging/module" && go mod tidy >/dev/null &&
+      go build -trimpath -o "$staging/sonobuoy" \
+        -ldflags "-s -w -X github.com/vmware-tanzu/sonobuoy/pkg/buildinfo.Version=$SONOBUOY_VERSION" \
+        github.com/vmware-tanzu/sonobuoy)
+    rm -rf "$staging/module"
+    rm -rf "$dir"
+    mv "$staging" "$dir"
+    trap - EXIT
+  )
+}
+
+build_only=0
+state="${NETPOL_LOCAL_DIR:-/run/netpol-conformance/local}"
+out=""
+wait_minutes=90
+plugin_env=()
+need() { [[ $# -ge 2 ]] || die "$1 needs a value"; }
+while [[ $# -gt 0 ]]; do
+  arg=$1
+  if [[ $arg == --*=* ]]; then
+    set -- "${arg%%=*}" "${arg#*=}" "${@:2}"
+    arg=$1
+  fi
+  case $arg in
+    -h | --help) usage 0 ;;
+    --build-only) build_only=1; shift ;;
+    --state-dir) need "$@"; state=$2; shift 2 ;;
+    --out) need "$@"; out=$2; shift 2 ;;
+    --wait) need "$@"; wait_minutes=$2; shift 2 ;;
+    --plugin-env) need "$@"; plugin_env+=(--plugin-env "$2"); shift 2 ;;
+    *) log "unknown argument: $arg"; usage 2 ;;
+  esac
+done
+
+ensure_cli
+images="$(NETPOL_SONOBUOY_BIN="$sonobuoy" NETPOL_SONOBUOY_IMAGE="$SONOBUOY_IMAGE" "$here/node-images.sh")"
+if [[ $build_only == 1 ]]; then
+  printf '%s\n' "$sonobuoy"
+  exit 0
+fi
+
+kubeconfig="$state/kubeconfig"
+[[ -r $kubeconfig ]] || die "no cluster at $state (no readable $kubeconfig); run \`netpol-conformance local up --runtime kubelet\` first"
+mapfile -t sockets < <(find "$state" -path '*/root/run/containerd/containerd.sock' -type s 2>/dev/null | sort)
+[[ ${#sockets[@]} -gt 0 ]] || die "no node containerd under $state: is it a --runtime kubelet cluster?"
+ctr="$("$here/node-binaries.sh")/ctr"
+for sock in "${sockets[@]}"; do
+  "$ctr" --address "$sock" -n k8s.io images import "$images/sonobuoy.tar" >/dev/null ||
+    die "could not import $SONOBUOY_IMAGE into the containerd at $sock"
+done
+log "imported $SONOBUOY_IMAGE into ${#sockets[@]} node(s)"
+
+out="${out:-${TMPDIR:-/tmp}/netpol-sonobuoy.$(date +%Y%m%d-%H%M%S)}"
+mkdir -p "$out"
+out="$(readlink -f "$out")"
+sb() { "$sonobuoy" --kubeconfig "$kubeconfig" "$@"; }
+# shellcheck disable=SC2317  # run by the trap
+cleanup() { sb delete --wait >/dev/null 2>&1 || log "warning: sonobuoy delete failed"; }
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+start=$SECONDS
+rc=0
+log "sonobuoy run --plugin plugin/netpol-conformance.yaml ${plugin_env[*]} (log in $out/run.log)"
+sb run --plugin "$root/plugin/netpol-conformance.yaml" --sonobuoy-image "$SONOBUOY_IMAGE" \
+  "${plugin_env[@]}" --wait="$wait_minutes" --wait-output silent >"$out/run.log" 2>&1 || rc=$?
+elapsed=$((SECONDS - start))
+sb status --json >"$out/status.json" 2>/dev/null || true
+tarball="$(cd "$out" && sb retrieve . 2>>"$out/run.log" | tail -n1)" ||
+  die "sonobuoy retrieve failed (sonobuoy run exit $rc); see $out/run.log"
+[[ -f $out/$tarball ]] || die "sonobuoy retrieve gave no tarball (sonobuoy run exit $rc); see $out/run.log"
+sb results "$out/$tarball" >"$out/results.txt"
+sb results "$out/$tarball" --mode detailed >"$out/results-detailed.json"
+{
+  cat "$out/results.txt"
+  printf 'sonobuoy %s, run %dm%ds, exit %d; artifacts: %s\n' "$SONOBUOY_VERSION" \
+    $((elapsed / 60)) $((elapsed % 60)) "$rc" "$out"
+} | tee "$out/summary.txt"
+[[ $rc -eq 0 ]] || exit 1
+grep -q '^Status: passed' "$out/results.txt"
