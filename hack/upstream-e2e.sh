@@ -129,7 +129,7 @@ if [[ "$(kernel_exemptions)" == *SCTP* ]]; then
   log "$kernel_note"
 fi
 
-args=(--nodes "$nodes" --timeout 3h "--focus=$focus")
+args=(--nodes "$nodes" --timeout 3h --no-color "--focus=$focus")
 [[ -z $skip ]] || args+=("--skip=$skip")
 args+=("$dir/e2e.test" -- --kubeconfig "$kubeconfig" --provider=local "--report-dir=$out"
   --disable-log-dump=true --dump-logs-on-failure=false)
@@ -146,12 +146,12 @@ elapsed=$((SECONDS - start))
 # ginkgo's closing line: "… N Passed | N Failed | N Pending | N Skipped", where Skipped also
 # counts every spec outside the focus; the skipped column is the focused specs that did not run.
 read -r passed failed <<<"$(sed -nE 's/.* ([0-9]+) Passed \| ([0-9]+) Failed \| [0-9]+ Pending \| [0-9]+ Skipped.*/\1 \2/p' "$out/e2e.log" | tail -n1)"
-focused="$("$dir/e2e.test" --ginkgo.dry-run "--ginkgo.focus=$focus" --kubeconfig "$kubeconfig" 2>/dev/null |
+focused="$("$dir/e2e.test" --ginkgo.dry-run --ginkgo.no-color "--ginkgo.focus=$focus" --kubeconfig "$kubeconfig" 2>/dev/null |
   sed -nE 's/^Ran ([0-9]+) of [0-9]+ Specs.*/\1/p' | tail -n1)"
 status=ok
 if [[ -z ${passed:-} ]]; then
   passed=0 failed=0 skipped=0
-  status="exit $rc, no ginkgo summary: $(grep -m1 -E 'FAIL|[Ee]rror' "$out/e2e.log" | cut -c1-160)"
+  status="exit $rc, no ginkgo summary: $(grep -m1 -E 'FAIL|[Ee]rror' "$out/e2e.log" | cut -c1-160 || true)"
   rc=1
 else
   skipped=$((${focused:-0} - passed - failed))
@@ -164,7 +164,7 @@ fi
   [[ -z $kernel_note ]] || printf 'skipped: %s\n' "$kernel_note"
   if [[ $failed -gt 0 ]]; then
     printf 'failed:\n'
-    grep -E '^\s*\[FAIL\]' "$out/e2e.log" | sed 's/^[[:space:]]*/  /' | sort -u
+    grep -E '^\s*\[FAIL\]' "$out/e2e.log" | sed 's/^[[:space:]]*/  /' | sort -u || true
   fi
   printf 'artifacts: %s\n' "$out"
 } | tee "$out/summary.txt"
