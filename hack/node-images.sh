@@ -144,6 +144,9 @@ fill_conformance() {
   install -D -m 0755 "$root/plugin/sonobuoy-entrypoint.sh" "$1/usr/local/bin/sonobuoy-entrypoint"
   add_program "$1" "$(command -v bash)" /bin/bash
   add_busybox "$1"
+  # The entrypoint's `#!/usr/bin/env bash`, as in the Debian image of plugin/Containerfile.
+  install -d -m 0755 "$1/usr/bin"
+  ln -s /bin/busybox "$1/usr/bin/env"
   install -d -m 0755 "$1/etc"
   printf 'root:x:0:0:root:/root:/bin/sh\nnetpol:x:65532:65532::/nonexistent:/usr/sbin/nologin\n' >"$1/etc/passwd"
   printf 'root:x:0:\nnetpol:x:65532:\n' >"$1/etc/group"
