@@ -7,7 +7,8 @@
 #
 # D is the state directory of a cluster from `netpol-conformance local up --runtime kubelet`
 # (NETPOL_LOCAL_DIR; default /run/netpol-conformance/local): D/kubeconfig is used, and every
-# node's containerd (D/**/root/run/containerd/containerd.sock) gets the sonobuoy image.
+# node's containerd (D/**/root/run/containerd/containerd.sock) gets the sonobuoy image and the
+# plugin's image as hack/node-images.sh builds it now.
 #
 # Build: the sonobuoy CLI from github.com/vmware-tanzu/sonobuoy at $NETPOL_SONOBUOY_VERSION
 # (default: the kind workflow's SONOBUOY_VERSION), its version stamped as upstream's Makefile
@@ -17,7 +18,9 @@
 # (hack/node-images.sh with NETPOL_SONOBUOY_BIN).
 #
 # Run: `sonobuoy run --plugin plugin/netpol-conformance.yaml --wait` — the plugin as shipped,
-# nothing applied first; --plugin-env netpol-conformance.E2E_FOCUS=… narrows the table — then
+# nothing applied first; this kernel's exemptions (hack/kernel-features.sh: SCTP here) go in as
+# --plugin-env netpol-conformance.NETPOL_EXEMPT_FEATURES, as the suite's own runs here exempt
+# them; more --plugin-env (e.g. netpol-conformance.E2E_FOCUS=…, .NETPOL_ALL_FEATURES=1) — then
 # `sonobuoy retrieve`, `sonobuoy results` (DIR/results.txt) and `sonobuoy results --mode
 # detailed` (DIR/results-detailed.json, one line per trial), and `sonobuoy delete --wait` at
 # the end, also on failure and Ctrl-C. Exit status: 1 when the plugin reports a failed trial or
@@ -103,11 +106,15 @@ kubeconfig="$state/kubeconfig"
 mapfile -t sockets < <(find "$state" -path '*/root/run/containerd/containerd.sock' -type s 2>/dev/null | sort)
 [[ ${#sockets[@]} -gt 0 ]] || die "no node containerd under $state: is it a --runtime kubelet cluster?"
 ctr="$("$here/node-binaries.sh")/ctr"
+# sonobuoy's image, and the plugin's as built from this checkout (it may be newer than the one
+# `local up` imported).
 for sock in "${sockets[@]}"; do
-  "$ctr" --address "$sock" -n k8s.io images import "$images/sonobuoy.tar" >/dev/null ||
-    die "could not import $SONOBUOY_IMAGE into the containerd at $sock"
+  for tar in sonobuoy.tar conformance.tar; do
+    "$ctr" --address "$sock" -n k8s.io images import "$images/$tar" >/dev/null 2>&1 ||
+      die "could not import $images/$tar into the containerd at $sock"
+  done
 done
-log "imported $SONOBUOY_IMAGE into ${#sockets[@]} node(s)"
+log "imported $SONOBUOY_IMAGE and the plugin's image into ${#sockets[@]} node(s)"
 
 out="${out:-${TMPDIR:-/tmp}/netpol-sonobuoy.$(date +%Y%m%d-%H%M%S)}"
 mkdir -p "$out"
@@ -118,18 +125,46 @@ cleanup() { sb delete --wait >/dev/null 2>&1 || log "warning: sonobuoy delete fa
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# sonobuoy's preflight wants cluster DNS pods (k8s-app=kube-dns or coredns in kube-system); the
+# local cluster runs no cluster DNS, and nothing here needs it (the workers reach the
+# aggregator by pod IP, the plugin the API server by the kubernetes Service's IP), so the
+# preflight is skipped only when there is no DNS to find — on any other cluster it runs.
+preflight=()
+kc=("$("$here/control-plane.sh")/kubectl" --kubeconfig "$kubeconfig")
+if [[ -z "$("${kc[@]}" -n kube-system get pods -l 'k8s-app in (kube-dns,coredns)' -o name 2>/dev/null)" ]]; then
+  preflight=(--skip-preflight)
+  log "the cluster runs no DNS pods, which sonobuoy's preflight looks for: --skip-preflight"
+fi
+
+# This kernel's gaps are exempted as the suite's own runs here exempt them (hack/test.sh): the
+# plugin then reports those trials as not supported, with the reason, instead of failing them.
+# shellcheck source=kernel-features.sh
+source "$here/kernel-features.sh"
+exempt="$(kernel_exemptions)"
+if [[ -n $exempt ]]; then
+  plugin_env=(--plugin-env "netpol-conformance.NETPOL_EXEMPT_FEATURES=$exempt" "${plugin_env[@]}")
+fi
+
 start=$SECONDS
 rc=0
 log "sonobuoy run --plugin plugin/netpol-conformance.yaml ${plugin_env[*]} (log in $out/run.log)"
 sb run --plugin "$root/plugin/netpol-conformance.yaml" --sonobuoy-image "$SONOBUOY_IMAGE" \
-  "${plugin_env[@]}" --wait="$wait_minutes" --wait-output silent >"$out/run.log" 2>&1 || rc=$?
+  "${preflight[@]}" "${plugin_env[@]}" --wait="$wait_minutes" --wait-output silent >"$out/run.log" 2>&1 &
+run_pid=$!
+# A signal to this script alone (not to its process group) still stops the run and cleans up.
+trap 'kill "$run_pid" 2>/dev/null; exit 130' INT TERM
+wait "$run_pid" || rc=$?
+trap 'exit 130' INT TERM
 elapsed=$((SECONDS - start))
+if [[ $rc -ne 0 ]] && ! "${kc[@]}" -n sonobuoy get pod sonobuoy >/dev/null 2>&1; then
+  die "sonobuoy run failed before its aggregator existed: $(grep -m1 -E 'level=error' "$out/run.log" || head -n1 "$out/run.log")"
+fi
 sb status --json >"$out/status.json" 2>/dev/null || true
 tarball="$(cd "$out" && sb retrieve . 2>>"$out/run.log" | tail -n1)" ||
   die "sonobuoy retrieve failed (sonobuoy run exit $rc); see $out/run.log"
 [[ -f $out/$tarball ]] || die "sonobuoy retrieve gave no tarball (sonobuoy run exit $rc); see $out/run.log"
-sb results "$out/$tarball" >"$out/results.txt"
-sb results "$out/$tarball" --mode detailed >"$out/results-detailed.json"
+"$sonobuoy" results "$out/$tarball" >"$out/results.txt"
+"$sonobuoy" results "$out/$tarball" --mode detailed >"$out/results-detailed.json"
 {
   cat "$out/results.txt"
   printf 'sonobuoy %s, run %dm%ds, exit %d; artifacts: %s\n' "$SONOBUOY_VERSION" \

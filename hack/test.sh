@@ -10,7 +10,8 @@
 #      (`cargo test --workspace`, NETPOL_REQUIRE_LOCAL=1 so nothing skips for want of a cluster);
 #   3. the whole table again on real nodes (`local up --runtime kubelet`: kubelet + containerd,
 #      the enforcer as its DaemonSet, probes through exec), as a kind cluster would run it;
-#   4. server-side dry-run of every manifest (plugin, RBAC, enforcer DaemonSet) against a local
+#   4. a real `sonobuoy run` of the plugin on real nodes, one trial (hack/sonobuoy-local.sh);
+#   5. server-side dry-run of every manifest (plugin, RBAC, enforcer DaemonSet) against a local
 #      cluster's API server.
 # The conformance runs' JUnit lands in target/conformance/junit.xml and junit-real-nodes.xml.
 set -euo pipefail
@@ -52,6 +53,26 @@ step "the whole table on real nodes: kubelet + containerd, the DaemonSet enforce
 source hack/lib/real-nodes-table.sh
 real_nodes_table ./target/debug/netpol-conformance "$PWD/target/conformance/junit-real-nodes.xml" \
   --all-features
+
+step "Sonobuoy for real: sonobuoy run of the plugin as shipped on real nodes (one trial)"
+# sonobuoy's own aggregator and worker, the plugin image as built here, the done file and the
+# results tarball; a trial that fails, or a run that judges nothing, fails this step.
+sonobuoy_dir="${TMPDIR:-/tmp}/netpol-sonobuoy-check.$$"
+sonobuoy_down() {
+  NETPOL_LOCAL_DIR="$sonobuoy_dir" NETPOL_LOCAL_INSTANCE=sb ./target/debug/netpol-conformance local down \
+    >/dev/null 2>&1 || true
+  rm -rf "$sonobuoy_dir"
+}
+trap sonobuoy_down EXIT
+NETPOL_LOCAL_DIR="$sonobuoy_dir" NETPOL_LOCAL_INSTANCE=sb ./target/debug/netpol-conformance local up \
+  --runtime kubelet >&2
+NETPOL_RELEASE_DIR="$PWD/target/debug" bash hack/sonobuoy-local.sh --state-dir "$sonobuoy_dir" \
+  --out "$PWD/target/conformance/sonobuoy" \
+  --plugin-env 'netpol-conformance.E2E_FOCUS=^upstream::ingress::default-deny-ingress$'
+grep -qx 'Passed: 1' target/conformance/sonobuoy/results.txt ||
+  { echo "test: sonobuoy results do not show the one trial passed" >&2; exit 1; }
+sonobuoy_down
+trap - EXIT
 
 step "manifests: server-side dry-run against the local cluster"
 export NETPOL_LOCAL_DIR="${TMPDIR:-/tmp}/netpol-manifest-check.$$"
