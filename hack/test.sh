@@ -6,10 +6,12 @@
 #   0. set-up: packages, the control-plane and real-node binaries (cached), the node images;
 #   1. checks: cargo fmt, cargo clippy -D warnings, shellcheck + actionlint (hack/lint.sh);
 #   2. unit tests (no root, no cluster), privileged tests (root, throwaway network namespaces),
-#      and the whole conformance table on the local cluster with the bundled enforcer
-#      (`cargo test --workspace`, NETPOL_REQUIRE_LOCAL=1 so nothing skips for want of a cluster);
-#   3. the whole table again on real nodes (`local up --runtime kubelet`: kubelet + containerd,
-#      the enforcer as its DaemonSet, probes through exec), as a kind cluster would run it;
+#      and the whole conformance table on the local cluster's emulated nodes with the bundled
+#      enforcer (`cargo test --workspace`, NETPOL_REQUIRE_LOCAL=1 so nothing skips for want of a
+#      cluster; NETPOL_LOCAL_RUNTIME=emulated for this tier);
+#   3. the whole table again as the README's run command runs it: on the local cluster's real
+#      nodes, its default (kubelet + containerd, the enforcer as its DaemonSet, probes through
+#      exec), as a kind cluster would run it;
 #   4. a real `sonobuoy run` of the plugin on real nodes, one trial (hack/sonobuoy-local.sh);
 #   5. server-side dry-run of every manifest (plugin, RBAC, enforcer DaemonSet) against a local
 #      cluster's API server.
@@ -36,19 +38,19 @@ cargo build --workspace --all-targets --locked
 # The real nodes' images (pause, agnhost, and the project's own from this build's binaries).
 NETPOL_RELEASE_DIR="$PWD/target/debug" bash hack/node-images.sh >/dev/null
 
-step "tests: unit, privileged, local cluster"
+step "tests: unit, privileged, local cluster (emulated nodes)"
 mkdir -p target/conformance
 # shellcheck source=hack/kernel-features.sh
 source hack/kernel-features.sh
 NETPOL_EXEMPT_FEATURES="$(kernel_exemptions)"
 export NETPOL_EXEMPT_FEATURES
-NETPOL_REQUIRE_LOCAL=1 NETPOL_REQUIRE_BROWSER=1 NETPOL_LOCAL=1 NETPOL_JUNIT="$PWD/target/conformance/junit.xml" \
-  cargo test --workspace --locked --no-fail-fast
+NETPOL_REQUIRE_LOCAL=1 NETPOL_REQUIRE_BROWSER=1 NETPOL_LOCAL=1 NETPOL_LOCAL_RUNTIME=emulated \
+  NETPOL_JUNIT="$PWD/target/conformance/junit.xml" cargo test --workspace --locked --no-fail-fast
 
 step "the whole table on real nodes: kubelet + containerd, the DaemonSet enforcer, exec probes"
-# The kube backend exactly as against kind, every feature judged; the JUnit must say
-# prober=exec, runtime=kubelet, enforcer=daemonset (tests/real_nodes.rs proves a deny trial fails
-# there without the enforcer).
+# `run --local` with the default runtime: the kube backend exactly as against kind, every feature
+# judged; the JUnit must say prober=exec, runtime=kubelet, enforcer=daemonset (tests/real_nodes.rs
+# proves a deny trial fails there without the enforcer, through `run --kubeconfig`).
 # shellcheck source=hack/lib/real-nodes-table.sh
 source hack/lib/real-nodes-table.sh
 real_nodes_table ./target/debug/netpol-conformance "$PWD/target/conformance/junit-real-nodes.xml" \
@@ -79,7 +81,8 @@ export NETPOL_LOCAL_DIR="${TMPDIR:-/tmp}/netpol-manifest-check.$$"
 export NETPOL_LOCAL_INSTANCE=mc
 cleanup() { ./target/debug/netpol-conformance local down >/dev/null 2>&1 || true; }
 trap cleanup EXIT
-./target/debug/netpol-conformance local up --no-enforcer
+# The API server is all a dry-run needs: emulated nodes start fastest.
+./target/debug/netpol-conformance local up --no-enforcer --runtime emulated
 bash hack/check-manifests.sh "$NETPOL_LOCAL_DIR/kubeconfig"
 cleanup
 trap - EXIT

@@ -67,7 +67,10 @@ fn main() -> std::process::ExitCode {
         );
     }
     let target = connect(
-        &TargetSpec::Local { enforcer: true },
+        &TargetSpec::Local {
+            enforcer: true,
+            runtime: netpol_local::cluster::Runtime::Emulated,
+        },
         &ConnectOptions::new("latency"),
     )
     .expect("local cluster");

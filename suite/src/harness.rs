@@ -101,10 +101,15 @@ enum LocalCommand {
         /// Run the enforcers with --fail-open (emulated runtime).
         #[arg(long)]
         fail_open: bool,
-        /// What runs the pods: `emulated` (node agents, pods as network namespaces) or
-        /// `kubelet` (real kubelet + containerd + kube-proxy per node, the enforcer as the
-        /// DaemonSet of enforcer/deploy/; probe it with `run --kubeconfig`).
-        #[arg(long, value_enum, default_value_t = LocalRuntime::Emulated)]
+        /// What runs the pods: `kubelet` (real kubelet + containerd + kube-proxy per node, the
+        /// enforcer as the DaemonSet of enforcer/deploy/) or `emulated` (node agents, pods as
+        /// network namespaces: fast to start, cheap pods).
+        #[arg(
+            long,
+            env = "NETPOL_LOCAL_RUNTIME",
+            value_enum,
+            default_value_t = LocalRuntime::Kubelet
+        )]
         runtime: LocalRuntime,
     },
     /// Stop everything `up` started and remove every namespace, link and file it made.
@@ -113,13 +118,22 @@ enum LocalCommand {
     Status,
 }
 
-/// `local up --runtime`.
+/// `local up --runtime`, `run --runtime`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum LocalRuntime {
+pub enum LocalRuntime {
     /// Node agents; pods are network namespaces.
     Emulated,
     /// Real kubelet + containerd + runc + kube-proxy per node.
     Kubelet,
+}
+
+impl From<LocalRuntime> for netpol_local::cluster::Runtime {
+    fn from(r: LocalRuntime) -> Self {
+        match r {
+            LocalRuntime::Emulated => netpol_local::cluster::Runtime::Emulated,
+            LocalRuntime::Kubelet => netpol_local::cluster::Runtime::Kubelet,
+        }
+    }
 }
 
 /// Selecting cases.
@@ -206,6 +220,16 @@ pub struct RunArgs {
     /// Local cluster only: run without the bundled enforcer (deny expectations then fail).
     #[arg(long, env = "NETPOL_NO_ENFORCER", value_parser = BoolishValueParser::new())]
     pub no_enforcer: bool,
+    /// Local cluster only: what runs its pods. `kubelet`: real kubelet + containerd nodes, the
+    /// enforcer as its DaemonSet, probes through exec (the code path of any other cluster);
+    /// `emulated`: node agents, pods as network namespaces (fast, for iterating).
+    #[arg(
+        long,
+        env = "NETPOL_LOCAL_RUNTIME",
+        value_enum,
+        default_value_t = LocalRuntime::Kubelet
+    )]
+    pub runtime: LocalRuntime,
     /// Only cases whose trial or upstream name matches this regex (as Sonobuoy's E2E_FOCUS).
     #[arg(long, env = "E2E_FOCUS")]
     pub focus: Option<String>,
@@ -656,6 +680,7 @@ fn run(mut args: RunArgs, mode: Mode) -> ExitCode {
         local: args.local,
         plugin: sonobuoy_dir.is_some(),
         enforcer: !args.no_enforcer,
+        runtime: args.runtime.into(),
     });
     if let (Ok(spec), false) = (&spec, listing) {
         eprintln!("netpol-conformance: target: {}", spec.describe());
@@ -675,15 +700,15 @@ fn run(mut args: RunArgs, mode: Mode) -> ExitCode {
     }
     let unavailable: Option<String> = match (&spec, mode) {
         (Err(e), _) => Some(e.0.clone()),
-        (Ok(TargetSpec::Local { .. }), Mode::CargoTest)
-            if !target::local_binaries_present() && !netpol_local::local_required() =>
+        (Ok(TargetSpec::Local { runtime, .. }), Mode::CargoTest)
+            if !netpol_local::local_required() =>
         {
-            Some(
-                "no target: the local cluster's control-plane binaries are not built \
-                 (run hack/control-plane.sh, or set NETPOL_REQUIRE_LOCAL=1 to build them), \
-                 and no NETPOL_KUBECONFIG is set"
-                    .into(),
-            )
+            target::local_binaries_missing(*runtime).map(|missing| {
+                format!(
+                    "no target: {missing} (or set NETPOL_REQUIRE_LOCAL=1 to build them), and no \
+                     NETPOL_KUBECONFIG is set"
+                )
+            })
         }
         _ => None,
     };
@@ -1107,11 +1132,7 @@ fn local(command: LocalCommand) -> ExitCode {
                 nodes,
                 enforcer,
                 fail_open,
-                runtime: if real {
-                    cluster::Runtime::Kubelet
-                } else {
-                    cluster::Runtime::Emulated
-                },
+                runtime: runtime.into(),
                 enforcer_daemonset: real && !no_enforcer,
                 ..Default::default()
             };

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use netpol_local::cluster::Runtime as NodeRuntime;
 use tokio::runtime::Runtime;
 
 use crate::backend::Capabilities;
@@ -130,8 +131,12 @@ pub enum TargetSpec {
     },
     /// The local cluster, with or without the bundled enforcer.
     Local {
-        /// Run `netpol-enforcer` on every node.
+        /// Run `netpol-enforcer` on every node (real nodes: as the DaemonSet of
+        /// `enforcer/deploy/`).
         enforcer: bool,
+        /// What runs its pods: real kubelets (the default, probed through the kube backend
+        /// exactly as any other cluster) or the emulated node agents.
+        runtime: NodeRuntime,
     },
 }
 
@@ -163,12 +168,18 @@ impl TargetSpec {
                 source: KubeConfigSource::InCluster,
                 ..
             } => "the in-cluster service account".into(),
-            TargetSpec::Local { enforcer: true } => {
-                "the local cluster, with the bundled enforcer".into()
-            }
-            TargetSpec::Local { enforcer: false } => {
-                "the local cluster, without an enforcer".into()
-            }
+            TargetSpec::Local { enforcer, runtime } => format!(
+                "the local cluster ({}), {}",
+                match runtime {
+                    NodeRuntime::Kubelet => "real nodes: kubelet + containerd",
+                    NodeRuntime::Emulated => "emulated nodes",
+                },
+                match (enforcer, runtime) {
+                    (false, _) => "without an enforcer",
+                    (true, NodeRuntime::Kubelet) => "with the enforcer DaemonSet",
+                    (true, NodeRuntime::Emulated) => "with the bundled enforcer",
+                }
+            ),
         }
     }
 }
@@ -188,6 +199,8 @@ pub struct Choice {
     pub plugin: bool,
     /// Run the bundled enforcer on the local cluster.
     pub enforcer: bool,
+    /// What runs the local cluster's pods (`--runtime`).
+    pub runtime: NodeRuntime,
 }
 
 /// Why no target can be had; the harness reports it as a skip reason or an error.
@@ -264,12 +277,29 @@ pub fn choose(choice: &Choice) -> Result<TargetSpec, Unavailable> {
     }
     Ok(TargetSpec::Local {
         enforcer: choice.enforcer,
+        runtime: choice.runtime,
     })
 }
 
-/// Whether the local cluster's control-plane binaries are already at hand (no build needed).
-pub fn local_binaries_present() -> bool {
-    netpol_local::cluster::find_bin_dir().is_ok()
+/// What a local cluster of this runtime needs that is not built yet (nothing is built here):
+/// the control-plane binaries, and for real nodes the node binaries and images.
+pub fn local_binaries_missing(runtime: NodeRuntime) -> Option<String> {
+    if netpol_local::cluster::find_bin_dir().is_err() {
+        return Some(
+            "the local cluster's control-plane binaries are not built (run hack/control-plane.sh)"
+                .into(),
+        );
+    }
+    if runtime == NodeRuntime::Kubelet {
+        use netpol_local::kubelet::{find_images_dir, find_node_bin_dir};
+        if let Err(e) = find_node_bin_dir().and_then(|_| find_images_dir()) {
+            return Some(format!(
+                "the local cluster's real nodes are not set up: {e} (or run on emulated nodes: \
+                 NETPOL_LOCAL_RUNTIME=emulated)"
+            ));
+        }
+    }
+    None
 }
 
 /// The state directory of a local cluster this run brought up and must tear down, for the
@@ -353,7 +383,6 @@ impl ConnectOptions {
 }
 
 fn connect_unannounced(spec: &TargetSpec, connect: &ConnectOptions) -> Result<Target, String> {
-    let run_id = connect.run_id.as_str();
     let rt = Arc::new(
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -361,147 +390,212 @@ fn connect_unannounced(spec: &TargetSpec, connect: &ConnectOptions) -> Result<Ta
             .build()
             .map_err(|e| format!("starting the async runtime: {e}"))?,
     );
-    // Only what the target can physically carry goes here; which policy features are judged
-    // is the run's declared selection (crate::features), never assumed.
-    let mut caps = Capabilities::default();
     match spec {
-        TargetSpec::Local { enforcer } => {
-            let enforcer_bin = if *enforcer {
-                Some(
-                    netpol_local::cluster::locate_enforcer()
-                        .map_err(|e| format!("the bundled enforcer: {e}"))?,
-                )
-            } else {
-                None
-            };
-            let opts = netpol_local::cluster::UpOptions {
-                enforcer: enforcer_bin,
-                ..Default::default()
-            };
-            // A cluster that is already up (`local up`) is used and left running; one the run
-            // brings up itself is torn down when the run ends.
-            let existed = netpol_local::cluster::status(&opts.state_dir).is_ok_and(|s| s.healthy());
-            let guard = netpol_local::cluster::ClusterGuard::up(&opts).map_err(|e| {
-                format!(
-                    "bringing up the local cluster: {}",
-                    crate::plan::error_chain(&e)
-                )
-            })?;
-            let local = guard.cluster.clone();
-            let guard = if existed {
-                guard.disarm();
-                None
-            } else {
-                *OWNED_LOCAL.lock().unwrap_or_else(|e| e.into_inner()) =
-                    Some(opts.state_dir.clone());
-                Some(guard)
-            };
-            match sctp_in_kernel() {
-                Ok(()) => {
-                    caps.features.insert(Feature::Sctp);
-                }
-                Err(reason) => {
-                    caps.missing.insert(Feature::Sctp, reason);
-                }
-            }
-            caps.features.insert(Feature::ExternalHost);
-            let client = rt
-                .block_on(client_from_kubeconfig(Some(&local.kubeconfig)))
-                .map_err(|e| e.to_string())?;
-            let cluster = KubeCluster::new(
-                rt.handle().clone(),
-                client,
-                Box::new(NetnsProber { parallelism: 32 }),
-                KubeOptions {
-                    run_id: run_id.into(),
-                    image: AGNHOST_IMAGE.into(),
-                    services: false,
-                    node_ips: local.node_ips.iter().map(|ip| (*ip).into()).collect(),
-                    external_ip: Some(local.external_host_ip.into()),
-                    timeouts: KubeTimeouts::default(),
-                    wait_for_lock: connect.wait_for_lock,
-                    enforcer: Some(if local.enforced { "process" } else { "none" }.into()),
-                },
-                format!("local ({})", local.server),
-                if local.enforced {
-                    "netpol-enforcer".into()
-                } else {
-                    "none (no enforcer)".into()
-                },
-                caps,
-            )
-            .map_err(|e| e.to_string())?;
-            Ok(Target {
-                cluster: Arc::new(cluster),
-                local: true,
-                guard,
-                _rt: rt,
-            })
-        }
+        TargetSpec::Local { enforcer, runtime } => connect_local(*enforcer, *runtime, connect, rt),
         TargetSpec::Kube { source, context } => {
             let client = rt
                 .block_on(client_for(source, context.as_deref()))
                 .map_err(|e| e.to_string())?;
-            caps.missing.insert(
-                Feature::ExternalHost,
-                "this target has no external host the suite may probe".into(),
-            );
-            // NETPOL_SCTP=0 / 1 decides without the pre-flight probe.
-            let sctp = netpol_local::env_flag("NETPOL_SCTP")?;
-            match sctp {
-                Some(false) => {
-                    caps.missing
-                        .insert(Feature::Sctp, "SCTP switched off with NETPOL_SCTP=0".into());
-                }
-                Some(true) => {
-                    caps.features.insert(Feature::Sctp);
-                }
-                None => {}
-            }
-            let prober = HybridProber {
-                exec: ExecProber {
-                    rt: rt.handle().clone(),
-                    client: client.clone(),
-                    parallelism: 8,
-                    exec_slack: std::time::Duration::from_secs(30),
-                    batch: netpol_local::env_flag("NETPOL_EXEC_BATCH")?.unwrap_or(true),
-                    batch_works: std::sync::atomic::AtomicBool::new(true),
-                    execs: Default::default(),
-                },
-                netns: NetnsProber { parallelism: 32 },
-                used_exec: Default::default(),
-                used_netns: Default::default(),
+            let kube = KubeTarget {
+                name: spec.describe(),
+                implementation: std::env::var("NETPOL_IMPLEMENTATION")
+                    .unwrap_or_else(|_| "unknown".into()),
+                sctp: None,
             };
-            let target = spec.describe();
-            let mut cluster = KubeCluster::new(
-                rt.handle().clone(),
-                client,
-                Box::new(prober),
-                KubeOptions {
-                    run_id: run_id.into(),
-                    image: std::env::var("NETPOL_AGNHOST_IMAGE")
-                        .unwrap_or_else(|_| AGNHOST_IMAGE.into()),
-                    services: true,
-                    node_ips: Vec::new(),
-                    external_ip: None,
-                    timeouts: KubeTimeouts::default(),
-                    wait_for_lock: connect.wait_for_lock,
-                    enforcer: None,
-                },
-                target,
-                std::env::var("NETPOL_IMPLEMENTATION").unwrap_or_else(|_| "unknown".into()),
-                caps,
-            )
-            .map_err(|e| e.to_string())?;
-            if sctp.is_none() && connect.preflight_sctp {
-                cluster.preflight_sctp();
-            }
-            Ok(Target {
-                cluster: Arc::new(cluster),
-                local: false,
-                guard: None,
-                _rt: rt,
-            })
+            kube_target(kube, client, connect, rt, None)
         }
     }
+}
+
+/// Brings up the local cluster (or finds the one `local up` started) and connects to it: real
+/// nodes through the kube backend exactly as any other cluster, emulated nodes with probes from
+/// inside the pods' network namespaces.
+fn connect_local(
+    enforcer: bool,
+    runtime: NodeRuntime,
+    connect: &ConnectOptions,
+    rt: Arc<Runtime>,
+) -> Result<Target, String> {
+    let real = runtime == NodeRuntime::Kubelet;
+    let enforcer_bin = if enforcer && !real {
+        Some(
+            netpol_local::cluster::locate_enforcer()
+                .map_err(|e| format!("the bundled enforcer: {e}"))?,
+        )
+    } else {
+        None
+    };
+    let opts = netpol_local::cluster::UpOptions {
+        enforcer: enforcer_bin,
+        runtime,
+        enforcer_daemonset: enforcer && real,
+        ..Default::default()
+    };
+    // A cluster that is already up (`local up`) is used and left running; one the run brings up
+    // itself is torn down when the run ends.
+    let existed = netpol_local::cluster::status(&opts.state_dir).is_ok_and(|s| s.healthy());
+    let guard = netpol_local::cluster::ClusterGuard::up(&opts).map_err(|e| {
+        format!(
+            "bringing up the local cluster: {}",
+            crate::plan::error_chain(&e)
+        )
+    })?;
+    let local = guard.cluster.clone();
+    let guard = if existed {
+        guard.disarm();
+        None
+    } else {
+        *OWNED_LOCAL.lock().unwrap_or_else(|e| e.into_inner()) = Some(opts.state_dir.clone());
+        Some(guard)
+    };
+    if local.runtime != runtime {
+        eprintln!(
+            "netpol-conformance: the local cluster already up at {} has {} nodes; using it",
+            local.state_dir.display(),
+            local.runtime.as_str()
+        );
+    }
+    let client = rt
+        .block_on(client_from_kubeconfig(Some(&local.kubeconfig)))
+        .map_err(|e| e.to_string())?;
+    if local.runtime == NodeRuntime::Kubelet {
+        let kube = KubeTarget {
+            name: format!("local ({}, real nodes)", local.server),
+            implementation: if local.enforced {
+                "netpol-enforcer (DaemonSet)".into()
+            } else {
+                "none (no enforcer)".into()
+            },
+            // Real pods share this machine's kernel: what it cannot carry is known without a
+            // probe.
+            sctp: Some(sctp_in_kernel()),
+        };
+        return kube_target(kube, client, connect, rt, guard);
+    }
+    // Only what the target can physically carry goes here; which policy features are judged is
+    // the run's declared selection (crate::features), never assumed.
+    let mut caps = Capabilities::default();
+    match sctp_in_kernel() {
+        Ok(()) => {
+            caps.features.insert(Feature::Sctp);
+        }
+        Err(reason) => {
+            caps.missing.insert(Feature::Sctp, reason);
+        }
+    }
+    caps.features.insert(Feature::ExternalHost);
+    let cluster = KubeCluster::new(
+        rt.handle().clone(),
+        client,
+        Box::new(NetnsProber { parallelism: 32 }),
+        KubeOptions {
+            run_id: connect.run_id.clone(),
+            image: AGNHOST_IMAGE.into(),
+            services: false,
+            node_ips: local.node_ips.iter().map(|ip| (*ip).into()).collect(),
+            external_ip: Some(local.external_host_ip.into()),
+            timeouts: KubeTimeouts::default(),
+            wait_for_lock: connect.wait_for_lock,
+            enforcer: Some(if local.enforced { "process" } else { "none" }.into()),
+        },
+        format!("local ({})", local.server),
+        if local.enforced {
+            "netpol-enforcer".into()
+        } else {
+            "none (no enforcer)".into()
+        },
+        caps,
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(Target {
+        cluster: Arc::new(cluster),
+        local: true,
+        guard,
+        _rt: rt,
+    })
+}
+
+/// What differs between the clusters the kube backend connects to.
+struct KubeTarget {
+    /// The target's name in reports.
+    name: String,
+    /// The implementation's name in reports.
+    implementation: String,
+    /// Whether SCTP works, where that is known without a probe (the local cluster's real nodes
+    /// share this machine's kernel); `None`: `NETPOL_SCTP`, else one probe between two pods.
+    sctp: Option<Result<(), String>>,
+}
+
+/// A cluster through the kube backend: agnhost pods, Services, probes through exec; real
+/// clusters keep upstream's timeouts.
+fn kube_target(
+    kube: KubeTarget,
+    client: ::kube::Client,
+    connect: &ConnectOptions,
+    rt: Arc<Runtime>,
+    guard: Option<netpol_local::cluster::ClusterGuard>,
+) -> Result<Target, String> {
+    let mut caps = Capabilities::default();
+    caps.missing.insert(
+        Feature::ExternalHost,
+        "this target has no external host the suite may probe".into(),
+    );
+    // NETPOL_SCTP=0 / 1 decides without the pre-flight probe.
+    let sctp = match netpol_local::env_flag("NETPOL_SCTP")? {
+        Some(true) => Some(Ok(())),
+        Some(false) => Some(Err("SCTP switched off with NETPOL_SCTP=0".to_string())),
+        None => kube.sctp,
+    };
+    let decided = sctp.is_some();
+    match sctp {
+        Some(Ok(())) => {
+            caps.features.insert(Feature::Sctp);
+        }
+        Some(Err(reason)) => {
+            caps.missing.insert(Feature::Sctp, reason);
+        }
+        None => {}
+    }
+    let prober = HybridProber {
+        exec: ExecProber {
+            rt: rt.handle().clone(),
+            client: client.clone(),
+            parallelism: 8,
+            exec_slack: std::time::Duration::from_secs(30),
+            batch: netpol_local::env_flag("NETPOL_EXEC_BATCH")?.unwrap_or(true),
+            batch_works: std::sync::atomic::AtomicBool::new(true),
+            execs: Default::default(),
+        },
+        netns: NetnsProber { parallelism: 32 },
+        used_exec: Default::default(),
+        used_netns: Default::default(),
+    };
+    let mut cluster = KubeCluster::new(
+        rt.handle().clone(),
+        client,
+        Box::new(prober),
+        KubeOptions {
+            run_id: connect.run_id.clone(),
+            image: std::env::var("NETPOL_AGNHOST_IMAGE").unwrap_or_else(|_| AGNHOST_IMAGE.into()),
+            services: true,
+            node_ips: Vec::new(),
+            external_ip: None,
+            timeouts: KubeTimeouts::default(),
+            wait_for_lock: connect.wait_for_lock,
+            enforcer: None,
+        },
+        kube.name,
+        kube.implementation,
+        caps,
+    )
+    .map_err(|e| e.to_string())?;
+    if !decided && connect.preflight_sctp {
+        cluster.preflight_sctp();
+    }
+    Ok(Target {
+        cluster: Arc::new(cluster),
+        local: false,
+        guard,
+        _rt: rt,
+    })
 }

@@ -118,3 +118,59 @@ fn a_deny_trial_passes_on_real_nodes_with_the_daemonset_and_fails_without_it() {
         "no enforcer must be a policy mismatch, not an error:\n{xml}"
     );
 }
+
+/// The default of a run without a kubeconfig: real nodes, brought up for the run and torn down
+/// after it, with the DaemonSet enforcer and the exec prober (nothing asks for them).
+#[test]
+fn a_run_without_a_kubeconfig_brings_up_real_nodes_and_takes_them_down() {
+    if !prerequisites("real nodes") || !nodes_present() {
+        return;
+    }
+    let scratch = Scratch::new("rnd");
+    let junit = scratch.dir.join("junit.xml");
+    let out = scratch
+        .command()
+        // The default, not the emulated runtime the other local tests ask for.
+        .env_remove("NETPOL_LOCAL_RUNTIME")
+        .args(["run", "--local", TRIAL, "--exact", "--junit"])
+        .arg(&junit)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let xml =
+        std::fs::read_to_string(&junit).unwrap_or_else(|e| panic!("no JUnit ({e}):\n{stderr}"));
+    assert!(
+        out.status.success(),
+        "the trial did not pass:\n{stderr}\n{xml}"
+    );
+    assert!(
+        stderr.contains(
+            "the local cluster (real nodes: kubelet + containerd), with the enforcer DaemonSet"
+        ),
+        "the target line names real nodes:\n{stderr}"
+    );
+    assert_eq!(property(&xml, "prober"), "exec", "{xml}");
+    assert_eq!(property(&xml, "runtime"), "kubelet", "{xml}");
+    assert_eq!(property(&xml, "enforcer"), "daemonset", "{xml}");
+    let status = scratch
+        .command()
+        .args(["local", "status"])
+        .output()
+        .unwrap();
+    assert!(
+        !status.status.success(),
+        "the run's own cluster is still there after it ended:\n{}",
+        String::from_utf8_lossy(&status.stdout)
+    );
+    let netns = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .unwrap();
+    let left: Vec<String> = String::from_utf8_lossy(&netns.stdout)
+        .lines()
+        .filter(|l| l.starts_with("npc-rnd-"))
+        .map(str::to_string)
+        .collect();
+    assert!(left.is_empty(), "network namespaces left behind: {left:?}");
+}

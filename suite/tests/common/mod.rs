@@ -54,6 +54,9 @@ impl Scratch {
             .env_remove("NETPOL_KUBECONFIG")
             .env_remove("KUBECONFIG")
             .env_remove("NETPOL_LOCAL")
+            // These tests inject faults into the emulated nodes' namespaces; tests/real_nodes.rs
+            // asks for real nodes explicitly.
+            .env("NETPOL_LOCAL_RUNTIME", "emulated")
             // Whatever this kernel lacks is exempted by name, as a user would.
             .env("NETPOL_EXEMPT_FEATURES", "SCTP")
             .env_remove("SONOBUOY_RESULTS_DIR")
