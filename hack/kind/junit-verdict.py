@@ -5,153 +5,60 @@
         Exit 0 when at least one case ran and none failed or errored, 1 otherwise.
         (`sonobuoy results` exits 0 on failures; this is the check to use instead.)
 
-    junit-verdict.py no-enforcement JUNIT --cases DIR [--cases DIR ...]
-        The expected outcome on a cluster whose CNI enforces no policy: every case that
-        expects a denied pair must fail (a <failure>, not an <error>), every case that expects
-        only allowed pairs must pass; skipped cases are reported and accepted. Exit 0 when the
+    junit-verdict.py no-enforcement JUNIT --plan PLAN
+        The expected outcome on a cluster whose CNI enforces no policy: every trial that
+        expects a denied pair must fail (a <failure>, not an <error>), every trial that expects
+        only allowed pairs must pass; skipped trials are reported and accepted. Exit 0 when the
         JUnit matches, 1 when it does not (each mismatch is listed), 2 on bad input.
 
-A case "expects a denial" when, after its expectation entries are applied in order (later
-entries override earlier ones, starting from all-allowed; self pairs ignored), some probe step
-leaves at least one pair blocked. The cases come from the YAML table (cases/README.md); a JUnit
-test case is tied to its case by its name, "<trial>: <case name>", whose trial is
-<source>::<area>::<id>[::<variant>].
+PLAN is the suite's own expansion of the table, `netpol-conformance plan --json` (with the same
+--cases as the run): every probe step with its expected pairs, so this script knows no world,
+selector or expectation rule of its own. A trial "expects a denial" when one of its probe steps
+expects some pair of two different pods blocked. A JUnit test case is tied to its trial by its
+name, "<trial>: <case name>".
 
-Needs Python 3.9+ and PyYAML.
+Needs Python 3.9+.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import pathlib
-import re
 import sys
 import xml.etree.ElementTree as ET
 
-try:
-    import yaml
-except ImportError:  # pragma: no cover - depends on the machine
-    sys.exit("junit-verdict: PyYAML is missing (Debian/Ubuntu: apt-get install python3-yaml)")
-
-# The model pods of each world, as cases/README.md describes them.
-WORLDS = {
-    "upstream": [f"{ns}/{pod}" for ns in "xyz" for pod in "abc"],
-    "npa": [
-        f"{house}/{i}"
-        for house in ("gryffindor", "slytherin", "hufflepuff", "ravenclaw", "forbidden-forrest")
-        for i in (0, 1)
-    ],
-    "tutorial": [
-        "default/frontend",
-        "default/backend",
-        "monitoring/monitoring",
-        "monitoring/other",
-        "kube-system/coredns",
-    ],
-}
-
-PAIR_RE = re.compile(r"^\s*(\S+)\s*->\s*(\S+)")
-
 
 class BadInput(Exception):
-    """The JUnit file or a case file cannot be used."""
+    """The JUnit file or the plan cannot be used."""
 
 
 # ---------------------------------------------------------------------------------------------
-# Cases
+# The plan
 
 
-def _matches(selector: dict, pod: str) -> bool:
-    ns, name = pod.split("/", 1)
-    if selector.get("ns") not in (None, ns):
-        return False
-    return selector.get("pod") in (None, name)
-
-
-def _pairs_of(entry_value) -> list[tuple[str, str]]:
-    pairs = []
-    for item in entry_value or []:
-        m = PAIR_RE.match(str(item))
-        if not m:
-            raise BadInput(f"cannot read pair {item!r}")
-        pairs.append((m.group(1), m.group(2)))
-    return pairs
-
-
-def probe_denies(probe: dict, pods: list[str] | None) -> bool:
-    """Whether this probe step leaves some non-self pair blocked."""
-    if "pairs" in probe:
-        return any(str(p).split()[-1].lower() == "blocked" for p in probe["pairs"] or [])
-    entries = probe.get("expect") or []
-    if pods is None:
-        # Unknown world: be conservative and read any denial as one.
-        return any(
-            (isinstance(v, dict) and v.get("allowed") is False) or (k == "blocked" and v)
-            for e in entries
-            for k, v in e.items()
-        )
-    blocked: set[tuple[str, str]] = set()
-    every = [(a, b) for a in pods for b in pods if a != b]
-
-    def apply(pairs, allowed):
-        for p in pairs:
-            if allowed:
-                blocked.discard(p)
-            else:
-                blocked.add(p)
-
-    for entry in entries:
-        for kind, v in entry.items():
-            if kind == "expect":
-                apply([(v["from"], v["to"])], v["allowed"])
-            elif kind == "expect_all_ingress":
-                apply([p for p in every if p[1] == v["pod"]], v["allowed"])
-            elif kind == "expect_all_egress":
-                apply([p for p in every if p[0] == v["pod"]], v["allowed"])
-            elif kind == "expect_peer":
-                src, dst = v.get("from") or {}, v.get("to") or {}
-                apply([p for p in every if _matches(src, p[0]) and _matches(dst, p[1])], v["allowed"])
-            elif kind == "blocked":
-                apply(_pairs_of(v), False)
-            elif kind == "allowed":
-                apply(_pairs_of(v), True)
-            else:
-                raise BadInput(f"unknown expectation {kind!r}")
-    return any(a != b for a, b in blocked)
-
-
-def load_cases(dirs: list[pathlib.Path]) -> dict[str, dict]:
-    """Map case id -> {'denies': bool, 'file': path}."""
-    cases: dict[str, dict] = {}
-    for d in dirs:
-        if not d.is_dir():
-            raise BadInput(f"cases directory {d} does not exist")
-        for path in sorted(d.rglob("*.yaml")) + sorted(d.rglob("*.yml")):
-            try:
-                doc = yaml.safe_load(path.read_text())
-            except yaml.YAMLError as e:
-                raise BadInput(f"{path}: not YAML: {e}") from e
-            if doc is None:
-                continue
-            if not isinstance(doc, list):
-                raise BadInput(f"{path}: expected a YAML sequence of cases")
-            for case in doc:
-                cid = case.get("id") if isinstance(case, dict) else None
-                if not cid:
-                    raise BadInput(f"{path}: a case without an id")
-                pods = WORLDS.get(case.get("world"))
-                try:
-                    denies = any(
-                        probe_denies(step["probe"], pods)
-                        for step in case.get("steps") or []
-                        if isinstance(step, dict) and "probe" in step
-                    )
-                except (BadInput, KeyError, TypeError, AttributeError) as e:
-                    raise BadInput(f"{path}: case {cid}: cannot read its expectations: {e!r}") from e
-                cases[cid] = {"denies": denies, "file": str(path)}
-    if not cases:
-        raise BadInput(f"no cases found in {', '.join(map(str, dirs))}")
-    return cases
+def load_plan(path: pathlib.Path) -> dict[str, bool]:
+    """Map trial -> whether some probe step of it expects a pair blocked."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise BadInput(f"cannot read the plan {path}: {e}") from e
+    if not isinstance(doc, dict) or "error" in doc:
+        raise BadInput(f"{path}: the suite could not plan the table: {doc.get('error') if isinstance(doc, dict) else doc!r}")
+    trials: dict[str, bool] = {}
+    try:
+        for case in doc["cases"]:
+            trials[case["trial"]] = any(
+                pair["expect"] == "blocked" and pair["from"] != pair["to"]
+                for step in case["steps"]
+                if step["action"] == "probe"
+                for pair in step["pairs"]
+            )
+    except (KeyError, TypeError) as e:
+        raise BadInput(f"{path}: not the JSON of `netpol-conformance plan --json`: {e!r}") from e
+    if not trials:
+        raise BadInput(f"{path}: the plan holds no trial")
+    return trials
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,15 +86,10 @@ def load_junit(path: pathlib.Path) -> list[dict]:
     return results
 
 
-def case_id_of(result: dict, cases: dict[str, dict]) -> str | None:
-    """The case id of a JUnit test case named "<trial>: <case name>" (or just "<trial>")."""
+def trial_of(result: dict, trials: dict[str, bool]) -> str | None:
+    """The trial of a JUnit test case named "<trial>: <case name>" (or just "<trial>")."""
     trial = result["name"].split(": ", 1)[0].strip()
-    parts = trial.split("::")
-    if len(parts) >= 3 and parts[2] in cases:
-        return parts[2]
-    if trial in cases:
-        return trial
-    return None
+    return trial if trial in trials else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -209,18 +111,18 @@ def summary(results: list[dict]) -> int:
     return 1 if counts["failed"] or counts["error"] else 0
 
 
-def no_enforcement(results: list[dict], cases: dict[str, dict]) -> int:
+def no_enforcement(results: list[dict], trials: dict[str, bool]) -> int:
     problems, notes = [], []
     deny_failed = allow_passed = 0
     for r in results:
-        cid = case_id_of(r, cases)
-        if cid is None:
+        trial = trial_of(r, trials)
+        if trial is None:
             if r["status"] in ("failed", "error"):
                 problems.append(f"{r['name']}: {r['status']}, and it is no case of the table")
             else:
                 notes.append(f"{r['name']}: {r['status']}, not a case of the table; ignored")
             continue
-        denies = cases[cid]["denies"]
+        denies = trials[trial]
         if r["status"] == "skipped":
             notes.append(f"{r['name']}: skipped")
         elif r["status"] == "error":
@@ -250,13 +152,13 @@ def main(argv: list[str]) -> int:
     s.add_argument("junit", type=pathlib.Path)
     n = sub.add_parser("no-enforcement", help="pass when exactly the denial cases failed")
     n.add_argument("junit", type=pathlib.Path)
-    n.add_argument("--cases", type=pathlib.Path, action="append", required=True)
+    n.add_argument("--plan", type=pathlib.Path, required=True, help="netpol-conformance plan --json")
     args = ap.parse_args(argv)
     try:
         results = load_junit(args.junit)
         if args.cmd == "summary":
             return summary(results)
-        return no_enforcement(results, load_cases(args.cases))
+        return no_enforcement(results, load_plan(args.plan))
     except BadInput as e:
         print(f"junit-verdict: error: {e}", file=sys.stderr)
         return 2
