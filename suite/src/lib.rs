@@ -8,6 +8,7 @@
 
 pub mod backend;
 pub mod case;
+pub mod cli;
 pub mod features;
 pub mod harness;
 pub mod kube;
