@@ -9,17 +9,18 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Instant;
 
 use clap::Parser;
-use libtest_mimic::{Completion, Failed, Trial};
+use libtest_mimic::Trial;
 use regex::Regex;
 
 use crate::backend::{Capabilities, Cluster};
 use crate::case::{self, Case, Feature, Source};
 use crate::cli::{Cli, Command, LocalCommand, LocalRuntime, Mode, RunArgs, SelectArgs};
+use crate::collector::Collector;
 use crate::features::Selection;
 use crate::plan::{self, Action, Plan};
 use crate::reachability::expected_mark;
-use crate::report::{self, Progress, RunReport, TrialOutcome, TrialReport};
-use crate::runner::{RunOptions, Timeouts, run_plan};
+use crate::report::{self, RunReport, TrialOutcome};
+use crate::runner::{RunOptions, Timeouts, report_for, run_plan};
 use crate::target::{self, Target, TargetSpec};
 
 /// The binary's entry point.
@@ -517,7 +518,6 @@ fn run(mut args: RunArgs, mode: Mode) -> ExitCode {
             }
         }
     }
-    let reports: Arc<Mutex<Vec<TrialReport>>> = Arc::new(Mutex::new(Vec::new()));
     let exclusive = Arc::new(RwLock::new(()));
     let counter = Arc::new(AtomicUsize::new(0));
     let total = plans.len();
@@ -525,10 +525,6 @@ fn run(mut args: RunArgs, mode: Mode) -> ExitCode {
         .ok()
         .and_then(|p| p.parse().ok())
         .filter(|_| sonobuoy_dir.is_some());
-    let progress = Arc::new(Mutex::new(Progress {
-        total,
-        ..Default::default()
-    }));
     let color = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let live = (!listing).then(|| {
         let style = crate::progress::Style::choose(args.harness.quiet, color);
@@ -541,16 +537,15 @@ fn run(mut args: RunArgs, mode: Mode) -> ExitCode {
         // libtest sees the relay's pipe, not the terminal behind it.
         args.harness.color = Some(libtest_mimic::ColorSetting::Always);
     }
+    let collector = Arc::new(Collector::new(total, progress_port, live.clone()));
 
     let trials: Vec<Trial> = plans
         .into_iter()
         .map(|plan| {
             let target = target.clone();
-            let reports = reports.clone();
+            let collector = collector.clone();
             let exclusive = exclusive.clone();
             let counter = counter.clone();
-            let progress = progress.clone();
-            let live = live.clone();
             let unavailable = unavailable.clone();
             let spec = spec.clone();
             let run_id = run_id.clone();
@@ -565,85 +560,15 @@ fn run(mut args: RunArgs, mode: Mode) -> ExitCode {
                 args.preflight_timeout,
             );
             Trial::ignorable_test(plan.trial.clone(), move || {
-                if let Some(live) = &live {
-                    live.started(&plan.trial);
-                }
-                let classname = format!(
-                    "netpol-conformance.{}.{}",
-                    plan.case.source.as_str(),
-                    plan.case.area
-                );
-                let record = |outcome: TrialOutcome, at, steps, log, duration, preflight| {
-                    let report = TrialReport {
-                        trial: plan.trial.clone(),
-                        name: plan.name.clone(),
-                        classname: classname.clone(),
-                        features: crate::features::trial_features(&plan),
-                        outcome,
-                        started: at,
-                        duration,
-                        steps,
-                        log,
-                        preflight,
-                    };
-                    if let Some(port) = progress_port {
-                        let mut p = progress.lock().expect("progress lock");
-                        match &report.outcome {
-                            TrialOutcome::Failed { .. } | TrialOutcome::Error { .. } => {
-                                p.failures.push(report.trial.clone())
-                            }
-                            _ => p.completed += 1,
-                        }
-                        p.msg =
-                            format!("{} {}", report.outcome.word().to_uppercase(), report.trial);
-                        if let Err(e) = report::post_progress(port, &p) {
-                            tracing::warn!("posting progress to localhost:{port}: {e}");
-                        }
-                    }
-                    let result = match &report.outcome {
-                        TrialOutcome::Passed => Ok(Completion::Completed),
-                        TrialOutcome::Failed { .. } | TrialOutcome::Error { .. } => {
-                            Err(Failed::from(format!(
-                                "{}: {}\n{}",
-                                report.outcome.word(),
-                                report.outcome.message().unwrap_or_default(),
-                                report.details()
-                            )))
-                        }
-                        TrialOutcome::Skipped { .. }
-                        | TrialOutcome::NotSupported { .. }
-                        | TrialOutcome::Partial { .. } => Ok(Completion::ignored_with(
-                            report.outcome.message().unwrap_or_default(),
-                        )),
-                    };
-                    if let Some(live) = &live {
-                        live.finished(&report);
-                    }
-                    reports.lock().expect("reports lock").push(report);
-                    result
-                };
-                let zero = std::time::Duration::ZERO;
+                collector.started(&plan.trial);
+                let record = |outcome| collector.record(report_for(&plan, outcome));
                 if let Some(reason) = unavailable {
-                    return record(
-                        TrialOutcome::Skipped { reason },
-                        std::time::SystemTime::now(),
-                        vec![],
-                        String::new(),
-                        zero,
-                        None,
-                    );
+                    return record(TrialOutcome::Skipped { reason });
                 }
                 if CANCEL.load(Ordering::SeqCst) {
-                    return record(
-                        TrialOutcome::Skipped {
-                            reason: "the run was interrupted".into(),
-                        },
-                        std::time::SystemTime::now(),
-                        vec![],
-                        String::new(),
-                        zero,
-                        None,
-                    );
+                    return record(TrialOutcome::Skipped {
+                        reason: "the run was interrupted".into(),
+                    });
                 }
                 // Connect once, on the first trial that needs the target.
                 let (cluster, local) = {
@@ -658,16 +583,9 @@ fn run(mut args: RunArgs, mode: Mode) -> ExitCode {
                     match slot.as_ref().expect("just set") {
                         TargetState::Ready(t) => (t.cluster.clone(), t.local),
                         TargetState::Failed(e) => {
-                            return record(
-                                TrialOutcome::Error {
-                                    message: format!("no target: {e}"),
-                                },
-                                std::time::SystemTime::now(),
-                                vec![],
-                                String::new(),
-                                zero,
-                                None,
-                            );
+                            return record(TrialOutcome::Error {
+                                message: format!("no target: {e}"),
+                            });
                         }
                     }
                 };
@@ -675,24 +593,10 @@ fn run(mut args: RunArgs, mode: Mode) -> ExitCode {
                 match gate(&plan, &caps, &features) {
                     Gate::Run => {}
                     Gate::NotSupported(reason) => {
-                        return record(
-                            TrialOutcome::NotSupported { reason },
-                            std::time::SystemTime::now(),
-                            vec![],
-                            String::new(),
-                            zero,
-                            None,
-                        );
+                        return record(TrialOutcome::NotSupported { reason });
                     }
                     Gate::Error(message) => {
-                        return record(
-                            TrialOutcome::Error { message },
-                            std::time::SystemTime::now(),
-                            vec![],
-                            String::new(),
-                            zero,
-                            None,
-                        );
+                        return record(TrialOutcome::Error { message });
                     }
                 }
                 // Trials that touch cluster-scoped policies or shared namespaces run alone.
@@ -704,16 +608,9 @@ fn run(mut args: RunArgs, mode: Mode) -> ExitCode {
                     _alone_guard = exclusive.write().unwrap_or_else(|e| e.into_inner());
                     // Other runs on the same cluster take turns with this one.
                     if let Err(e) = cluster.lock_cluster_scope() {
-                        return record(
-                            TrialOutcome::Error {
-                                message: e.to_string(),
-                            },
-                            std::time::SystemTime::now(),
-                            vec![],
-                            String::new(),
-                            zero,
-                            None,
-                        );
+                        return record(TrialOutcome::Error {
+                            message: e.to_string(),
+                        });
                     }
                 } else {
                     _shared_guard = exclusive.read().unwrap_or_else(|e| e.into_inner());
@@ -743,14 +640,7 @@ fn run(mut args: RunArgs, mode: Mode) -> ExitCode {
                 if alone && !plan.world.is_shared() {
                     cluster.unlock_cluster_scope();
                 }
-                record(
-                    r.outcome,
-                    r.started,
-                    r.steps,
-                    r.log,
-                    r.duration,
-                    r.preflight,
-                )
+                collector.record(r)
             })
         })
         .collect();
@@ -775,8 +665,7 @@ fn run(mut args: RunArgs, mode: Mode) -> ExitCode {
         },
         None => Default::default(),
     };
-    let mut trials = std::mem::take(&mut *reports.lock().expect("reports lock"));
-    trials.sort_by(|a, b| a.trial.cmp(&b.trial));
+    let trials = collector.take_reports();
     let aborted = if CANCEL.load(Ordering::SeqCst) {
         Some("the run was interrupted".to_string())
     } else if !problems.is_empty() {

@@ -9,6 +9,7 @@
 pub mod backend;
 pub mod case;
 pub mod cli;
+pub mod collector;
 pub mod features;
 pub mod harness;
 pub mod kube;
