@@ -1,0 +1,457 @@
+//! `run`, as a short sequence of phases: settle what the command line asks for, connect the
+//! target (the CLI before any trial, `cargo test` on the first trial that needs it), build the
+//! trials, run them under libtest, write the reports, and decide the exit code.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Instant, SystemTime};
+
+use regex::Regex;
+
+use super::trial::{self, Shared, TargetState};
+use super::{random_id, select_plans, usage_error};
+use crate::backend::Cluster;
+use crate::cli::{Mode, RunArgs, SelectArgs};
+use crate::collector::Collector;
+use crate::features::Selection;
+use crate::plan::Plan;
+use crate::progress::Live;
+use crate::report::npa::Implementation;
+use crate::report::{self, RunReport};
+use crate::target::{self, TargetSpec, Unavailable};
+
+/// When the run started, by both clocks.
+#[derive(Clone, Copy)]
+struct Clock {
+    started: Instant,
+    started_at: SystemTime,
+}
+
+/// What the command line asks of a run, settled before any cluster is touched.
+struct Setup {
+    plans: Vec<Plan>,
+    implementation: Option<Implementation>,
+    sonobuoy_dir: Option<PathBuf>,
+    listing: bool,
+    spec: Result<TargetSpec, Unavailable>,
+    features: Arc<Selection>,
+    unavailable: Option<String>,
+}
+
+/// `run` and `cargo test --test conformance`.
+pub(super) fn run(mut args: RunArgs, mode: Mode) -> ExitCode {
+    let clock = Clock {
+        started: Instant::now(),
+        started_at: SystemTime::now(),
+    };
+    let Setup {
+        plans,
+        implementation,
+        sonobuoy_dir,
+        listing,
+        spec,
+        features,
+        unavailable,
+    } = match settle(&args, mode) {
+        Ok(setup) => setup,
+        Err(message) => return usage_error(&message),
+    };
+    if args.harness.test_threads.is_none() {
+        let threads = std::env::var("NETPOL_TEST_THREADS")
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(4);
+        args.harness.test_threads = Some(threads);
+    }
+    if !listing {
+        install_interrupt_handler();
+    }
+    let run_id = random_id();
+    let needs_sctp = plans.iter().any(|p| {
+        p.probes()
+            .any(|probe| probe.protocol == crate::world::Protocol::Sctp)
+    });
+    let connect_opts = target::ConnectOptions {
+        run_id: run_id.clone(),
+        preflight_sctp: needs_sctp,
+        wait_for_lock: !args.no_wait,
+    };
+    let selected = plans
+        .iter()
+        .filter(|p| !filtered_out(&args.harness, &p.trial))
+        .count();
+    let connected = match (mode, listing, &unavailable, &spec) {
+        (Mode::Cli, false, None, Ok(spec)) if selected > 0 => {
+            match connect_first(spec, &connect_opts, &args, sonobuoy_dir.as_deref(), clock) {
+                Ok(target) => Some(target),
+                Err(code) => return code,
+            }
+        }
+        _ => None,
+    };
+    let progress_port: Option<u16> = std::env::var("SONOBUOY_PROGRESS_PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .filter(|_| sonobuoy_dir.is_some());
+    let color = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let live = live_progress(&mut args.harness, listing, selected, color);
+    let shared = Arc::new(Shared {
+        target: Mutex::new(connected),
+        spec,
+        connect_opts,
+        unavailable,
+        collector: Collector::new(plans.len(), progress_port, live.clone()),
+        exclusive: RwLock::new(()),
+        counter: AtomicUsize::new(0),
+        run_id,
+        features: features.clone(),
+        keep: args.keep,
+        fresh_worlds: args.fresh_worlds,
+        probe_target: args.probe_target,
+        probe_timeout: args.probe_timeout,
+        settle_timeout: args.settle_timeout,
+        preflight_timeout: args.preflight_timeout,
+        color,
+    });
+
+    let conclusion = libtest_mimic::run(&args.harness, trial::trials(plans, &shared));
+    if let Some(live) = &live {
+        live.finish();
+    }
+    if listing {
+        return conclusion.exit_code();
+    }
+    let report = run_report(&shared, clock);
+    if let Err(code) = write_reports(
+        &report,
+        &args,
+        &features,
+        implementation.as_ref(),
+        sonobuoy_dir.as_deref(),
+    ) {
+        return code;
+    }
+    eprint!("{}", report::summary(&report));
+    if sonobuoy_dir.is_some() {
+        // The results travel in the files; the plugin pod itself succeeded.
+        return ExitCode::SUCCESS;
+    }
+    if report.aborted.is_some() && !conclusion.has_failed() {
+        return ExitCode::from(101);
+    }
+    conclusion.exit_code()
+}
+
+/// The plans to run (the table and `--cases`, then E2E_FOCUS and E2E_SKIP) and the
+/// implementation a ConformanceReport names.
+fn select_run_plans(args: &RunArgs) -> Result<(Vec<Plan>, Option<Implementation>), String> {
+    let select = SelectArgs {
+        filter: None,
+        exact: false,
+        cases: args.cases.clone(),
+    };
+    let plans = select_plans(&select)?;
+    let implementation = args.npa_report.implementation()?;
+    let (focus, skip) = match (
+        compile(&args.focus, "E2E_FOCUS"),
+        compile(&args.e2e_skip, "E2E_SKIP"),
+    ) {
+        (Ok(f), Ok(s)) => (f, s),
+        (Err(e), _) | (_, Err(e)) => return Err(e),
+    };
+    let plans: Vec<Plan> = plans
+        .into_iter()
+        .filter(|p| {
+            let text = format!("{} {}", p.trial, p.name);
+            focus.as_ref().is_none_or(|r| r.is_match(&text))
+                && !skip.as_ref().is_some_and(|r| r.is_match(&text))
+        })
+        .collect();
+    Ok((plans, implementation))
+}
+
+/// Everything the command line decides before a cluster is touched: plans, results directory,
+/// target (chosen now, which is cheap; connected later), the features judged, and why no
+/// target can be had, if so. An error is a usage error.
+fn settle(args: &RunArgs, mode: Mode) -> Result<Setup, String> {
+    let (plans, implementation) = select_run_plans(args)?;
+    let sonobuoy_dir = std::env::var_os("SONOBUOY_RESULTS_DIR")
+        .map(PathBuf::from)
+        .or_else(|| {
+            args.sonobuoy
+                .then(|| PathBuf::from("/tmp/sonobuoy/results"))
+        });
+    let listing = args.harness.list;
+
+    // Decide the target now (cheap), connect lazily on the first trial that runs.
+    let spec = target::choose(&target::Choice {
+        kubeconfig: args.kubeconfig.clone(),
+        context: args.context.clone(),
+        in_cluster: args.in_cluster,
+        local: args.local,
+        plugin: sonobuoy_dir.is_some(),
+        enforcer: !args.no_enforcer,
+        runtime: args.runtime.into(),
+    });
+    if let (Ok(spec), false) = (&spec, listing) {
+        eprintln!("netpol-conformance: target: {}", spec.describe());
+    }
+    // The bundled enforcer implements every feature, so the local cluster judges them all.
+    let local_target = matches!(spec, Ok(TargetSpec::Local { .. }));
+    let features = Selection::new(
+        &args.supported_features,
+        &args.exempt_features,
+        args.all_features || local_target,
+    )
+    .map(Arc::new)
+    .map_err(|e| e.to_string())?;
+    if !listing {
+        eprintln!("netpol-conformance: {}", features.describe());
+    }
+    let unavailable: Option<String> = match (&spec, mode) {
+        (Err(e), _) => Some(e.0.clone()),
+        (Ok(TargetSpec::Local { runtime, .. }), Mode::CargoTest)
+            if !netpol_local::local_required() =>
+        {
+            target::local_binaries_missing(*runtime).map(|missing| {
+                format!(
+                    "no target: {missing} (or set NETPOL_REQUIRE_LOCAL=1 to build them), and no \
+                     NETPOL_KUBECONFIG is set"
+                )
+            })
+        }
+        _ => None,
+    };
+    if let (Some(reason), Mode::Cli, false) = (&unavailable, mode, listing) {
+        return Err(reason.clone());
+    }
+    Ok(Setup {
+        plans,
+        implementation,
+        sonobuoy_dir,
+        listing,
+        spec,
+        features,
+        unavailable,
+    })
+}
+
+/// The CLI connects before any trial runs, so a target that cannot be had is one clear
+/// error, not one per trial (the JUnit, HTML and Sonobuoy files still say why).
+fn connect_first(
+    spec: &TargetSpec,
+    connect_opts: &target::ConnectOptions,
+    args: &RunArgs,
+    sonobuoy_dir: Option<&Path>,
+    clock: Clock,
+) -> Result<TargetState, ExitCode> {
+    match target::connect(spec, connect_opts) {
+        Ok(t) => Ok(TargetState::Ready(Box::new(t))),
+        Err(e) => {
+            let report = RunReport {
+                suite_version: env!("CARGO_PKG_VERSION").to_string(),
+                aborted: Some(format!("no target: {e}")),
+                started: clock.started_at,
+                duration: clock.started.elapsed(),
+                ..Default::default()
+            };
+            if let Some(path) = &args.junit {
+                let _ = report::write_junit(&report, path);
+            }
+            if let Some(path) = &args.html {
+                let _ = report::html::write_html(&report, path);
+            }
+            if let Some(dir) = sonobuoy_dir {
+                let _ = report::write_sonobuoy(&report, dir);
+            }
+            Err(usage_error(&format!("no target: {e}")))
+        }
+    }
+}
+
+/// The live progress of a run that runs trials (none when listing); with stdout relayed under
+/// a bar, libtest is asked for colours it would not see the terminal for.
+fn live_progress(
+    harness: &mut libtest_mimic::Arguments,
+    listing: bool,
+    selected: usize,
+    color: bool,
+) -> Option<Arc<Live>> {
+    let live = (!listing).then(|| {
+        let style = crate::progress::Style::choose(harness.quiet, color);
+        Arc::new(Live::new(selected, style))
+    });
+    if live.as_ref().is_some_and(|l| l.relays_stdout())
+        && harness.color.is_none()
+        && std::env::var_os("NO_COLOR").is_none()
+    {
+        // libtest sees the relay's pipe, not the terminal behind it.
+        harness.color = Some(libtest_mimic::ColorSetting::Always);
+    }
+    live
+}
+
+/// The run's report once libtest is done: the target finished (shared worlds deleted, leases
+/// retired) and described, every trial's report, and why the run was cut short, if it was.
+fn run_report(shared: &Shared, clock: Clock) -> RunReport {
+    let mut problems = Vec::new();
+    let info = match shared.target.lock().expect("target lock").take() {
+        Some(TargetState::Ready(t)) => {
+            let info = t.cluster.info();
+            problems = t.finish();
+            info
+        }
+        Some(TargetState::Failed(e)) => crate::backend::TargetInfo {
+            target: format!("unavailable: {e}"),
+            ..Default::default()
+        },
+        None => Default::default(),
+    };
+    let trials = shared.collector.take_reports();
+    let aborted = if CANCEL.load(Ordering::SeqCst) {
+        Some("the run was interrupted".to_string())
+    } else if !problems.is_empty() {
+        Some(problems.join("; "))
+    } else {
+        None
+    };
+    RunReport {
+        suite_version: env!("CARGO_PKG_VERSION").to_string(),
+        target: info,
+        hostname: report::hostname(),
+        trials,
+        aborted,
+        started: clock.started_at,
+        duration: clock.started.elapsed(),
+    }
+}
+
+/// Writes the reports asked for (JUnit, HTML, ConformanceReport, Sonobuoy results) and
+/// appends to the GitHub job summary; a report that cannot be written ends the run with 2.
+fn write_reports(
+    report: &RunReport,
+    args: &RunArgs,
+    features: &Selection,
+    implementation: Option<&Implementation>,
+    sonobuoy_dir: Option<&Path>,
+) -> Result<(), ExitCode> {
+    if let Some(path) = &args.junit
+        && let Err(e) = report::write_junit(report, path)
+    {
+        eprintln!(
+            "netpol-conformance: writing JUnit to {}: {e}",
+            path.display()
+        );
+        return Err(ExitCode::from(2));
+    }
+    if let Some(path) = &args.html {
+        if let Err(e) = report::html::write_html(report, path) {
+            eprintln!(
+                "netpol-conformance: writing the HTML report to {}: {e}",
+                path.display()
+            );
+            return Err(ExitCode::from(2));
+        }
+        eprintln!("netpol-conformance: HTML report in {}", path.display());
+    }
+    if let (Some(path), Some(implementation)) = (&args.npa_report.report_output, implementation) {
+        let npa = report::npa::conformance_report(report, features, implementation);
+        if let Err(e) = report::npa::write(&npa, path) {
+            eprintln!(
+                "netpol-conformance: writing the ConformanceReport to {}: {e}",
+                path.display()
+            );
+            return Err(ExitCode::from(2));
+        }
+        eprintln!(
+            "netpol-conformance: ConformanceReport in {}",
+            path.display()
+        );
+    }
+    if let Some(dir) = sonobuoy_dir {
+        match report::write_sonobuoy(report, dir) {
+            Ok(path) => eprintln!("netpol-conformance: Sonobuoy results in {}", path.display()),
+            Err(e) => {
+                eprintln!(
+                    "netpol-conformance: writing Sonobuoy results to {}: {e}",
+                    dir.display()
+                );
+                return Err(ExitCode::from(2));
+            }
+        }
+    }
+    if let Some(path) = std::env::var_os("GITHUB_STEP_SUMMARY").filter(|p| !p.is_empty())
+        && let Err(e) = report::github::append_step_summary(report, std::path::Path::new(&path))
+    {
+        tracing::warn!("appending to GITHUB_STEP_SUMMARY: {e}");
+    }
+    Ok(())
+}
+
+fn compile(pattern: &Option<String>, what: &str) -> Result<Option<Regex>, String> {
+    pattern
+        .as_deref()
+        .filter(|p| !p.is_empty())
+        .map(|p| Regex::new(p).map_err(|e| format!("{what} `{p}` is not a valid regex: {e}")))
+        .transpose()
+}
+
+/// Set on the first interrupt: trials not yet started are skipped, running ones stop before
+/// their next step.
+pub(super) static CANCEL: AtomicBool = AtomicBool::new(false);
+
+fn install_interrupt_handler() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        std::thread::spawn(|| {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                return;
+            };
+            rt.block_on(async {
+                use tokio::signal::unix::{SignalKind, signal};
+                let (Ok(mut int), Ok(mut term)) =
+                    (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
+                else {
+                    return;
+                };
+                tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+                eprintln!(
+                    "netpol-conformance: interrupted; finishing the current steps and cleaning up \
+                     (interrupt again to stop at once)"
+                );
+                CANCEL.store(true, Ordering::SeqCst);
+                tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+                let owned = target::OWNED_LOCAL.lock().unwrap_or_else(|e| e.into_inner()).take();
+                match owned {
+                    Some(dir) => {
+                        eprintln!("netpol-conformance: stopping now; tearing the local cluster down");
+                        if let Err(e) = netpol_local::cluster::down(&dir) {
+                            eprintln!("netpol-conformance: `local down` failed: {e}");
+                        }
+                    }
+                    None => eprintln!(
+                        "netpol-conformance: stopping now; `netpol-conformance cleanup` removes leftovers"
+                    ),
+                }
+                std::process::exit(130);
+            });
+        });
+    });
+}
+
+/// Whether libtest's FILTER / --exact / --skip / --ignored leave a trial out (as libtest-mimic
+/// decides it; our trials are never marked ignored).
+fn filtered_out(args: &libtest_mimic::Arguments, name: &str) -> bool {
+    let matches = |pattern: &str| {
+        if args.exact {
+            name == pattern
+        } else {
+            name.contains(pattern)
+        }
+    };
+    args.ignored
+        || args.filter.as_deref().is_some_and(|f| !matches(f))
+        || args.skip.iter().any(|s| matches(s))
+}
