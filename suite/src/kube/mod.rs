@@ -1,8 +1,7 @@
 //! The Kubernetes API backend: creates worlds through the API of any cluster (and of the local
-//! cluster), applies policies, and probes through a [`Prober`]: `kubectl exec`-style exec into
+//! cluster), applies policies, and probes through a [`Prober`](crate::probe::Prober): `kubectl exec`-style exec into
 //! the agnhost pods on real clusters, the netns prober on the local cluster.
 
-pub mod exec;
 pub mod lease;
 mod objects;
 
@@ -24,38 +23,12 @@ use crate::backend::{
     BackendError, Capabilities, Cluster, ProbeJob, RealizedPod, RealizedWorld, TargetInfo,
 };
 use crate::case::ObjectRef;
+use crate::probe::Prober;
 use crate::reachability::Outcome;
 use crate::target::KubeConfigSource;
 use crate::world::{ModelPod, World};
 
 pub use objects::{LABEL_RUN, LABEL_TRIAL, NETNS_ANNOTATION};
-
-/// How probes are carried out.
-pub trait Prober: Send + Sync {
-    /// One probe; blocking. Outcomes are tri-state; transport faults are `Error`.
-    fn probe(&self, job: &ProbeJob) -> Outcome;
-    /// How many probes may run at once.
-    fn parallelism(&self) -> usize;
-    /// A short name for reports (`exec`, `netns`).
-    fn name(&self) -> &'static str;
-    /// Many probes, outcomes in job order. The default runs [`Prober::probe`] on a pool.
-    fn probe_all(&self, jobs: &[ProbeJob]) -> Vec<Outcome> {
-        run_pool(self, jobs)
-    }
-    /// How many calls to the transport (execs, netns probes) [`Prober::probe_all`] makes.
-    fn calls(&self, jobs: &[ProbeJob]) -> usize {
-        jobs.len()
-    }
-    /// What actually carried the run's probes so far, for reports; [`Prober::name`] unless the
-    /// prober picks per probe.
-    fn used(&self) -> String {
-        self.name().into()
-    }
-    /// Execs this prober has opened so far (0 for probers that do not exec).
-    fn execs(&self) -> usize {
-        0
-    }
-}
 
 /// Named waits of the backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1169,31 +1142,6 @@ fn world_key(world: &World) -> String {
     serde_json::to_string(world).expect("a world serializes")
 }
 
-/// Runs blocking probes on a bounded rayon pool of their own (probers block on exec or on
-/// netns threads, so they stay off the async runtime); outcomes come back in job order.
-pub fn run_pool<P: Prober + ?Sized>(prober: &P, jobs: &[ProbeJob]) -> Vec<Outcome> {
-    use rayon::prelude::*;
-    let width = prober.parallelism().clamp(1, jobs.len().max(1));
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(width)
-        .thread_name(|i| format!("probe-{i}"))
-        .build();
-    match pool {
-        // One job per task (`with_max_len(1)`): probes block for up to a connect timeout, so
-        // idle workers must take single jobs rather than wait behind a split range.
-        Ok(pool) => pool.install(|| {
-            jobs.par_iter()
-                .with_max_len(1)
-                .map(|job| prober.probe(job))
-                .collect()
-        }),
-        Err(e) => jobs
-            .iter()
-            .map(|_| Outcome::Error(format!("no probe worker threads: {e}")))
-            .collect(),
-    }
-}
-
 /// The local cluster's emulated nodes report this container runtime.
 const EMULATED_RUNTIME: &str = "netpol-local://";
 
@@ -1239,43 +1187,6 @@ async fn enforcer_daemonset(client: &Client) -> String {
             None => "unknown".into(),
         },
         Err(e) => format!("unknown (listing DaemonSets: {e})"),
-    }
-}
-
-/// The netns prober of the local cluster.
-pub struct NetnsProber {
-    /// Probes at once.
-    pub parallelism: usize,
-}
-
-impl Prober for NetnsProber {
-    fn probe(&self, job: &ProbeJob) -> Outcome {
-        use netpol_local::probe::{ProbeResult, connect};
-        let Some(netns) = &job.from.netns else {
-            return Outcome::Error(format!(
-                "pod {}/{} has no network namespace annotation ({NETNS_ANNOTATION})",
-                job.from.namespace, job.from.name
-            ));
-        };
-        let target = std::net::SocketAddr::new(job.to_ip, job.port);
-        match connect(
-            std::path::Path::new(netns),
-            target,
-            job.protocol,
-            job.timeout,
-        ) {
-            ProbeResult::Connected => Outcome::Connected,
-            ProbeResult::Timeout => Outcome::Blocked(crate::reachability::BlockKind::Timeout),
-            ProbeResult::Refused => Outcome::Blocked(crate::reachability::BlockKind::Refused),
-            ProbeResult::Unsupported(why) => Outcome::Error(format!("unsupported: {why}")),
-            ProbeResult::Error(e) => Outcome::Error(e),
-        }
-    }
-    fn parallelism(&self) -> usize {
-        self.parallelism
-    }
-    fn name(&self) -> &'static str {
-        "netns"
     }
 }
 
