@@ -8,7 +8,8 @@ use tokio::runtime::Runtime;
 
 use crate::backend::Capabilities;
 use crate::case::Feature;
-use crate::kube::{KubeCluster, KubeOptions, KubeTimeouts, client_for, client_from_kubeconfig};
+use crate::kube::client::{client_for, client_from_kubeconfig};
+use crate::kube::{KubeCluster, KubeOptions, KubeTimeouts};
 use crate::probe::exec::ExecProber;
 use crate::probe::hybrid::HybridProber;
 use crate::probe::netns::NetnsProber;
