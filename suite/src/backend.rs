@@ -2,8 +2,8 @@
 //! jobs in, outcomes out.
 //!
 //! [`Cluster`] is implemented by the Kubernetes API backend (any CNI, and the local cluster);
-//! [`Prober`] by the exec prober (real clusters) and the netns prober (local cluster). The
-//! in-memory double in [`fake`] serves only the harness's own tests.
+//! [`Prober`](crate::probe::Prober) by the exec prober (real clusters) and the netns prober
+//! (local cluster). The in-memory double in [`fake`] serves only the harness's own tests.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;

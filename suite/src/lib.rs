@@ -18,6 +18,7 @@ pub mod harness;
 pub mod kube;
 pub mod plan;
 pub mod plugin;
+pub mod probe;
 pub mod progress;
 pub mod reachability;
 pub mod render;

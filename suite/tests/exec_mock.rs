@@ -10,8 +10,8 @@ use futures::SinkExt;
 use netpol_conformance::backend::{ProbeJob, RealizedPod};
 use std::sync::atomic::AtomicBool;
 
-use netpol_conformance::kube::Prober;
-use netpol_conformance::kube::exec::ExecProber;
+use netpol_conformance::probe::Prober;
+use netpol_conformance::probe::exec::ExecProber;
 use netpol_conformance::reachability::{BlockKind, Outcome};
 use netpol_conformance::world::Protocol;
 use serde_json::json;

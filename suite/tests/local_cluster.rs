@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, DynamicObject, ListParams};
-use netpol_conformance::kube::{LABEL_RUN, client_from_kubeconfig, resource_of};
+use netpol_conformance::kube::client::client_from_kubeconfig;
+use netpol_conformance::kube::{LABEL_RUN, resource_of};
 
 mod common;
 use common::{Scratch, prerequisites};
