@@ -15,6 +15,7 @@ pub mod cli;
 pub mod collector;
 pub mod features;
 pub mod harness;
+pub mod interrupt;
 pub mod kube;
 pub mod plan;
 pub mod plugin;

@@ -212,10 +212,6 @@ pub fn local_binaries_missing(runtime: NodeRuntime) -> Option<String> {
     None
 }
 
-/// The state directory of a local cluster this run brought up and must tear down, for the
-/// interrupt handler's last resort.
-pub static OWNED_LOCAL: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
-
 /// A connected target.
 pub struct Target {
     /// The cluster.
@@ -239,8 +235,13 @@ impl Target {
             problems.push(format!("retiring the run's leases: {e}"));
         }
         drop(self.guard.take());
-        OWNED_LOCAL.lock().unwrap_or_else(|e| e.into_inner()).take();
         problems
+    }
+
+    /// The state directory of the local cluster this run brought up and tears down when it ends
+    /// (`None`: a cluster it found running, or no local cluster), for the interrupt's last resort.
+    pub fn owned_local(&self) -> Option<PathBuf> {
+        self.guard.as_ref().map(|g| g.cluster.state_dir.clone())
     }
 }
 
@@ -355,7 +356,6 @@ fn connect_local(
         guard.disarm();
         None
     } else {
-        *OWNED_LOCAL.lock().unwrap_or_else(|e| e.into_inner()) = Some(opts.state_dir.clone());
         Some(guard)
     };
     if local.runtime != runtime {

@@ -4,8 +4,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Instant, SystemTime};
 
 use regex::Regex;
@@ -16,6 +16,7 @@ use crate::backend::Cluster;
 use crate::cli::{Mode, RunArgs, SelectArgs};
 use crate::collector::Collector;
 use crate::features::Selection;
+use crate::interrupt::Interrupt;
 use crate::plan::Plan;
 use crate::progress::Live;
 use crate::report::npa::Implementation;
@@ -65,8 +66,9 @@ pub(super) fn run(mut args: RunArgs, mode: Mode) -> ExitCode {
             .unwrap_or(4);
         args.harness.test_threads = Some(threads);
     }
+    let interrupt = Interrupt::new();
     if !listing {
-        install_interrupt_handler();
+        interrupt.watch_signals();
     }
     let run_id = random_id();
     let needs_sctp = plans.iter().any(|p| {
@@ -85,7 +87,12 @@ pub(super) fn run(mut args: RunArgs, mode: Mode) -> ExitCode {
     let connected = match (mode, listing, &unavailable, &spec) {
         (Mode::Cli, false, None, Ok(spec)) if selected > 0 => {
             match connect_first(spec, &connect_opts, &args, sonobuoy_dir.as_deref(), clock) {
-                Ok(target) => Some(target),
+                Ok(target) => {
+                    if let TargetState::Ready(t) = &target {
+                        interrupt.own_local(t.owned_local());
+                    }
+                    Some(target)
+                }
                 Err(code) => return code,
             }
         }
@@ -103,6 +110,7 @@ pub(super) fn run(mut args: RunArgs, mode: Mode) -> ExitCode {
         connect_opts,
         unavailable,
         collector: Collector::new(plans.len(), progress_port, live.clone()),
+        interrupt,
         exclusive: RwLock::new(()),
         counter: AtomicUsize::new(0),
         run_id,
@@ -301,6 +309,7 @@ fn run_report(shared: &Shared, clock: Clock) -> RunReport {
         Some(TargetState::Ready(t)) => {
             let info = t.cluster.info();
             problems = t.finish();
+            shared.interrupt.release_local();
             info
         }
         Some(TargetState::Failed(e)) => crate::backend::TargetInfo {
@@ -310,7 +319,7 @@ fn run_report(shared: &Shared, clock: Clock) -> RunReport {
         None => Default::default(),
     };
     let trials = shared.collector.take_reports();
-    let aborted = if CANCEL.load(Ordering::SeqCst) {
+    let aborted = if shared.interrupt.requested() {
         Some("the run was interrupted".to_string())
     } else if !problems.is_empty() {
         Some(problems.join("; "))
@@ -396,49 +405,6 @@ fn compile(pattern: &Option<String>, what: &str) -> Result<Option<Regex>, String
         .filter(|p| !p.is_empty())
         .map(|p| Regex::new(p).map_err(|e| format!("{what} `{p}` is not a valid regex: {e}")))
         .transpose()
-}
-
-/// Set on the first interrupt: trials not yet started are skipped, running ones stop before
-/// their next step.
-pub(super) static CANCEL: AtomicBool = AtomicBool::new(false);
-
-fn install_interrupt_handler() {
-    static ONCE: OnceLock<()> = OnceLock::new();
-    ONCE.get_or_init(|| {
-        std::thread::spawn(|| {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
-                return;
-            };
-            rt.block_on(async {
-                use tokio::signal::unix::{SignalKind, signal};
-                let (Ok(mut int), Ok(mut term)) =
-                    (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
-                else {
-                    return;
-                };
-                tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
-                eprintln!(
-                    "netpol-conformance: interrupted; finishing the current steps and cleaning up \
-                     (interrupt again to stop at once)"
-                );
-                CANCEL.store(true, Ordering::SeqCst);
-                tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
-                let owned = target::OWNED_LOCAL.lock().unwrap_or_else(|e| e.into_inner()).take();
-                match owned {
-                    Some(dir) => {
-                        eprintln!("netpol-conformance: stopping now; tearing the local cluster down");
-                        if let Err(e) = netpol_local::cluster::down(&dir) {
-                            eprintln!("netpol-conformance: `local down` failed: {e}");
-                        }
-                    }
-                    None => eprintln!(
-                        "netpol-conformance: stopping now; `netpol-conformance cleanup` removes leftovers"
-                    ),
-                }
-                std::process::exit(130);
-            });
-        });
-    });
 }
 
 /// Whether libtest's FILTER / --exact / --skip / --ignored leave a trial out (as libtest-mimic

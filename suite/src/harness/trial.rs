@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use libtest_mimic::{Completion, Failed, Trial};
 
-use super::run::CANCEL;
 use super::{Gate, gate};
 use crate::backend::Cluster;
 use crate::collector::Collector;
 use crate::features::Selection;
+use crate::interrupt::Interrupt;
 use crate::plan::Plan;
 use crate::report::TrialOutcome;
 use crate::runner::{ProbeTarget, RunOptions, Timeouts, report_for, run_plan};
@@ -33,6 +33,8 @@ pub(super) struct Shared {
     /// Why every trial is skipped, if so.
     pub(super) unavailable: Option<String>,
     pub(super) collector: Collector,
+    /// The run's interrupt: checked between trials and steps.
+    pub(super) interrupt: Arc<Interrupt>,
     /// Held for writing by a trial that runs alone, for reading by the others.
     pub(super) exclusive: RwLock<()>,
     /// Numbers the trials' suffixes.
@@ -93,7 +95,7 @@ fn run_trial(plan: &Plan, shared: &Shared) -> Result<Completion, Failed> {
             reason: reason.clone(),
         });
     }
-    if CANCEL.load(Ordering::SeqCst) {
+    if shared.interrupt.requested() {
         return record(TrialOutcome::Skipped {
             reason: "the run was interrupted".into(),
         });
@@ -104,7 +106,10 @@ fn run_trial(plan: &Plan, shared: &Shared) -> Result<Completion, Failed> {
         if slot.is_none() {
             let spec = shared.spec.as_ref().expect("checked above");
             *slot = Some(match target::connect(spec, &shared.connect_opts) {
-                Ok(t) => TargetState::Ready(Box::new(t)),
+                Ok(t) => {
+                    shared.interrupt.own_local(t.owned_local());
+                    TargetState::Ready(Box::new(t))
+                }
                 Err(e) => TargetState::Failed(e),
             });
         }
@@ -144,7 +149,14 @@ fn run_trial(plan: &Plan, shared: &Shared) -> Result<Completion, Failed> {
         shared.run_id,
         shared.counter.fetch_add(1, Ordering::SeqCst)
     );
-    let r = run_plan(&*cluster, &caps, plan, &suffix, &opts, &CANCEL);
+    let r = run_plan(
+        &*cluster,
+        &caps,
+        plan,
+        &suffix,
+        &opts,
+        shared.interrupt.flag(),
+    );
     // A shared world (npa) outlives its trial and serves fixed host ports, so two
     // runs' copies cannot coexist: the lock is kept until the run deletes it.
     if alone && !plan.world.is_shared() {
