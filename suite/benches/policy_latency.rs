@@ -45,6 +45,7 @@ fn wait_until(netns: &Path, target: std::net::SocketAddr, want_connected: bool) 
     }
 }
 
+#[allow(unsafe_code)] // std::env::set_var before any thread starts; SAFETY at the block
 fn main() -> std::process::ExitCode {
     // The local cluster runs its node agents by re-executing this binary.
     if let Some(code) = netpol_local::maybe_run_role() {

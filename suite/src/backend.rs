@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use crate::case::{Feature, ObjectRef};
 use crate::reachability::Outcome;
-use crate::render::Resolve;
+use crate::translate::Resolve;
 use crate::world::{Protocol, World};
 
 /// What the run is pointed at, for reports.

@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 
 use crate::case::{Feature, Source};
 use crate::plan::Plan;
-use crate::render::ApiVersion;
+use crate::translate::ApiVersion;
 
 /// Whether a feature is part of every conformant implementation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,13 +1,24 @@
 //! netpol-conformance: a NetworkPolicy, AdminNetworkPolicy and ClusterNetworkPolicy conformance suite.
 //!
-//! Data flows one way: [`case`] (the YAML table, validated) → [`plan`] (pure: steps and expected
-//! reachability) → [`runner`] (one plan through a [`backend`], which realizes worlds and
-//! policies and probes: pre-flight, steps, retries) → [`reachability`] (expected, observed,
-//! comparison) → [`collector`] (each trial's report: libtest's verdict, live and Sonobuoy
-//! progress) → [`report`] (terminal, JUnit, Sonobuoy, ConformanceReport, GitHub job summary).
-//! [`cli`] is the command line; [`harness`] ties the rest together behind it, as the
+//! Data flows one way, case → plan → cluster → probe → reachability → report:
+//!
+//! - [`case`]: the YAML table, loaded and checked once (pairs typed at load);
+//! - [`plan`]: pure planning of each trial into steps and expected reachability, over the
+//!   abstract [`world`]s, with [`translate`] rendering ClusterNetworkPolicy for v1alpha1 (and
+//!   resolving run-time placeholders at apply) and [`features`] deciding what a run judges;
+//! - [`runner`]: one plan against a cluster: the [`backend`] boundary, implemented by [`kube`]
+//!   for any cluster reached through [`target`] (a kubeconfig, or the local cluster);
+//!   pre-flight, steps, retries;
+//! - [`probe`]: how probes are carried out (exec into agnhost pods, or from inside the pod's
+//!   network namespace) on a bounded pool;
+//! - [`reachability`]: expected, observed and their comparison;
+//! - [`collector`] takes each trial's report to libtest's verdict and to [`progress`] (live
+//!   and Sonobuoy progress); [`report`] writes terminal, JUnit, Sonobuoy, ConformanceReport,
+//!   HTML and GitHub job summary.
+//!
+//! Around them: [`cli`] is the command line; [`harness`] ties the rest together behind it as the
 //! libtest-style run shared by `netpol-conformance run` and `cargo test --test conformance`;
-//! [`progress`] shows the run live.
+//! [`interrupt`] is the run's Ctrl-C state; [`plugin`] the Sonobuoy plugin definition.
 
 pub mod backend;
 pub mod case;
@@ -22,8 +33,8 @@ pub mod plugin;
 pub mod probe;
 pub mod progress;
 pub mod reachability;
-pub mod render;
 pub mod report;
 pub mod runner;
 pub mod target;
+pub mod translate;
 pub mod world;

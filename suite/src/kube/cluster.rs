@@ -9,6 +9,7 @@ use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
+use super::objects::object_ref;
 use super::world::world_key;
 use super::{
     KubeCluster, LABEL_RUN, LABEL_TRIAL, Leftovers, NETNS_ANNOTATION, api_err, is_not_found,
@@ -88,13 +89,12 @@ impl Cluster for KubeCluster {
         self.rt.block_on(async {
             for obj in objects {
                 let obj = self.labelled(obj, None);
-                let kind = obj["kind"].as_str().unwrap_or_default().to_string();
-                let name = obj["metadata"]["name"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string();
-                let ns = obj["metadata"]["namespace"].as_str().map(str::to_string);
-                let api = self.dynamic(&kind, ns.as_deref())?;
+                let ObjectRef {
+                    kind,
+                    name,
+                    namespace,
+                } = object_ref(&obj);
+                let api = self.dynamic(&kind, namespace.as_deref())?;
                 let dynamic: DynamicObject = serde_json::from_value(obj.clone())
                     .map_err(|e| api_err("create", &kind, &name, e))?;
                 api.create(&PostParams::default(), &dynamic)
@@ -108,13 +108,12 @@ impl Cluster for KubeCluster {
     fn update(&self, objects: &[Value]) -> Result<(), BackendError> {
         self.rt.block_on(async {
             for obj in objects {
-                let kind = obj["kind"].as_str().unwrap_or_default().to_string();
-                let name = obj["metadata"]["name"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string();
-                let ns = obj["metadata"]["namespace"].as_str().map(str::to_string);
-                let api = self.dynamic(&kind, ns.as_deref())?;
+                let ObjectRef {
+                    kind,
+                    name,
+                    namespace,
+                } = object_ref(obj);
+                let api = self.dynamic(&kind, namespace.as_deref())?;
                 let current = api
                     .get(&name)
                     .await

@@ -7,6 +7,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use serde_json::{Value, json};
 
+use crate::case::ObjectRef;
 use crate::world::{ModelPod, Protocol, ServedPort};
 
 /// Label on everything a run creates: the run's id.
@@ -209,6 +210,17 @@ pub fn label_patch(set: &BTreeMap<String, String>, remove: &[String]) -> Value {
         labels.insert(k.clone(), Value::Null);
     }
     json!({"metadata": {"labels": labels}})
+}
+
+/// The kind, name and namespace an object to be created or updated carries (empty strings
+/// where it has none: the API server names what is missing).
+pub fn object_ref(obj: &Value) -> ObjectRef {
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    ObjectRef {
+        kind: text(&obj["kind"]),
+        name: text(&obj["metadata"]["name"]),
+        namespace: obj["metadata"]["namespace"].as_str().map(str::to_string),
+    }
 }
 
 /// The pod's IP, once it has one.

@@ -4,7 +4,7 @@ use serde_json::{Value, json};
 
 use super::{Action, Plan, error_chain, plan_all};
 use crate::case::Case;
-use crate::render::ApiVersion;
+use crate::translate::ApiVersion;
 
 /// The JSON form of plans: the stable external interface of `plan --json`.
 pub fn plans_json(plans: &[Plan]) -> Value {

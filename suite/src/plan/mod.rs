@@ -17,7 +17,7 @@ use crate::case::{
     parse_pair, parse_pair_probe,
 };
 use crate::reachability::{BlockRule, Expected};
-use crate::render::{self, ApiVersion, RenderError};
+use crate::translate::{self, ApiVersion, TranslateError};
 use crate::world::{Protocol, World};
 
 pub use json::{plan_json, plans_json};
@@ -184,7 +184,7 @@ pub enum PlanError {
         step: usize,
         /// Cause.
         #[source]
-        source: RenderError,
+        source: TranslateError,
     },
     /// A patch or delete names an object no earlier step created.
     #[error("case {case}: step {step}: {kind} `{name}` was not created by an earlier step")]
@@ -261,7 +261,7 @@ struct Renderer<'a> {
 }
 
 impl Renderer<'_> {
-    fn render_err(&self, step: usize, source: RenderError) -> PlanError {
+    fn render_err(&self, step: usize, source: TranslateError) -> PlanError {
         PlanError::Render {
             case: self.case.to_string(),
             step,
@@ -284,7 +284,7 @@ impl Renderer<'_> {
                 name: r.name.clone(),
             })?;
         let (kind, name) =
-            render::v1alpha1_identity(tier, &r.name).map_err(|e| self.render_err(index, e))?;
+            translate::v1alpha1_identity(tier, &r.name).map_err(|e| self.render_err(index, e))?;
         Ok(ObjectRef {
             kind: kind.to_string(),
             name,
@@ -298,14 +298,14 @@ impl Renderer<'_> {
             .map(|o| {
                 if let (Some(name), Some(tier)) = (
                     o.pointer("/metadata/name").and_then(Value::as_str),
-                    render::cnp_tier(o),
+                    translate::cnp_tier(o),
                 ) {
                     self.tiers.insert(name.to_string(), tier.to_string());
                 }
                 if self.v1alpha1
                     && o.get("kind").and_then(Value::as_str) == Some("ClusterNetworkPolicy")
                 {
-                    render::cnp_to_v1alpha1(o).map_err(|e| self.render_err(index, e))
+                    translate::cnp_to_v1alpha1(o).map_err(|e| self.render_err(index, e))
                 } else {
                     Ok(o.clone())
                 }
@@ -322,7 +322,8 @@ impl Renderer<'_> {
         };
         let target = self.rename(index, &target)?;
         let ops = if self.v1alpha1 && p.kind == "ClusterNetworkPolicy" {
-            render::patch_ops_to_v1alpha1(&p.name, &p.ops).map_err(|e| self.render_err(index, e))?
+            translate::patch_ops_to_v1alpha1(&p.name, &p.ops)
+                .map_err(|e| self.render_err(index, e))?
         } else {
             p.ops.clone()
         };

@@ -30,7 +30,7 @@ use serde::Serialize;
 
 use super::{RunReport, TrialOutcome, TrialReport};
 use crate::features::{KNOWN, Level, Selection};
-use crate::render::ApiVersion;
+use crate::translate::ApiVersion;
 
 /// The report's `apiVersion`.
 pub const API_VERSION: &str = "policy.networking.k8s.io/v1alpha1";

@@ -6,8 +6,8 @@ use serde_json::Value;
 use crate::backend::{BackendError, Cluster, RealizedWorld};
 use crate::case::ObjectRef;
 use crate::plan::{Action, Plan};
-use crate::render::{self, ResolveError};
 use crate::report::TrialReport;
+use crate::translate::{self, ResolveError};
 
 /// Why a step could not be carried out.
 #[derive(Debug, thiserror::Error)]
@@ -21,7 +21,7 @@ pub(super) enum StepError {
 /// Resolves placeholders, realizes the model namespace of a namespaced object, and labels it
 /// with the trial, so the trial's cleanup finds it even in a world shared with other trials.
 fn realize_object(obj: &Value, realized: &RealizedWorld) -> Result<Value, ResolveError> {
-    let mut obj = render::resolve(obj, realized)?;
+    let mut obj = translate::resolve(obj, realized)?;
     if !obj["metadata"]["labels"].is_object() {
         obj["metadata"]["labels"] = Value::Object(Default::default());
     }
@@ -84,7 +84,7 @@ pub(super) fn apply(
         Action::Patch { target, ops } => {
             let ops = ops
                 .iter()
-                .map(|o| render::resolve(o, realized))
+                .map(|o| translate::resolve(o, realized))
                 .collect::<Result<Vec<_>, _>>()?;
             let target = realize_ref(target, realized);
             log(format!(

@@ -1,6 +1,7 @@
-//! Rendering objects: network-policy-api scenarios written as v1alpha2 ClusterNetworkPolicy are
-//! rendered as v1alpha1 AdminNetworkPolicy / BaselineAdminNetworkPolicy, and placeholders are
-//! replaced by values known only at run time.
+//! Translating a case's objects into what a target takes: network-policy-api scenarios written
+//! as v1alpha2 ClusterNetworkPolicy are rendered as v1alpha1 AdminNetworkPolicy /
+//! BaselineAdminNetworkPolicy (at planning), and placeholders are replaced by values known only
+//! at run time (at apply).
 
 use std::net::IpAddr;
 
@@ -32,15 +33,15 @@ impl ApiVersion {
 /// A ClusterNetworkPolicy that cannot be expressed in v1alpha1.
 #[derive(Debug, thiserror::Error)]
 #[error("rendering {what} for v1alpha1: {message}")]
-pub struct RenderError {
+pub struct TranslateError {
     /// What was being rendered.
     pub what: String,
     /// Why it cannot be.
     pub message: String,
 }
 
-fn err(what: &str, message: impl Into<String>) -> RenderError {
-    RenderError {
+fn err(what: &str, message: impl Into<String>) -> TranslateError {
+    TranslateError {
         what: what.to_string(),
         message: message.into(),
     }
@@ -52,7 +53,7 @@ pub fn cnp_tier(obj: &Value) -> Option<&str> {
 }
 
 /// The v1alpha1 kind and name a ClusterNetworkPolicy of this tier and name becomes.
-pub fn v1alpha1_identity(tier: &str, name: &str) -> Result<(&'static str, String), RenderError> {
+pub fn v1alpha1_identity(tier: &str, name: &str) -> Result<(&'static str, String), TranslateError> {
     match tier {
         "Admin" => Ok(("AdminNetworkPolicy", name.to_string())),
         "Baseline" => Ok(("BaselineAdminNetworkPolicy", "default".to_string())),
@@ -62,7 +63,7 @@ pub fn v1alpha1_identity(tier: &str, name: &str) -> Result<(&'static str, String
 
 /// Renders a whole ClusterNetworkPolicy as an AdminNetworkPolicy (tier Admin, same name and
 /// priority) or as the BaselineAdminNetworkPolicy `default` (tier Baseline, no priority).
-pub fn cnp_to_v1alpha1(obj: &Value) -> Result<Value, RenderError> {
+pub fn cnp_to_v1alpha1(obj: &Value) -> Result<Value, TranslateError> {
     let name = obj
         .pointer("/metadata/name")
         .and_then(Value::as_str)
@@ -96,7 +97,7 @@ pub fn cnp_to_v1alpha1(obj: &Value) -> Result<Value, RenderError> {
     }))
 }
 
-fn rules_to_v1alpha1(what: &str, rules: &Value) -> Result<Value, RenderError> {
+fn rules_to_v1alpha1(what: &str, rules: &Value) -> Result<Value, TranslateError> {
     let rules = rules
         .as_array()
         .ok_or_else(|| err(what, "rules are not a list"))?;
@@ -107,7 +108,7 @@ fn rules_to_v1alpha1(what: &str, rules: &Value) -> Result<Value, RenderError> {
         .map(Value::Array)
 }
 
-fn rule_to_v1alpha1(what: &str, rule: &Value) -> Result<Value, RenderError> {
+fn rule_to_v1alpha1(what: &str, rule: &Value) -> Result<Value, TranslateError> {
     let rule = rule
         .as_object()
         .ok_or_else(|| err(what, "a rule is not an object"))?;
@@ -128,7 +129,7 @@ fn rule_to_v1alpha1(what: &str, rule: &Value) -> Result<Value, RenderError> {
     Ok(Value::Object(out))
 }
 
-fn action_to_v1alpha1(what: &str, action: &Value) -> Result<Value, RenderError> {
+fn action_to_v1alpha1(what: &str, action: &Value) -> Result<Value, TranslateError> {
     match action.as_str() {
         Some("Accept") => Ok(json!("Allow")),
         Some(a @ ("Deny" | "Pass")) => Ok(json!(a)),
@@ -136,7 +137,7 @@ fn action_to_v1alpha1(what: &str, action: &Value) -> Result<Value, RenderError> 
     }
 }
 
-fn protocols_to_v1alpha1(what: &str, protocols: &Value) -> Result<Value, RenderError> {
+fn protocols_to_v1alpha1(what: &str, protocols: &Value) -> Result<Value, TranslateError> {
     let list = protocols
         .as_array()
         .ok_or_else(|| err(what, "protocols is not a list"))?;
@@ -146,7 +147,7 @@ fn protocols_to_v1alpha1(what: &str, protocols: &Value) -> Result<Value, RenderE
         .map(Value::Array)
 }
 
-fn protocol_to_v1alpha1(what: &str, p: &Value) -> Result<Value, RenderError> {
+fn protocol_to_v1alpha1(what: &str, p: &Value) -> Result<Value, TranslateError> {
     if let Some(name) = p.get("destinationNamedPort") {
         return Ok(json!({"namedPort": name}));
     }
@@ -171,7 +172,7 @@ fn protocol_to_v1alpha1(what: &str, p: &Value) -> Result<Value, RenderError> {
 
 /// Renders JSON Patch operations written against a ClusterNetworkPolicy for its v1alpha1 form:
 /// `protocols` paths become `ports`, and values are rendered by what the path points at.
-pub fn patch_ops_to_v1alpha1(what: &str, ops: &[Value]) -> Result<Vec<Value>, RenderError> {
+pub fn patch_ops_to_v1alpha1(what: &str, ops: &[Value]) -> Result<Vec<Value>, TranslateError> {
     ops.iter()
         .map(|op| {
             let mut op = op.clone();
@@ -190,7 +191,7 @@ pub fn patch_ops_to_v1alpha1(what: &str, ops: &[Value]) -> Result<Vec<Value>, Re
         .collect()
 }
 
-fn path_to_v1alpha1(what: &str, path: &str) -> Result<String, RenderError> {
+fn path_to_v1alpha1(what: &str, path: &str) -> Result<String, TranslateError> {
     let segments: Vec<&str> = path.split('/').collect();
     if segments.contains(&"tier") {
         return Err(err(
@@ -206,7 +207,7 @@ fn path_to_v1alpha1(what: &str, path: &str) -> Result<String, RenderError> {
 }
 
 /// Renders a value about to be written at `path` (a CNP path).
-fn value_to_v1alpha1(what: &str, path: &str, value: &Value) -> Result<Value, RenderError> {
+fn value_to_v1alpha1(what: &str, path: &str, value: &Value) -> Result<Value, TranslateError> {
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let is_index = |s: &str| s == "-" || s.parse::<usize>().is_ok();
     match segments.as_slice() {
