@@ -413,6 +413,7 @@ fn crc32c_matches_the_rfc_3720_check_value() {
 }
 
 #[test]
+#[allow(unsafe_code)] // a raw SCTP socket through libc; SAFETY at the blocks
 fn sctp_init_is_judged_with_its_ports() {
     if !root_or_skip("sctp_init_is_judged_with_its_ports") {
         return;

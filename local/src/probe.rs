@@ -390,6 +390,7 @@ pub(crate) fn sctp_socket(target: SocketAddr) -> nix::Result<std::os::fd::OwnedF
     )
 }
 
+#[allow(unsafe_code)] // registers an SCTP socket with tokio's reactor; SAFETY at the block
 async fn probe_sctp(target: SocketAddr, timeout: Duration) -> ProbeResult {
     use nix::sys::socket::{SockaddrStorage, connect, getsockopt, sockopt};
     use std::os::fd::AsRawFd;

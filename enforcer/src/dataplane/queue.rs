@@ -39,6 +39,7 @@ const WAKE: Signal = Signal::SIGUSR2;
 extern "C" fn wake(_: nix::libc::c_int) {}
 
 /// Install the no-op `WAKE` handler once per process.
+#[allow(unsafe_code)] // installs a signal handler (sigaction); SAFETY at the block
 pub(super) fn install_wake_handler() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
@@ -186,6 +187,7 @@ impl Worker {
 
 /// Give this (queue) thread a nice value of its own, so that under CPU contention the thread every
 /// new connection waits on is scheduled first. Lacking CAP_SYS_NICE only costs a log line.
+#[allow(unsafe_code)] // setpriority on this thread's id; SAFETY at the block
 fn raise_priority(number: u16, nice: i32) {
     // SAFETY: gettid and setpriority only read their integer arguments; on Linux PRIO_PROCESS
     // with a thread id sets that one thread's nice value.

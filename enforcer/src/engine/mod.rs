@@ -381,6 +381,7 @@ fn unknown_end<'s>(
 }
 
 /// Asks the CPU to start loading the cache line at `p` (no effect where there is no such hint).
+#[allow(unsafe_code)] // the x86 prefetch intrinsic; SAFETY at the block
 #[inline(always)]
 fn prefetch<T>(p: *const T) {
     #[cfg(target_arch = "x86_64")]

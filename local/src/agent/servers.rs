@@ -260,6 +260,7 @@ enum Listener {
     Sctp(tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>),
 }
 
+#[allow(unsafe_code)] // registers an SCTP socket with tokio's reactor; SAFETY at the block
 fn bind(spec: &ServerSpec) -> Result<Listener, ServerStatus> {
     let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, spec.port));
     let failed = |e: &dyn fmt::Display| ServerStatus::Failed(format!("binding {spec} failed: {e}"));
@@ -347,6 +348,7 @@ fn reply_text(reply: &Reply, hostname: &str) -> String {
     }
 }
 
+#[allow(unsafe_code)] // takes ownership of accept(2)'s descriptor; SAFETY at the block
 async fn run_listener(listener: Listener, mode: Mode, hostname: String) {
     match listener {
         Listener::Tcp(l) => {
