@@ -141,7 +141,14 @@ impl ProbeJob {
     }
 }
 
+/// What a backend failure came from, kept as it came (a Kubernetes API error, a JSON or I/O
+/// error, or a message the backend wrote), so a caller can still ask what it was.
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// A failure of the target or of the transport, never a policy verdict.
+///
+/// Its text includes the cause, which is kept typed in the error (see [`BackendError::cause`]
+/// and [`BackendError::api_status`]) rather than repeated by [`std::error::Error::source`].
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
     /// The world could not be created or did not become ready.
@@ -153,7 +160,7 @@ pub enum BackendError {
         message: String,
     },
     /// An object could not be applied.
-    #[error("{operation} {kind} {name}: {message}")]
+    #[error("{operation} {kind} {name}: {cause}")]
     Object {
         /// `create`, `update`, `patch`, `delete`.
         operation: String,
@@ -161,17 +168,38 @@ pub enum BackendError {
         kind: String,
         /// Name.
         name: String,
-        /// What the API said.
-        message: String,
+        /// What the API (or the client) said.
+        cause: Cause,
     },
     /// Anything else, named by operation.
-    #[error("{operation}: {message}")]
+    #[error("{operation}: {cause}")]
     Other {
         /// The operation.
         operation: String,
         /// What happened.
-        message: String,
+        cause: Cause,
     },
+}
+
+impl BackendError {
+    /// The underlying error, where the failure has one.
+    pub fn cause(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
+        match self {
+            BackendError::World { .. } => None,
+            BackendError::Object { cause, .. } | BackendError::Other { cause, .. } => {
+                Some(cause.as_ref())
+            }
+        }
+    }
+
+    /// The HTTP status the API server answered with, where the failure is an API error: a
+    /// 409 Conflict is the object's state, a 500 the server's.
+    pub fn api_status(&self) -> Option<u16> {
+        match self.cause()?.downcast_ref::<kube::Error>()? {
+            kube::Error::Api(status) => Some(status.code),
+            _ => None,
+        }
+    }
 }
 
 /// A cluster the suite creates worlds and policies in.
@@ -380,18 +408,18 @@ pub mod fake {
                     operation: "patch".into(),
                     kind: target.kind.clone(),
                     name: target.name.clone(),
-                    message: "not found".into(),
+                    cause: "not found".into(),
                 })?;
             let patch: json_patch::Patch = serde_json::from_value(Value::Array(ops.to_vec()))
                 .map_err(|e| BackendError::Other {
                     operation: "patch".into(),
-                    message: e.to_string(),
+                    cause: e.into(),
                 })?;
             json_patch::patch(obj, &patch).map_err(|e| BackendError::Object {
                 operation: "patch".into(),
                 kind: target.kind.clone(),
                 name: target.name.clone(),
-                message: e.to_string(),
+                cause: e.into(),
             })
         }
         fn delete(&self, targets: &[ObjectRef]) -> Result<(), BackendError> {

@@ -42,7 +42,7 @@ fn run_lease_name(run_id: &str) -> String {
 fn lease_error(operation: impl Into<String>, e: kube::Error) -> BackendError {
     BackendError::Other {
         operation: operation.into(),
-        message: e.to_string(),
+        cause: e.into(),
     }
 }
 
@@ -181,7 +181,7 @@ impl Leases {
             if !wait {
                 return Err(BackendError::Other {
                     operation: "taking the cluster lock for cluster-scoped policies".into(),
-                    message: format!("held by {who} (--no-wait)"),
+                    cause: format!("held by {who} (--no-wait)").into(),
                 });
             }
             if who != told {

@@ -26,7 +26,7 @@ use kube::api::{Api, DynamicObject, ListParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use tokio::runtime::Handle;
 
-use crate::backend::{BackendError, Capabilities, RealizedWorld, TargetInfo};
+use crate::backend::{BackendError, Capabilities, Cause, RealizedWorld, TargetInfo};
 use crate::probe::Prober;
 
 pub use objects::{LABEL_RUN, LABEL_TRIAL, NETNS_ANNOTATION};
@@ -124,19 +124,19 @@ pub fn resource_of(kind: &str) -> Option<(ApiResource, bool)> {
     Some((ApiResource::from_gvk_with_plural(&gvk, &plural), namespaced))
 }
 
-fn api_err(operation: &str, kind: &str, name: &str, e: impl std::fmt::Display) -> BackendError {
+fn api_err(operation: &str, kind: &str, name: &str, e: impl Into<Cause>) -> BackendError {
     BackendError::Object {
         operation: operation.into(),
         kind: kind.into(),
         name: name.into(),
-        message: e.to_string(),
+        cause: e.into(),
     }
 }
 
-fn other(operation: impl Into<String>, e: impl std::fmt::Display) -> BackendError {
+fn other(operation: impl Into<String>, e: impl Into<Cause>) -> BackendError {
     BackendError::Other {
         operation: operation.into(),
-        message: e.to_string(),
+        cause: e.into(),
     }
 }
 
@@ -300,5 +300,56 @@ async fn enforcer_daemonset(client: &Client) -> String {
             None => "unknown".into(),
         },
         Err(e) => format!("unknown (listing DaemonSets: {e})"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api_error(code: u16, reason: &str) -> kube::Error {
+        let status: kube::core::Status = serde_json::from_value(serde_json::json!({
+            "status": "Failure", "code": code, "reason": reason,
+            "message": format!("networkpolicies \"deny\" {reason}"),
+        }))
+        .expect("a Status");
+        kube::Error::Api(Box::new(status))
+    }
+
+    #[test]
+    fn an_api_failure_keeps_its_status_and_says_what_the_server_said() {
+        let conflict = api_err(
+            "create",
+            "NetworkPolicy",
+            "deny",
+            api_error(409, "AlreadyExists"),
+        );
+        let internal = api_err(
+            "create",
+            "NetworkPolicy",
+            "deny",
+            api_error(500, "InternalError"),
+        );
+        assert_eq!(conflict.api_status(), Some(409));
+        assert_eq!(internal.api_status(), Some(500));
+        let text = conflict.to_string();
+        assert!(text.starts_with("create NetworkPolicy deny: "), "{text}");
+        assert!(text.contains("AlreadyExists"), "{text}");
+        // The cause is in the text once, not again as a source.
+        assert_eq!(crate::plan::error_chain(&conflict), text);
+    }
+
+    #[test]
+    fn a_failure_of_our_own_has_no_api_status() {
+        let e = other("deleting namespace x", "still present after 60s");
+        assert_eq!(e.api_status(), None);
+        assert_eq!(
+            e.to_string(),
+            "deleting namespace x: still present after 60s"
+        );
+        let json = serde_json::from_str::<serde_json::Value>("{").unwrap_err();
+        let e = api_err("patch", "NetworkPolicy", "deny", json);
+        assert_eq!(e.api_status(), None);
+        assert!(e.cause().unwrap().is::<serde_json::Error>());
     }
 }

@@ -412,7 +412,8 @@ impl KubeCluster {
                     Ok(Some(_)) => {
                         return Err(BackendError::Other {
                             operation: format!("deleting namespace {name}"),
-                            message: format!("still present after {:?}", self.opts.timeouts.delete),
+                            cause: format!("still present after {:?}", self.opts.timeouts.delete)
+                                .into(),
                         });
                     }
                     Err(e) => return Err(other(format!("waiting for namespace {name} to go"), e)),

@@ -125,7 +125,7 @@ pub(super) fn apply(
         Action::LabelPod { pod, set, remove } => {
             let real = realized.pods.get(pod).ok_or_else(|| BackendError::Other {
                 operation: format!("label pod {pod}"),
-                message: "the pod was not realized".into(),
+                cause: "the pod was not realized".into(),
             })?;
             log(format!(
                 "label pod {}/{}: set {set:?}, remove {remove:?}",
