@@ -7,7 +7,7 @@ use std::sync::Arc;
 use netpol_local::cluster::Runtime as NodeRuntime;
 use tokio::runtime::Runtime;
 
-use crate::backend::Capabilities;
+use crate::backend::{BackendError, Capabilities};
 use crate::case::Feature;
 use crate::kube::client::{client_for, client_from_kubeconfig};
 use crate::kube::{KubeCluster, KubeOptions, KubeTimeouts};
@@ -258,15 +258,36 @@ fn sctp_in_kernel() -> Result<(), String> {
     .map_err(|e| format!("SCTP is not supported by this kernel ({e})"))
 }
 
+/// Why the suite could not connect to its target. The text says what was being done; the
+/// cause is the [`std::error::Error::source`] (print it with [`crate::plan::error_chain`]).
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// A setting in the environment is not valid (`NETPOL_SCTP`, `NETPOL_EXEC_BATCH`).
+    #[error("{0}")]
+    Setting(String),
+    /// The async runtime the backend blocks on did not start.
+    #[error("starting the async runtime")]
+    Runtime(#[source] std::io::Error),
+    /// The bundled enforcer binary was not found.
+    #[error("the bundled enforcer")]
+    Enforcer(#[source] netpol_local::cluster::Error),
+    /// The local cluster did not come up.
+    #[error("bringing up the local cluster")]
+    LocalCluster(#[source] netpol_local::cluster::Error),
+    /// The cluster's API: building the client, or what the backend detects when it connects.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    /// The run's announcement (its lease) could not be written.
+    #[error("announcing the run on the cluster")]
+    Announce(#[source] BackendError),
+}
+
 /// Connects to the target: for the local cluster, brings it up first (as the run's own).
 /// `preflight_sctp`: on a real cluster, decide SCTP support with one probe between two pods
 /// (only worth it when some selected case probes SCTP).
-pub fn connect(spec: &TargetSpec, opts: &ConnectOptions) -> Result<Target, String> {
+pub fn connect(spec: &TargetSpec, opts: &ConnectOptions) -> Result<Target, ConnectError> {
     let target = connect_unannounced(spec, opts)?;
-    target
-        .cluster
-        .announce()
-        .map_err(|e| format!("announcing the run on the cluster: {e}"))?;
+    target.cluster.announce().map_err(ConnectError::Announce)?;
     Ok(target)
 }
 
@@ -293,20 +314,21 @@ impl ConnectOptions {
     }
 }
 
-fn connect_unannounced(spec: &TargetSpec, connect: &ConnectOptions) -> Result<Target, String> {
+fn connect_unannounced(
+    spec: &TargetSpec,
+    connect: &ConnectOptions,
+) -> Result<Target, ConnectError> {
     let rt = Arc::new(
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
-            .map_err(|e| format!("starting the async runtime: {e}"))?,
+            .map_err(ConnectError::Runtime)?,
     );
     match spec {
         TargetSpec::Local { enforcer, runtime } => connect_local(*enforcer, *runtime, connect, rt),
         TargetSpec::Kube { source, context } => {
-            let client = rt
-                .block_on(client_for(source, context.as_deref()))
-                .map_err(|e| e.to_string())?;
+            let client = rt.block_on(client_for(source, context.as_deref()))?;
             let kube = KubeTarget {
                 name: spec.describe(),
                 implementation: std::env::var("NETPOL_IMPLEMENTATION")
@@ -326,13 +348,10 @@ fn connect_local(
     runtime: NodeRuntime,
     connect: &ConnectOptions,
     rt: Arc<Runtime>,
-) -> Result<Target, String> {
+) -> Result<Target, ConnectError> {
     let real = runtime == NodeRuntime::Kubelet;
     let enforcer_bin = if enforcer && !real {
-        Some(
-            netpol_local::cluster::locate_enforcer()
-                .map_err(|e| format!("the bundled enforcer: {e}"))?,
-        )
+        Some(netpol_local::cluster::locate_enforcer().map_err(ConnectError::Enforcer)?)
     } else {
         None
     };
@@ -345,12 +364,8 @@ fn connect_local(
     // A cluster that is already up (`local up`) is used and left running; one the run brings up
     // itself is torn down when the run ends.
     let existed = netpol_local::cluster::status(&opts.state_dir).is_ok_and(|s| s.healthy());
-    let guard = netpol_local::cluster::ClusterGuard::up(&opts).map_err(|e| {
-        format!(
-            "bringing up the local cluster: {}",
-            crate::plan::error_chain(&e)
-        )
-    })?;
+    let guard =
+        netpol_local::cluster::ClusterGuard::up(&opts).map_err(ConnectError::LocalCluster)?;
     let local = guard.cluster.clone();
     let guard = if existed {
         guard.disarm();
@@ -365,9 +380,7 @@ fn connect_local(
             local.runtime.as_str()
         );
     }
-    let client = rt
-        .block_on(client_from_kubeconfig(Some(&local.kubeconfig)))
-        .map_err(|e| e.to_string())?;
+    let client = rt.block_on(client_from_kubeconfig(Some(&local.kubeconfig)))?;
     if local.runtime == NodeRuntime::Kubelet {
         let kube = KubeTarget {
             name: format!("local ({}, real nodes)", local.server),
@@ -415,8 +428,7 @@ fn connect_local(
             "none (no enforcer)".into()
         },
         caps,
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     Ok(Target {
         cluster: Arc::new(cluster),
         local: true,
@@ -444,14 +456,14 @@ fn kube_target(
     connect: &ConnectOptions,
     rt: Arc<Runtime>,
     guard: Option<netpol_local::cluster::ClusterGuard>,
-) -> Result<Target, String> {
+) -> Result<Target, ConnectError> {
     let mut caps = Capabilities::default();
     caps.missing.insert(
         Feature::ExternalHost,
         "this target has no external host the suite may probe".into(),
     );
     // NETPOL_SCTP=0 / 1 decides without the pre-flight probe.
-    let sctp = match netpol_local::env_flag("NETPOL_SCTP")? {
+    let sctp = match netpol_local::env_flag("NETPOL_SCTP").map_err(ConnectError::Setting)? {
         Some(true) => Some(Ok(())),
         Some(false) => Some(Err("SCTP switched off with NETPOL_SCTP=0".to_string())),
         None => kube.sctp,
@@ -472,7 +484,9 @@ fn kube_target(
             client: client.clone(),
             parallelism: 8,
             exec_slack: std::time::Duration::from_secs(30),
-            batch: netpol_local::env_flag("NETPOL_EXEC_BATCH")?.unwrap_or(true),
+            batch: netpol_local::env_flag("NETPOL_EXEC_BATCH")
+                .map_err(ConnectError::Setting)?
+                .unwrap_or(true),
             batch_works: std::sync::atomic::AtomicBool::new(true),
             execs: Default::default(),
         },
@@ -497,8 +511,7 @@ fn kube_target(
         kube.name,
         kube.implementation,
         caps,
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     if !decided && connect.preflight_sctp {
         cluster.preflight_sctp();
     }

@@ -135,7 +135,7 @@ pub(super) fn cleanup(
     eprintln!("netpol-conformance: cleaning {}", spec.describe());
     let target = match target::connect(&spec, &target::ConnectOptions::new(&random_id())) {
         Ok(t) => t,
-        Err(e) => return usage_error(&e),
+        Err(e) => return usage_error(&plan::error_chain(&e)),
     };
     let which = match (&run, all) {
         (Some(id), _) => crate::kube::Leftovers::Run(id),

@@ -258,9 +258,10 @@ fn connect_first(
     match target::connect(spec, connect_opts) {
         Ok(t) => Ok(TargetState::Ready(Box::new(t))),
         Err(e) => {
+            let why = format!("no target: {}", crate::plan::error_chain(&e));
             let report = RunReport {
                 suite_version: env!("CARGO_PKG_VERSION").to_string(),
-                aborted: Some(format!("no target: {e}")),
+                aborted: Some(why.clone()),
                 started: clock.started_at,
                 duration: clock.started.elapsed(),
                 ..Default::default()
@@ -274,7 +275,7 @@ fn connect_first(
             if let Some(dir) = sonobuoy_dir {
                 let _ = report::write_sonobuoy(&report, dir);
             }
-            Err(usage_error(&format!("no target: {e}")))
+            Err(usage_error(&why))
         }
     }
 }

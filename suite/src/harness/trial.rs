@@ -110,7 +110,7 @@ fn run_trial(plan: &Plan, shared: &Shared) -> Result<Completion, Failed> {
                     shared.interrupt.own_local(t.owned_local());
                     TargetState::Ready(Box::new(t))
                 }
-                Err(e) => TargetState::Failed(e),
+                Err(e) => TargetState::Failed(crate::plan::error_chain(&e)),
             });
         }
         match slot.as_ref().expect("just set") {
