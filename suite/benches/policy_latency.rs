@@ -12,7 +12,6 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use netpol_conformance::backend::Cluster;
 use netpol_conformance::case::ObjectRef;
 use netpol_conformance::target::{ConnectOptions, TargetSpec, connect};
 use netpol_conformance::world::WorldKind;

@@ -275,6 +275,32 @@ pub trait Cluster: Send + Sync {
     fn probe_calls(&self, jobs: &[ProbeJob]) -> usize {
         jobs.len()
     }
+    /// End of run: deletes the worlds its trials shared and those left idle for reuse (the
+    /// default: a cluster that keeps none).
+    fn delete_shared_worlds(&self) -> Result<(), BackendError> {
+        Ok(())
+    }
+    /// End of run: withdraws the run's presence on the cluster (its lock and leases).
+    fn retire(&self) -> Result<(), BackendError> {
+        Ok(())
+    }
+    /// Deletes what runs of this suite left behind (`netpol-conformance cleanup`), naming each
+    /// object removed (the default: a cluster where runs leave nothing).
+    fn cleanup_leftovers(&self, which: Leftovers<'_>) -> Result<Vec<String>, BackendError> {
+        let _ = which;
+        Ok(Vec::new())
+    }
+}
+
+/// Whose leftovers [`Cluster::cleanup_leftovers`] removes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leftovers<'a> {
+    /// One run's.
+    Run(&'a str),
+    /// Those of every run whose run lease is gone or expired: never a live run's.
+    Dead,
+    /// Every run's, live ones included.
+    All,
 }
 
 pub mod fake {

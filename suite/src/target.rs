@@ -7,7 +7,7 @@ use std::sync::Arc;
 use netpol_local::cluster::Runtime as NodeRuntime;
 use tokio::runtime::Runtime;
 
-use crate::backend::{BackendError, Capabilities};
+use crate::backend::{BackendError, Capabilities, Cluster};
 use crate::case::Feature;
 use crate::kube::client::{client_for, client_from_kubeconfig};
 use crate::kube::{KubeCluster, KubeOptions, KubeTimeouts};
@@ -215,16 +215,27 @@ pub fn local_binaries_missing(runtime: NodeRuntime) -> Option<String> {
 /// A connected target.
 pub struct Target {
     /// The cluster.
-    pub cluster: Arc<KubeCluster>,
+    pub cluster: Arc<dyn Cluster>,
     /// Timeout defaults depend on this.
     pub local: bool,
     /// Tears the local cluster down when dropped.
     guard: Option<netpol_local::cluster::ClusterGuard>,
-    /// The runtime the backend blocks on; dropped last.
-    _rt: Arc<Runtime>,
+    /// The runtime the backend blocks on (none for a target given ready-made); dropped last.
+    _rt: Option<Arc<Runtime>>,
 }
 
 impl Target {
+    /// A target the caller connected itself (the in-memory cluster of the harness's tests, or a
+    /// cluster an embedding program built); `local` picks the local cluster's default timeouts.
+    pub fn given(cluster: Arc<dyn Cluster>, local: bool) -> Target {
+        Target {
+            cluster,
+            local,
+            guard: None,
+            _rt: None,
+        }
+    }
+
     /// Tears down what the run created: shared worlds, then the local cluster if the run owns it.
     pub fn finish(mut self) -> Vec<String> {
         let mut problems = Vec::new();
@@ -282,15 +293,6 @@ pub enum ConnectError {
     Announce(#[source] BackendError),
 }
 
-/// Connects to the target: for the local cluster, brings it up first (as the run's own).
-/// `preflight_sctp`: on a real cluster, decide SCTP support with one probe between two pods
-/// (only worth it when some selected case probes SCTP).
-pub fn connect(spec: &TargetSpec, opts: &ConnectOptions) -> Result<Target, ConnectError> {
-    let target = connect_unannounced(spec, opts)?;
-    target.cluster.announce().map_err(ConnectError::Announce)?;
-    Ok(target)
-}
-
 /// How to connect.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnectOptions {
@@ -314,10 +316,11 @@ impl ConnectOptions {
     }
 }
 
-fn connect_unannounced(
-    spec: &TargetSpec,
-    connect: &ConnectOptions,
-) -> Result<Target, ConnectError> {
+/// Connects to the target: for the local cluster, brings it up first (as the run's own).
+/// `preflight_sctp`: on a real cluster, decide SCTP support with one probe between two pods
+/// (only worth it when some selected case probes SCTP).
+/// The run is announced on the cluster (its run lease) before this returns.
+pub fn connect(spec: &TargetSpec, connect: &ConnectOptions) -> Result<Target, ConnectError> {
     let rt = Arc::new(
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -429,11 +432,12 @@ fn connect_local(
         },
         caps,
     )?;
+    cluster.announce().map_err(ConnectError::Announce)?;
     Ok(Target {
         cluster: Arc::new(cluster),
         local: true,
         guard,
-        _rt: rt,
+        _rt: Some(rt),
     })
 }
 
@@ -515,10 +519,11 @@ fn kube_target(
     if !decided && connect.preflight_sctp {
         cluster.preflight_sctp();
     }
+    cluster.announce().map_err(ConnectError::Announce)?;
     Ok(Target {
         cluster: Arc::new(cluster),
         local: false,
         guard,
-        _rt: rt,
+        _rt: Some(rt),
     })
 }

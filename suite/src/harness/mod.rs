@@ -21,6 +21,8 @@ mod commands;
 mod run;
 mod trial;
 
+pub use run::run_on;
+
 /// The binary's entry point.
 pub fn main() -> ExitCode {
     if let Some(code) = netpol_local::maybe_run_role() {

@@ -12,7 +12,6 @@ use regex::Regex;
 
 use super::trial::{self, Shared, TargetState};
 use super::{random_id, select_plans, usage_error};
-use crate::backend::Cluster;
 use crate::cli::{Mode, RunArgs, SelectArgs};
 use crate::collector::Collector;
 use crate::features::Selection;
@@ -21,7 +20,7 @@ use crate::plan::Plan;
 use crate::progress::Live;
 use crate::report::npa::Implementation;
 use crate::report::{self, RunReport};
-use crate::target::{self, TargetSpec, Unavailable};
+use crate::target::{self, Target, TargetSpec, Unavailable};
 
 /// When the run started, by both clocks.
 #[derive(Clone, Copy)]
@@ -42,7 +41,18 @@ struct Setup {
 }
 
 /// `run` and `cargo test --test conformance`.
-pub(super) fn run(mut args: RunArgs, mode: Mode) -> ExitCode {
+pub(super) fn run(args: RunArgs, mode: Mode) -> ExitCode {
+    run_with(args, mode, None)
+}
+
+/// A whole run, as `netpol-conformance run` does it, against a target the caller connected
+/// (see [`Target::given`]): the in-memory cluster of the harness's own tests, or a cluster an
+/// embedding program built. The target's end-of-run work (shared worlds, leases) is done here.
+pub fn run_on(args: RunArgs, target: Target) -> ExitCode {
+    run_with(args, Mode::Cli, Some(target))
+}
+
+fn run_with(mut args: RunArgs, mode: Mode, given: Option<Target>) -> ExitCode {
     let clock = Clock {
         started: Instant::now(),
         started_at: SystemTime::now(),
@@ -55,7 +65,7 @@ pub(super) fn run(mut args: RunArgs, mode: Mode) -> ExitCode {
         spec,
         features,
         unavailable,
-    } = match settle(&args, mode) {
+    } = match settle(&args, mode, given.is_some()) {
         Ok(setup) => setup,
         Err(message) => return usage_error(&message),
     };
@@ -85,6 +95,7 @@ pub(super) fn run(mut args: RunArgs, mode: Mode) -> ExitCode {
         .filter(|p| !filtered_out(&args.harness, &p.trial))
         .count();
     let connected = match (mode, listing, &unavailable, &spec) {
+        _ if given.is_some() => given.map(|t| TargetState::Ready(Box::new(t))),
         (Mode::Cli, false, None, Ok(spec)) if selected > 0 => {
             match connect_first(spec, &connect_opts, &args, sonobuoy_dir.as_deref(), clock) {
                 Ok(target) => {
@@ -183,7 +194,7 @@ fn select_run_plans(args: &RunArgs) -> Result<(Vec<Plan>, Option<Implementation>
 /// Everything the command line decides before a cluster is touched: plans, results directory,
 /// target (chosen now, which is cheap; connected later), the features judged, and why no
 /// target can be had, if so. An error is a usage error.
-fn settle(args: &RunArgs, mode: Mode) -> Result<Setup, String> {
+fn settle(args: &RunArgs, mode: Mode, given: bool) -> Result<Setup, String> {
     let (plans, implementation) = select_run_plans(args)?;
     let sonobuoy_dir = std::env::var_os("SONOBUOY_RESULTS_DIR")
         .map(PathBuf::from)
@@ -194,15 +205,19 @@ fn settle(args: &RunArgs, mode: Mode) -> Result<Setup, String> {
     let listing = args.harness.list;
 
     // Decide the target now (cheap), connect lazily on the first trial that runs.
-    let spec = target::choose(&target::Choice {
-        kubeconfig: args.kubeconfig.clone(),
-        context: args.context.clone(),
-        in_cluster: args.in_cluster,
-        local: args.local,
-        plugin: sonobuoy_dir.is_some(),
-        enforcer: !args.no_enforcer,
-        runtime: args.runtime.into(),
-    });
+    let spec = if given {
+        Err(Unavailable("the run was given its target".into()))
+    } else {
+        target::choose(&target::Choice {
+            kubeconfig: args.kubeconfig.clone(),
+            context: args.context.clone(),
+            in_cluster: args.in_cluster,
+            local: args.local,
+            plugin: sonobuoy_dir.is_some(),
+            enforcer: !args.no_enforcer,
+            runtime: args.runtime.into(),
+        })
+    };
     if let (Ok(spec), false) = (&spec, listing) {
         eprintln!("netpol-conformance: target: {}", spec.describe());
     }
@@ -219,6 +234,7 @@ fn settle(args: &RunArgs, mode: Mode) -> Result<Setup, String> {
         eprintln!("netpol-conformance: {}", features.describe());
     }
     let unavailable: Option<String> = match (&spec, mode) {
+        _ if given => None,
         (Err(e), _) => Some(e.0.clone()),
         (Ok(TargetSpec::Local { runtime, .. }), Mode::CargoTest)
             if !netpol_local::local_required() =>

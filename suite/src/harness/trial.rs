@@ -9,7 +9,6 @@ use std::time::Duration;
 use libtest_mimic::{Completion, Failed, Trial};
 
 use super::{Gate, gate};
-use crate::backend::Cluster;
 use crate::collector::Collector;
 use crate::features::Selection;
 use crate::interrupt::Interrupt;

@@ -45,7 +45,10 @@ impl KubeCluster {
 
     /// Deletes what runs of this suite left behind (by label): one run's, the objects of runs
     /// that are gone (no live run lease), or everything. Waits until namespaces are gone.
-    pub fn cleanup_leftovers(&self, which: Leftovers<'_>) -> Result<Vec<String>, BackendError> {
+    pub(super) fn remove_leftovers(
+        &self,
+        which: Leftovers<'_>,
+    ) -> Result<Vec<String>, BackendError> {
         self.rt.block_on(self.remove_runs(which, true))
     }
 

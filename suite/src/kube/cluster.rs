@@ -381,4 +381,16 @@ impl Cluster for KubeCluster {
     fn probe_calls(&self, jobs: &[ProbeJob]) -> usize {
         self.prober.calls(jobs)
     }
+
+    fn delete_shared_worlds(&self) -> Result<(), BackendError> {
+        self.delete_kept_worlds()
+    }
+
+    fn retire(&self) -> Result<(), BackendError> {
+        self.retire_leases()
+    }
+
+    fn cleanup_leftovers(&self, which: Leftovers<'_>) -> Result<Vec<String>, BackendError> {
+        self.remove_leftovers(which)
+    }
 }

@@ -91,16 +91,7 @@ pub struct KubeCluster {
     leases: lease::Leases,
 }
 
-/// Whose leftovers `cleanup` removes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Leftovers<'a> {
-    /// One run's.
-    Run(&'a str),
-    /// Those of every run whose run lease is gone or expired: never a live run's.
-    Dead,
-    /// Every run's, live ones included.
-    All,
-}
+pub use crate::backend::Leftovers;
 
 /// The cluster-scoped policy kinds.
 const CLUSTER_SCOPED: [&str; 3] = [
@@ -222,7 +213,7 @@ impl KubeCluster {
     }
 
     /// Ends the run's presence on the cluster: releases the lock and deletes its leases.
-    pub fn retire(&self) -> Result<(), BackendError> {
+    pub(super) fn retire_leases(&self) -> Result<(), BackendError> {
         self.rt.block_on(self.leases.retire())
     }
 

@@ -469,7 +469,7 @@ impl KubeCluster {
 
     /// Deletes the worlds shared by trials of this run and those left idle for reuse (end of
     /// run).
-    pub fn delete_shared_worlds(&self) -> Result<(), BackendError> {
+    pub(super) fn delete_kept_worlds(&self) -> Result<(), BackendError> {
         let mut shared: Vec<RealizedWorld> =
             std::mem::take(&mut *self.shared.lock().expect("shared lock"))
                 .into_values()
