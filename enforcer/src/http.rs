@@ -1,20 +1,28 @@
-//! A minimal HTTP/1.1 server for `/metrics`, `/healthz` and `/readyz`.
+//! The HTTP server for `/metrics`, `/healthz` and `/readyz`, on hyper's HTTP/1.1 server.
 //!
 //! - `/metrics`: the Prometheus text format of the registry.
 //! - `/healthz`: 200 while the process can serve packets (every queue thread alive), else 503.
 //! - `/readyz`: 200 once the watchers have synced and the rules are installed, else 503.
 //!
-//! One request per connection, `GET` (or `HEAD`) only; anything else is answered 404/405. This is
-//! all a kubelet probe or a Prometheus scrape needs, and keeps a web framework out of the enforcer.
+//! `GET` (or `HEAD`) only; anything else is answered 404/405. hyper (already in the tree
+//! through kube) does the protocol: keep-alive, pipelining, partial reads, header limits.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::CONTENT_TYPE;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::registry::Registry;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -96,66 +104,62 @@ pub async fn serve(listener: TcpListener, registry: Arc<Registry>, health: Healt
         let registry = registry.clone();
         let health = health.clone();
         tokio::spawn(async move {
-            let handled =
-                tokio::time::timeout(Duration::from_secs(10), handle(stream, &registry, &health))
-                    .await;
-            if !matches!(handled, Ok(Ok(()))) {
-                tracing::debug!(%peer, "metrics connection ended early");
+            let service = service_fn(move |request: Request<Incoming>| {
+                let response = answer(&request, &registry, &health);
+                async move { Ok::<_, Infallible>(response) }
+            });
+            let served = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            if let Err(err) = served {
+                tracing::debug!(%peer, error = %err, "metrics connection ended early");
             }
         });
     }
 }
 
-async fn handle(
-    mut stream: TcpStream,
+fn answer(
+    request: &Request<Incoming>,
     registry: &Registry,
     health: &Health,
-) -> std::io::Result<()> {
-    let mut request = Vec::with_capacity(1024);
-    let mut buf = [0u8; 1024];
-    while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 16 * 1024 {
-        let n = stream.read(&mut buf).await?;
-        if n == 0 {
-            break;
-        }
-        request.extend_from_slice(&buf[..n]);
-    }
-    let text = String::from_utf8_lossy(&request);
-    let mut words = text.lines().next().unwrap_or("").split_whitespace();
-    let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
-    let (status, content_type, body) = respond(method, path, registry, health);
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
+) -> Response<Full<Bytes>> {
+    let (status, content_type, body) =
+        respond(request.method(), request.uri().path(), registry, health);
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
     );
-    stream.write_all(head.as_bytes()).await?;
-    if method != "HEAD" {
-        stream.write_all(body.as_bytes()).await?;
-    }
-    stream.shutdown().await
+    response
 }
 
-/// Status line, content type and body for one request.
+/// Status, content type and body for one request (hyper leaves the body out for `HEAD`).
 pub fn respond(
-    method: &str,
+    method: &Method,
     path: &str,
     registry: &Registry,
     health: &Health,
-) -> (&'static str, &'static str, String) {
+) -> (StatusCode, &'static str, String) {
     const TEXT: &str = "text/plain; charset=utf-8";
-    if method != "GET" && method != "HEAD" {
+    if method != Method::GET && method != Method::HEAD {
         return (
-            "405 Method Not Allowed",
+            StatusCode::METHOD_NOT_ALLOWED,
             TEXT,
             "method not allowed\n".into(),
         );
     }
-    let path = path.split('?').next().unwrap_or("");
     let probe = |ok: bool, what: &str| {
         if ok {
-            ("200 OK", TEXT, "ok\n".to_owned())
+            (StatusCode::OK, TEXT, "ok\n".to_owned())
         } else {
-            ("503 Service Unavailable", TEXT, format!("not {what}\n"))
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                TEXT,
+                format!("not {what}\n"),
+            )
         }
     };
     match path {
@@ -163,12 +167,12 @@ pub fn respond(
             let mut body = String::new();
             match prometheus_client::encoding::text::encode(&mut body, registry) {
                 Ok(()) => (
-                    "200 OK",
+                    StatusCode::OK,
                     "application/openmetrics-text; version=1.0.0; charset=utf-8",
                     body,
                 ),
                 Err(_) => (
-                    "500 Internal Server Error",
+                    StatusCode::INTERNAL_SERVER_ERROR,
                     TEXT,
                     "encoding metrics failed\n".into(),
                 ),
@@ -176,7 +180,7 @@ pub fn respond(
         }
         "/healthz" => probe(health.is_alive(), "alive"),
         "/readyz" => probe(health.is_ready(), "ready"),
-        _ => ("404 Not Found", TEXT, "not found\n".into()),
+        _ => (StatusCode::NOT_FOUND, TEXT, "not found\n".into()),
     }
 }
 
@@ -187,6 +191,9 @@ pub fn local_addr(listener: &TcpListener) -> Option<SocketAddr> {
 
 #[cfg(test)]
 mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
     use super::*;
 
     #[test]
@@ -195,51 +202,75 @@ mod tests {
         let alive = Arc::new(AtomicBool::new(true));
         let flag = alive.clone();
         let health = Health::new();
-        assert_eq!(respond("GET", "/healthz", &registry, &health).0, "200 OK");
+        let status = |method: &Method, path: &str| respond(method, path, &registry, &health).0;
+        assert_eq!(status(&Method::GET, "/healthz"), StatusCode::OK);
         health.set_alive_check(move || flag.load(Ordering::Acquire));
         assert_eq!(
-            respond("GET", "/readyz", &registry, &health).0,
-            "503 Service Unavailable"
+            status(&Method::GET, "/readyz"),
+            StatusCode::SERVICE_UNAVAILABLE
         );
         health.set_ready(true);
-        assert_eq!(respond("GET", "/readyz", &registry, &health).0, "200 OK");
-        assert_eq!(respond("GET", "/healthz", &registry, &health).0, "200 OK");
+        assert_eq!(status(&Method::GET, "/readyz"), StatusCode::OK);
+        assert_eq!(status(&Method::HEAD, "/healthz"), StatusCode::OK);
         alive.store(false, Ordering::Release);
         assert_eq!(
-            respond("GET", "/healthz?verbose", &registry, &health).0,
-            "503 Service Unavailable"
+            status(&Method::GET, "/healthz"),
+            StatusCode::SERVICE_UNAVAILABLE
         );
         assert_eq!(
-            respond("POST", "/metrics", &registry, &health).0,
-            "405 Method Not Allowed"
+            status(&Method::POST, "/metrics"),
+            StatusCode::METHOD_NOT_ALLOWED
         );
-        assert_eq!(
-            respond("GET", "/nope", &registry, &health).0,
-            "404 Not Found"
-        );
+        assert_eq!(status(&Method::GET, "/nope"), StatusCode::NOT_FOUND);
+    }
+
+    /// Sends raw requests on one connection and reads until the server closes it.
+    async fn exchange(addr: SocketAddr, requests: &[u8]) -> String {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        stream.write_all(requests).await.expect("write");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.expect("read");
+        response
     }
 
     #[tokio::test]
-    async fn serves_metrics_over_tcp() {
+    async fn serves_metrics_health_and_head_over_tcp() {
         let mut registry = Registry::default();
         let metrics = crate::metrics::Metrics::new();
         metrics.register(&mut registry);
         metrics.latency.observe(0.001);
         let listener = bind("127.0.0.1:0").await.expect("bind");
         let addr = local_addr(&listener).expect("addr");
-        let server = tokio::spawn(serve(listener, Arc::new(registry), Health::new()));
-        let mut stream = TcpStream::connect(addr).await.expect("connect");
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .expect("write");
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.expect("read");
-        server.abort();
+        let health = Health::new();
+        let server = tokio::spawn(serve(listener, Arc::new(registry), health.clone()));
+
+        let response = exchange(
+            addr,
+            b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
         assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
         assert!(
             response.contains("netpol_enforcer_verdict_latency_seconds_count 1"),
             "{response}"
         );
+
+        // Two requests on one kept-alive connection, a query string, and HEAD without a body.
+        let response = exchange(
+            addr,
+            b"GET /readyz?verbose HTTP/1.1\r\nHost: x\r\n\r\n\
+              HEAD /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        server.abort();
+        let (ready, alive) =
+            response.split_at(response.find("HTTP/1.1 200").expect("second answer"));
+        assert!(
+            ready.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+            "{response}"
+        );
+        assert!(ready.ends_with("not ready\n"), "{response}");
+        assert!(alive.contains("content-length: 3\r\n"), "{response}");
+        assert!(alive.ends_with("\r\n\r\n"), "HEAD has no body: {response}");
     }
 }
