@@ -83,6 +83,19 @@ fn run_external_host() -> anyhow::Result<()> {
     }
 }
 
+/// Renders an error with all its causes, `outer: inner: innermost` (the one copy; the suite
+/// uses it too).
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// A boolean environment variable, spelled as people spell them: `1`, `true`, `yes`, `on` are
 /// true; `0`, `false`, `no`, `off` and the empty string false (any case). Unset is `None`;
 /// anything else is an error naming the variable.

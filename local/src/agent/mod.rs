@@ -114,14 +114,4 @@ pub async fn serve(
     Ok(())
 }
 
-/// Renders an error with all its causes, `outer: inner: innermost`.
-pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+pub(crate) use crate::error_chain;

@@ -484,14 +484,5 @@ fn pair_probes(world: &World, name: Option<String>, lines: &[String]) -> Vec<Pro
     groups
 }
 
-/// An error with its causes, `: `-separated.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
-}
+/// An error with its causes, `: `-separated (the local crate's, shared).
+pub use netpol_local::error_chain;
