@@ -18,6 +18,8 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=lib/k8s-modules.sh
 source "$here/lib/k8s-modules.sh"
+# shellcheck source=lib/cache.sh
+source "$here/lib/cache.sh"
 
 K8S_VERSION="${NETPOL_K8S_VERSION:-v1.37.2}"
 ETCD_VERSION="${NETPOL_ETCD_VERSION:-v3.6.16}"
@@ -26,37 +28,9 @@ BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl)
 log() { printf 'control-plane: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-have_all() {
-  local dir=$1 b
-  for b in "${BINARIES[@]}"; do [[ -x "$dir/$b" ]] || return 1; done
-}
-
-if [[ -n "${NETPOL_CONTROL_PLANE_DIR:-}" ]]; then
-  have_all "$NETPOL_CONTROL_PLANE_DIR" ||
-    die "NETPOL_CONTROL_PLANE_DIR=$NETPOL_CONTROL_PLANE_DIR lacks one of: ${BINARIES[*]}"
-  printf '%s\n' "$NETPOL_CONTROL_PLANE_DIR"
-  exit 0
-fi
-
-cache_root="${NETPOL_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/netpol-conformance}"
-bin_dir="$cache_root/control-plane/k8s-$K8S_VERSION-etcd-$ETCD_VERSION"
-if have_all "$bin_dir"; then
-  printf '%s\n' "$bin_dir"
-  exit 0
-fi
-
-mkdir -p "$cache_root/control-plane"
-# One builder at a time: a second caller waits and then finds the cache filled.
-exec 9>"$cache_root/control-plane/.lock"
-flock 9
-if have_all "$bin_dir"; then
-  printf '%s\n' "$bin_dir"
-  exit 0
-fi
-
-staging="$(mktemp -d "$cache_root/control-plane/.build.XXXXXX")"
-trap 'rm -rf "$staging"' EXIT
-mkdir -p "$staging/bin"
+bin_dir="$(netpol_cache_root)/control-plane/k8s-$K8S_VERSION-etcd-$ETCD_VERSION"
+# Exits here with the directory when it is given or cached; sets $staging otherwise.
+cached_or_staging NETPOL_CONTROL_PLANE_DIR "$bin_dir" "${BINARIES[@]}"
 
 download_release() {
   local arch base
@@ -96,8 +70,4 @@ if [[ "${NETPOL_DOWNLOAD:-0}" == 1 ]]; then
 else
   build_from_modules
 fi
-have_all "$staging/bin" || die "build finished without all of: ${BINARIES[*]}"
-rm -rf "$bin_dir"
-mv "$staging/bin" "$bin_dir"
-log "cached in $bin_dir"
-printf '%s\n' "$bin_dir"
+publish_staged "$bin_dir" "${BINARIES[@]}"

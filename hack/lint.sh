@@ -87,7 +87,7 @@ fi
 
 selfcheck_out="$(mktemp)"
 trap 'rm -f "$selfcheck_out"' EXIT
-for t in hack/kind/junit-verdict-test.sh hack/kind/kind-scripts-test.sh; do
+for t in hack/kind/junit-verdict-test.sh hack/kind/kind-scripts-test.sh hack/lib/cache-test.sh; do
   if [[ -f "$t" ]]; then
     log "$t"
     if ! bash "$t" >"$selfcheck_out" 2>&1; then

@@ -22,6 +22,8 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=lib/k8s-modules.sh
 source "$here/lib/k8s-modules.sh"
+# shellcheck source=lib/cache.sh
+source "$here/lib/cache.sh"
 
 K8S_VERSION="${NETPOL_K8S_VERSION:-v1.37.2}"
 CONTAINERD_VERSION="${NETPOL_CONTAINERD_VERSION:-v2.4.2}"
@@ -31,39 +33,12 @@ BINARIES=(kubelet kube-proxy agnhost containerd containerd-shim-runc-v2 ctr cric
 log() { printf 'node-binaries: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-have_all() {
-  local dir=$1 b
-  for b in "${BINARIES[@]}"; do [[ -x "$dir/$b" ]] || return 1; done
-}
-
-if [[ -n "${NETPOL_NODE_BIN_DIR:-}" ]]; then
-  have_all "$NETPOL_NODE_BIN_DIR" ||
-    die "NETPOL_NODE_BIN_DIR=$NETPOL_NODE_BIN_DIR lacks one of: ${BINARIES[*]}"
-  printf '%s\n' "$NETPOL_NODE_BIN_DIR"
-  exit 0
-fi
-
-cache_root="${NETPOL_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/netpol-conformance}"
-bin_dir="$cache_root/node/k8s-$K8S_VERSION-containerd-$CONTAINERD_VERSION-crictl-$CRICTL_VERSION"
-if have_all "$bin_dir"; then
-  printf '%s\n' "$bin_dir"
-  exit 0
-fi
-
-mkdir -p "$cache_root/node"
-# One builder at a time: a second caller waits and then finds the cache filled.
-exec 9>"$cache_root/node/.lock"
-flock 9
-if have_all "$bin_dir"; then
-  printf '%s\n' "$bin_dir"
-  exit 0
-fi
+bin_dir="$(netpol_cache_root)/node/k8s-$K8S_VERSION-containerd-$CONTAINERD_VERSION-crictl-$CRICTL_VERSION"
+# Exits here with the directory when it is given or cached; sets $staging otherwise.
+cached_or_staging NETPOL_NODE_BIN_DIR "$bin_dir" "${BINARIES[@]}"
 
 command -v go >/dev/null || die "go is not installed; install Go or set NETPOL_NODE_BIN_DIR"
 command -v gcc >/dev/null || die "gcc is not installed (pause is built from C)"
-staging="$(mktemp -d "$cache_root/node/.build.XXXXXX")"
-trap 'rm -rf "$staging"' EXIT
-mkdir -p "$staging/bin"
 export CGO_ENABLED=0 GOFLAGS=-mod=mod GOTOOLCHAIN=local
 
 log "building kubelet, kube-proxy and agnhost from k8s.io/kubernetes@$K8S_VERSION"
@@ -105,8 +80,4 @@ printf 'package tools\n\nimport _ "sigs.k8s.io/cri-tools/pkg/version"\n' >"$stag
   go build -trimpath -ldflags "-s -w -X sigs.k8s.io/cri-tools/pkg/version.Version=$CRICTL_VERSION" \
     -o "$staging/bin/" sigs.k8s.io/cri-tools/cmd/crictl)
 
-have_all "$staging/bin" || die "build finished without all of: ${BINARIES[*]}"
-rm -rf "$bin_dir"
-mv "$staging/bin" "$bin_dir"
-log "cached in $bin_dir"
-printf '%s\n' "$bin_dir"
+publish_staged "$bin_dir" "${BINARIES[@]}"

@@ -27,6 +27,8 @@
 # the run did not complete.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=lib/args.sh
+source "$here/lib/args.sh"
 root="$(cd "$here/.." && pwd)"
 
 SONOBUOY_VERSION="${NETPOL_SONOBUOY_VERSION:-$(sed -n 's/^[[:space:]]*SONOBUOY_VERSION:[[:space:]]*\(v[0-9.]*\).*/\1/p' \
@@ -76,13 +78,10 @@ state="${NETPOL_LOCAL_DIR:-/run/netpol-conformance/local}"
 out=""
 wait_minutes=90
 plugin_env=()
-need() { [[ $# -ge 2 ]] || die "$1 needs a value"; }
+flag_words "$@"
+set -- "${words[@]+"${words[@]}"}"
 while [[ $# -gt 0 ]]; do
   arg=$1
-  if [[ $arg == --*=* ]]; then
-    set -- "${arg%%=*}" "${arg#*=}" "${@:2}"
-    arg=$1
-  fi
   case $arg in
     -h | --help) usage 0 ;;
     --build-only) build_only=1; shift ;;

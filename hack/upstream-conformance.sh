@@ -58,6 +58,8 @@
 # kubectl: $NETPOL_KUBECTL, else the one hack/control-plane.sh provides.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=lib/args.sh
+source "$here/lib/args.sh"
 root="$(cd "$here/.." && pwd)"
 # shellcheck source=lib/npa-conformance.sh
 source "$here/lib/npa-conformance.sh"
@@ -139,14 +141,10 @@ additional_info=""
 report_output=""
 extra=()
 
-need() { [[ $# -ge 2 ]] || die "$1 needs a value"; }
+flag_words "$@"
+set -- "${words[@]+"${words[@]}"}"
 while [[ $# -gt 0 ]]; do
   arg=$1
-  # --flag=value is split into --flag value.
-  if [[ $arg == --*=* ]]; then
-    set -- "${arg%%=*}" "${arg#*=}" "${@:2}"
-    arg=$1
-  fi
   case $arg in
     -h | --help) usage 0 ;;
     --build-only) build_only=1; shift ;;

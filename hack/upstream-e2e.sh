@@ -24,6 +24,8 @@
 # did not finish.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=lib/args.sh
+source "$here/lib/args.sh"
 # shellcheck source=lib/k8s-modules.sh
 source "$here/lib/k8s-modules.sh"
 # shellcheck source=kernel-features.sh
@@ -89,13 +91,10 @@ out=""
 nodes=2
 focus='\[sig-network\] Netpol'
 skip=""
-need() { [[ $# -ge 2 ]] || die "$1 needs a value"; }
+flag_words "$@"
+set -- "${words[@]+"${words[@]}"}"
 while [[ $# -gt 0 ]]; do
   arg=$1
-  if [[ $arg == --*=* ]]; then
-    set -- "${arg%%=*}" "${arg#*=}" "${@:2}"
-    arg=$1
-  fi
   case $arg in
     -h | --help) usage 0 ;;
     --build-only) build_only=1; shift ;;
