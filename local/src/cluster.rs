@@ -1070,25 +1070,37 @@ fn wait_for(
     mut check: impl FnMut() -> Result<(), String>,
 ) -> Result<()> {
     let started = Instant::now();
-    let deadline = started + within;
-    loop {
-        let last = match check() {
-            Ok(()) => {
-                tracing::info!(
-                    what,
-                    waited_ms = started.elapsed().as_millis() as u64,
-                    "ready"
-                );
-                return Ok(());
-            }
-            Err(e) => e,
-        };
-        check_alive(vital, what)?;
-        if Instant::now() >= deadline {
-            return Err(timeout_error(what, within, Some(last)));
-        }
+    while !wait_turn(what, within, started, vital, check())? {
         std::thread::sleep(poll);
     }
+    Ok(())
+}
+
+/// One turn of a readiness wait on `outcome`: `true` when ready, `false` to poll again, an
+/// error when a vital process died or `within` has passed since `started`.
+fn wait_turn(
+    what: &str,
+    within: Duration,
+    started: Instant,
+    vital: &[&ProcRecord],
+    outcome: Result<(), String>,
+) -> Result<bool> {
+    let last = match outcome {
+        Ok(()) => {
+            tracing::info!(
+                what,
+                waited_ms = started.elapsed().as_millis() as u64,
+                "ready"
+            );
+            return Ok(true);
+        }
+        Err(e) => e,
+    };
+    check_alive(vital, what)?;
+    if started.elapsed() >= within {
+        return Err(timeout_error(what, within, Some(last)));
+    }
+    Ok(false)
 }
 
 async fn wait_for_async<F, Fut>(
@@ -1103,25 +1115,10 @@ where
     Fut: std::future::Future<Output = Result<(), String>>,
 {
     let started = Instant::now();
-    let deadline = started + within;
-    loop {
-        let last = match check().await {
-            Ok(()) => {
-                tracing::info!(
-                    what,
-                    waited_ms = started.elapsed().as_millis() as u64,
-                    "ready"
-                );
-                return Ok(());
-            }
-            Err(e) => e,
-        };
-        check_alive(vital, what)?;
-        if Instant::now() >= deadline {
-            return Err(timeout_error(what, within, Some(last)));
-        }
+    while !wait_turn(what, within, started, vital, check().await)? {
         tokio::time::sleep(poll).await;
     }
+    Ok(())
 }
 
 /// A minimal HTTP/1.0 GET over plain TCP: (status code, body).
