@@ -12,12 +12,18 @@
 //! judged like the others). A step that cannot be judged this way is skipped and must be listed,
 //! with its reason, in [`SKIPPED`].
 //!
-//! Run: `cargo test -p netpol-conformance --test engine_replay -- --nocapture` (prints coverage).
+//! One libtest trial per planned trial, under the suite's trial names, so a filter picks cases
+//! as `netpol-conformance run` does; `replay::whole_table` replays them all and prints the
+//! coverage. Run: `cargo test -p netpol-conformance --test engine_replay -- --nocapture`.
 
 mod world;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use libtest_mimic::{Arguments, Failed, Trial};
 
 use netpol_conformance::case::{ObjectRef, load_embedded, load_files};
 use netpol_conformance::plan::{Action, Plan, ProbePlan, plan_all};
@@ -332,17 +338,36 @@ fn replay_all(plans: &[Plan]) -> Tally {
     tally
 }
 
-/// Plans cases given as one user file.
-fn plan_user_file(text: &str) -> Vec<Plan> {
-    let cases = load_files([("user.yaml".to_string(), text.to_string())]).expect("the case loads");
-    plan_all(&cases).expect("the case plans")
+/// The verdict on replayed trials: no mismatch, and the skipped probe steps exactly those
+/// [`SKIPPED`] names for these trials.
+fn verdict(plans: &[Plan], tally: &Tally) -> Result<(), Failed> {
+    if !tally.failures.is_empty() {
+        return Err(tally.failures.join("\n").into());
+    }
+    let skipped: Vec<(&str, usize)> = tally
+        .skipped
+        .iter()
+        .map(|(t, i, _)| (t.as_str(), *i))
+        .collect();
+    let listed: Vec<(&str, usize)> = SKIPPED
+        .iter()
+        .filter(|(t, _, _)| plans.iter().any(|p| p.trial == *t))
+        .map(|(t, i, _)| (*t, *i))
+        .collect();
+    if skipped != listed {
+        return Err(format!(
+            "skipped probe steps {:?} are not those SKIPPED lists ({listed:?})",
+            tally.skipped
+        )
+        .into());
+    }
+    Ok(())
 }
 
-#[test]
-fn the_engine_judges_every_planned_probe_as_the_case_table_expects() {
-    let cases = load_embedded().expect("the embedded case table loads");
-    let plans = plan_all(&cases).expect("the embedded case table plans");
-    let tally = replay_all(&plans);
+/// The whole table at once: every trial replayed, enough pairs judged that a replay judging
+/// nothing cannot pass, and no stale entry in [`SKIPPED`].
+fn whole_table(plans: &[Plan]) -> Result<(), Failed> {
+    let tally = replay_all(plans);
     eprintln!(
         "replayed {} trials, {} steps, {} probe steps, {} pairs judged ({} expected blocked), \
          {} probe steps skipped",
@@ -353,37 +378,36 @@ fn the_engine_judges_every_planned_probe_as_the_case_table_expects() {
         tally.blocked,
         tally.skipped.len()
     );
-    assert!(
-        tally.failures.is_empty(),
-        "{} of {} trials disagree with the engine:\n{}",
-        tally.failures.len(),
-        tally.trials,
-        tally.failures.join("\n")
-    );
-    let skipped: Vec<(&str, usize)> = tally
-        .skipped
-        .iter()
-        .map(|(t, i, _)| (t.as_str(), *i))
-        .collect();
-    let allowed: Vec<(&str, usize)> = SKIPPED.iter().map(|(t, i, _)| (*t, *i)).collect();
-    assert_eq!(
-        skipped, allowed,
-        "skipped probe steps must be exactly those SKIPPED names, with their reasons: {:?}",
-        tally.skipped
-    );
-    assert_eq!(tally.trials, plans.len(), "every planned trial replayed");
-    assert!(
-        tally.pairs >= 5000 && tally.blocked >= 800,
-        "pairs judged: {}, expected blocked: {}",
-        tally.pairs,
-        tally.blocked
-    );
+    if tally.trials != plans.len() || tally.pairs < 5000 || tally.blocked < 800 {
+        return Err(format!(
+            "replayed {} of {} trials, {} pairs judged, {} expected blocked",
+            tally.trials,
+            plans.len(),
+            tally.pairs,
+            tally.blocked
+        )
+        .into());
+    }
+    if let Some((trial, step, _)) = SKIPPED.iter().find(|(t, i, _)| {
+        !tally
+            .skipped
+            .iter()
+            .any(|s| (s.0.as_str(), s.1) == (*t, *i))
+    }) {
+        return Err(format!("SKIPPED lists {trial} step {step}, which was not skipped").into());
+    }
+    Ok(())
+}
+
+/// Plans cases given as one user file.
+fn plan_user_file(text: &str) -> Vec<Plan> {
+    let cases = load_files([("user.yaml".to_string(), text.to_string())]).expect("the case loads");
+    plan_all(&cases).expect("the case plans")
 }
 
 /// The replay itself can fail: an expectation the engine disagrees with is reported with the
 /// trial, the step and every pair.
-#[test]
-fn a_wrong_expectation_is_reported_pair_by_pair() {
+fn a_wrong_expectation_is_reported_pair_by_pair() -> Result<(), Failed> {
     let plans = plan_user_file(
         r#"
 - id: claims-deny-ingress-allows
@@ -401,23 +425,23 @@ fn a_wrong_expectation_is_reported_pair_by_pair() {
 "#,
     );
     let tally = replay_all(&plans);
-    assert_eq!(tally.failures.len(), 1, "{:?}", tally.failures);
-    let failure = &tally.failures[0];
-    assert!(
-        failure.starts_with("user::replay::claims-deny-ingress-allows (user.yaml:2): 24 wrong"),
-        "{failure}"
-    );
-    assert!(
-        failure.contains("step 1 TCP/80: y/a -> x/b")
-            && failure.contains("expected allowed, engine Drop"),
-        "{failure}"
-    );
+    let [failure] = &tally.failures[..] else {
+        return Err(format!("one failing trial expected: {:?}", tally.failures).into());
+    };
+    let head = "user::replay::claims-deny-ingress-allows (user.yaml:2): 24 wrong";
+    let pair =
+        "step 1 TCP/80: y/a -> x/b (10.244.0.4 -> 10.244.0.2): expected allowed, engine Drop";
+    if !failure.starts_with(head) || !failure.contains(pair) {
+        return Err(
+            format!("the report does not name the trial, step and pairs:\n{failure}").into(),
+        );
+    }
+    Ok(())
 }
 
 /// A probe of a pod deleted for good cannot be judged: the step is skipped with the reason, so
-/// the table test's allow-list catches it.
-#[test]
-fn probes_of_a_deleted_pod_are_skipped_with_the_reason() {
+/// [`SKIPPED`] has to name it.
+fn probes_of_a_deleted_pod_are_skipped_with_the_reason() -> Result<(), Failed> {
     let plans = plan_user_file(
         r#"
 - id: deleted-pod
@@ -431,9 +455,41 @@ fn probes_of_a_deleted_pod_are_skipped_with_the_reason() {
 "#,
     );
     let tally = replay_all(&plans);
-    assert!(tally.failures.is_empty(), "{:?}", tally.failures);
-    assert_eq!(tally.skipped.len(), 1);
-    let (trial, step, why) = &tally.skipped[0];
-    assert_eq!((trial.as_str(), *step), ("user::replay::deleted-pod", 1));
-    assert!(why.contains("x/a was deleted"), "{why}");
+    match &tally.skipped[..] {
+        [(trial, 1, why)]
+            if trial == "user::replay::deleted-pod" && why.contains("x/a was deleted") => {}
+        other => return Err(format!("one skipped step expected: {other:?}").into()),
+    }
+    match verdict(&plans, &tally) {
+        Err(e) if format!("{e:?}").contains("not those SKIPPED lists") => Ok(()),
+        other => Err(format!("an unlisted skip must fail the trial: {other:?}").into()),
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Arguments::from_args();
+    let cases = load_embedded().expect("the embedded case table loads");
+    let plans = Arc::new(plan_all(&cases).expect("the embedded case table plans"));
+    let mut trials: Vec<Trial> = plans
+        .iter()
+        .map(|plan| {
+            let plan = plan.clone();
+            Trial::test(plan.trial.clone(), move || {
+                let plans = [plan];
+                verdict(&plans, &replay_all(&plans))
+            })
+        })
+        .collect();
+    trials.push(Trial::test("replay::whole_table", move || {
+        whole_table(&plans)
+    }));
+    trials.push(Trial::test(
+        "replay::a_wrong_expectation_is_reported_pair_by_pair",
+        a_wrong_expectation_is_reported_pair_by_pair,
+    ));
+    trials.push(Trial::test(
+        "replay::probes_of_a_deleted_pod_are_skipped_with_the_reason",
+        probes_of_a_deleted_pod_are_skipped_with_the_reason,
+    ));
+    libtest_mimic::run(&args, trials).exit_code()
 }
