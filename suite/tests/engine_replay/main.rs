@@ -24,7 +24,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use libtest_mimic::{Arguments, Failed, Trial};
-
 use netpol_conformance::case::{ObjectRef, load_embedded, load_files};
 use netpol_conformance::plan::{Action, Plan, ProbePlan, plan_all};
 use netpol_conformance::render;
@@ -64,7 +63,7 @@ enum Judged {
     Skipped(String),
 }
 
-/// Totals over the whole table, printed and checked at the end.
+/// Totals over the replayed trials (one, or the whole table), checked by [`verdict`].
 #[derive(Default)]
 struct Tally {
     trials: usize,
