@@ -89,13 +89,3 @@ pub fn flow(src: &str, dst: &str, protocol: Protocol, dst_port: u16) -> Flow {
         dst_port,
     }
 }
-
-/// Parses `TCP`/`UDP`/`SCTP`.
-pub fn proto(s: &str) -> Protocol {
-    match s {
-        "TCP" => Protocol::Tcp,
-        "UDP" => Protocol::Udp,
-        "SCTP" => Protocol::Sctp,
-        other => panic!("unknown protocol {other}"),
-    }
-}
