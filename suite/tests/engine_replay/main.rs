@@ -26,7 +26,7 @@ use std::sync::Arc;
 use libtest_mimic::{Arguments, Failed, Trial};
 use netpol_conformance::case::{ObjectRef, load_embedded, load_files};
 use netpol_conformance::plan::{Action, Plan, ProbePlan, plan_all};
-use netpol_conformance::render;
+use netpol_conformance::translate;
 use netpol_conformance::world::Protocol;
 use netpol_enforcer::engine::{Verdict, decide};
 use netpol_enforcer::flow::{self, Flow};
@@ -95,7 +95,7 @@ impl Replay {
 
     /// Resolves placeholders and realizes the namespace of a planned object, as the runner does.
     fn realize(&self, obj: &Value) -> Result<Value, String> {
-        let mut obj = render::resolve(obj, &self.layout).map_err(|e| e.to_string())?;
+        let mut obj = translate::resolve(obj, &self.layout).map_err(|e| e.to_string())?;
         if let Some(ns) = obj.pointer("/metadata/namespace").and_then(Value::as_str)
             && let Some(real) = self.layout.realized(ns)
         {
@@ -216,7 +216,7 @@ impl Replay {
             .ok_or_else(|| format!("patch: {} {} is not in the cluster", key.0, key.2))?;
         let ops = ops
             .iter()
-            .map(|o| render::resolve(o, &self.layout).map_err(|e| e.to_string()))
+            .map(|o| translate::resolve(o, &self.layout).map_err(|e| e.to_string()))
             .collect::<Result<Vec<_>, _>>()?;
         let patch: json_patch::Patch =
             serde_json::from_value(Value::Array(ops)).map_err(|e| format!("patch: {e}"))?;

@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use netpol_conformance::kube::LABEL_RUN;
-use netpol_conformance::render::Resolve;
+use netpol_conformance::translate::Resolve;
 use netpol_conformance::world::{ModelPod, World};
 use netpol_enforcer::store::Object;
 use serde_json::{Value, json};
