@@ -53,20 +53,29 @@ pub fn pod_status(
     };
     let spec = pod.spec.clone().unwrap_or_default();
     let uid = &record.uid;
+    // What every container status says; `extra` adds the ready flag and state of its kind.
+    let status = |c: &k8s_openapi::api::core::v1::Container, extra: serde_json::Value| {
+        let mut v = json!({
+            "name": c.name,
+            "image": c.image.clone().unwrap_or_default(),
+            "imageID": "",
+            "containerID": format!("netpol-local://{uid}/{}", c.name),
+            "restartCount": 0,
+        });
+        if let (Some(v), serde_json::Value::Object(extra)) = (v.as_object_mut(), extra) {
+            v.extend(extra);
+        }
+        v
+    };
     let containers: Vec<serde_json::Value> = spec
         .containers
         .iter()
         .map(|c| {
-            json!({
-                "name": c.name,
-                "image": c.image.clone().unwrap_or_default(),
-                "imageID": "",
-                "containerID": format!("netpol-local://{uid}/{}", c.name),
-                "ready": problems.get(&c.name).is_none_or(Vec::is_empty),
-                "started": true,
-                "restartCount": 0,
-                "state": {"running": {"startedAt": time}},
-            })
+            let ready = problems.get(&c.name).is_none_or(Vec::is_empty);
+            status(
+                c,
+                json!({"ready": ready, "started": true, "state": {"running": {"startedAt": time}}}),
+            )
         })
         .collect();
     let init_containers: Vec<serde_json::Value> = spec
@@ -74,16 +83,9 @@ pub fn pod_status(
         .iter()
         .flatten()
         .map(|c| {
-            json!({
-                "name": c.name,
-                "image": c.image.clone().unwrap_or_default(),
-                "imageID": "",
-                "containerID": format!("netpol-local://{uid}/{}", c.name),
-                "ready": true,
-                "restartCount": 0,
-                "state": {"terminated": {"exitCode": 0, "reason": "Completed",
-                    "startedAt": time, "finishedAt": time}},
-            })
+            let done = json!({"exitCode": 0, "reason": "Completed",
+                              "startedAt": time, "finishedAt": time});
+            status(c, json!({"ready": true, "state": {"terminated": done}}))
         })
         .collect();
     let ip = record.ip.to_string();
