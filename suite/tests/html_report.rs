@@ -115,6 +115,7 @@ fn synthetic_trial(
             plan.world.kind.as_str()
         ),
         preflight: Some(Duration::from_millis(400)),
+        timing: None,
     };
     let scenario = scenario(plan, judged);
     match &scenario {
@@ -352,6 +353,7 @@ fn synthetic_run(n: usize) -> RunReport {
         aborted: None,
         started: t0(),
         duration: Duration::from_secs(754),
+        concurrency: 0,
     }
 }
 

@@ -131,7 +131,8 @@ pub(super) fn run(mut args: RunArgs, mode: Mode) -> ExitCode {
     if listing {
         return conclusion.exit_code();
     }
-    let report = run_report(&shared, clock);
+    let mut report = run_report(&shared, clock);
+    report.concurrency = args.harness.test_threads.unwrap_or(1);
     if let Err(code) = write_reports(
         &report,
         &args,
@@ -334,6 +335,7 @@ fn run_report(shared: &Shared, clock: Clock) -> RunReport {
         aborted,
         started: clock.started_at,
         duration: clock.started.elapsed(),
+        concurrency: 0,
     }
 }
 
