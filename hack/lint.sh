@@ -10,8 +10,9 @@
 # - hadolint on every Containerfile (installed on first use by hack/install-hadolint.sh), with
 #   DL3008 (pin apt package versions) off: Debian drops old versions from its archive, so pinned
 #   versions break the build, and the base image tag already fixes the release;
-# - the hermetic self-checks of the kind tooling (hack/kind/*-test.sh: no Docker, no cluster,
-#   a few seconds), so the scripts that only run on GitHub runners are exercised here too;
+# - the hermetic self-checks of the kind, bench and cache tooling (hack/kind/*-test.sh,
+#   hack/bench/junit-breakdown-test.sh, hack/lib/cache-test.sh: no Docker, no cluster, a few
+#   seconds), so the scripts that only run on GitHub runners are exercised here too;
 # - sizes: no file in suite/src or enforcer/src over 600 lines, no function over 120.
 set -euo pipefail
 
@@ -87,7 +88,7 @@ fi
 
 selfcheck_out="$(mktemp)"
 trap 'rm -f "$selfcheck_out"' EXIT
-for t in hack/kind/junit-verdict-test.sh hack/kind/kind-scripts-test.sh hack/lib/cache-test.sh; do
+for t in hack/kind/junit-verdict-test.sh hack/kind/kind-scripts-test.sh hack/bench/junit-breakdown-test.sh hack/lib/cache-test.sh; do
   if [[ -f "$t" ]]; then
     log "$t"
     if ! bash "$t" >"$selfcheck_out" 2>&1; then

@@ -324,6 +324,7 @@ mod tests {
             steps: vec![],
             log: String::new(),
             preflight: None,
+            timing: None,
         }
     }
 

@@ -17,6 +17,7 @@ use crate::reachability::{Expected, Observed, Table, Verdict};
 pub mod github;
 pub mod html;
 pub mod npa;
+pub mod timing;
 
 /// How a trial ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -222,6 +223,8 @@ pub struct TrialReport {
     pub log: String,
     /// Time the all-allowed pre-flight took, when it ran.
     pub preflight: Option<Duration>,
+    /// Where the time went and the enforcement latencies, for a trial the runner ran.
+    pub timing: Option<timing::TrialTiming>,
 }
 
 impl TrialReport {
@@ -280,6 +283,8 @@ pub struct RunReport {
     pub started: SystemTime,
     /// Wall time of the run.
     pub duration: Duration,
+    /// How many trials ran at once (0: not known).
+    pub concurrency: usize,
 }
 
 impl Default for RunReport {
@@ -293,6 +298,7 @@ impl Default for RunReport {
             aborted: None,
             started: SystemTime::now(),
             duration: Duration::ZERO,
+            concurrency: 0,
         }
     }
 }
@@ -384,6 +390,9 @@ pub fn junit(report: &RunReport) -> String {
     ] {
         suite.add_property(Property::new(name, value));
     }
+    for (name, value) in timing::suite_properties(report) {
+        suite.add_property(Property::new(name, value));
+    }
     suite
         .extra
         .insert("hostname".into(), report.hostname.as_str().into());
@@ -427,11 +436,8 @@ pub fn junit(report: &RunReport) -> String {
         if matches!(t.outcome, TrialOutcome::Passed) && !t.steps.is_empty() {
             case.set_system_out(t.details());
         }
-        if let Some(preflight) = t.preflight {
-            case.add_property(Property::new(
-                "preflight-seconds",
-                format!("{:.3}", preflight.as_secs_f64()),
-            ));
+        for (name, value) in timing::case_properties(t) {
+            case.add_property(Property::new(name, value));
         }
         let skipped_steps: Vec<String> = t
             .steps
@@ -577,6 +583,9 @@ pub fn summary(report: &RunReport) -> String {
     }
     if let Some(reason) = &report.aborted {
         let _ = writeln!(out, "  ABORTED {reason}");
+    }
+    if let Some(latency) = timing::LatencySummary::of_run(report) {
+        let _ = writeln!(out, "{}", latency.line());
     }
     let _ = writeln!(
         out,

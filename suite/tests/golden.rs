@@ -11,6 +11,7 @@ use netpol_conformance::backend::TargetInfo;
 use netpol_conformance::case::load_embedded;
 use netpol_conformance::features::{Selection, trial_features};
 use netpol_conformance::plan::plan_all;
+use netpol_conformance::report::timing::TrialTiming;
 use netpol_conformance::report::{
     self, Progress, RunReport, SkippedStep, StepReport, StepResult, TrialOutcome, TrialReport, npa,
 };
@@ -102,8 +103,9 @@ fn sample_report() -> RunReport {
         steps,
         log: "create NetworkPolicy deny-all\n".into(),
         preflight: Some(Duration::from_millis(250)),
+        timing: None,
     };
-    RunReport {
+    let mut run = RunReport {
         suite_version: "0.1.0".into(),
         target: TargetInfo {
             target: "local".into(),
@@ -171,7 +173,23 @@ fn sample_report() -> RunReport {
         aborted: None,
         started: at(0),
         duration: Duration::from_secs(12),
-    }
+        concurrency: 4,
+    };
+    // The passing trial followed a policy change: where its time went and how long
+    // enforcement took.
+    run.trials[0].timing = Some(TrialTiming {
+        world_setup: Duration::from_millis(600),
+        apply: Duration::from_millis(20),
+        settle: Duration::from_millis(300),
+        probing: Duration::from_millis(200),
+        teardown: Duration::from_millis(100),
+        probe_connect: Duration::from_secs(1),
+        probe_steps: 1,
+        deny_steps: 1,
+        probes: 81,
+        latencies: vec![(1, Duration::from_millis(1250))],
+    });
+    run
 }
 
 #[test]
@@ -188,6 +206,11 @@ fn junit_matches_its_golden_file() {
     ));
     assert!(xml.contains("name=\"skipped-steps\" value=\"2 SCTP/80\""));
     assert!(xml.contains("name=\"preflight-seconds\" value=\"0.250\""));
+    assert!(xml.contains("name=\"world-setup-seconds\" value=\"0.600\""));
+    assert!(xml.contains("name=\"deny-steps\" value=\"1\""));
+    assert!(xml.contains("name=\"enforcement-latency-seconds\" value=\"1=1.250\""));
+    assert!(xml.contains("name=\"enforcement-latency-p50-seconds\" value=\"1.250\""));
+    assert!(xml.contains("name=\"trial-concurrency\" value=\"4\""));
     assert!(xml.contains("tests=\"5\""));
 }
 
@@ -399,6 +422,7 @@ fn npa_run() -> (RunReport, Selection) {
                 steps: vec![],
                 log: String::new(),
                 preflight: None,
+                timing: None,
             }
         })
         .collect::<Vec<_>>();
@@ -416,6 +440,7 @@ fn npa_run() -> (RunReport, Selection) {
         aborted: None,
         started: at(0),
         duration: Duration::from_secs(754),
+        concurrency: 0,
     };
     (run, judged)
 }

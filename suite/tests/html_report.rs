@@ -22,6 +22,7 @@ use netpol_conformance::reachability::{
     BlockKind, Comparison, Observed, Outcome, TruthTables, Verdict,
 };
 use netpol_conformance::report::html::{self, listing_order};
+use netpol_conformance::report::timing::TrialTiming;
 use netpol_conformance::report::{
     PairCommand, RunReport, SkippedStep, StepGrids, StepReport, StepResult, TrialOutcome,
     TrialReport,
@@ -115,6 +116,7 @@ fn synthetic_trial(
             plan.world.kind.as_str()
         ),
         preflight: Some(Duration::from_millis(400)),
+        timing: None,
     };
     let scenario = scenario(plan, judged);
     match &scenario {
@@ -352,6 +354,7 @@ fn synthetic_run(n: usize) -> RunReport {
         aborted: None,
         started: t0(),
         duration: Duration::from_secs(754),
+        concurrency: 0,
     }
 }
 
@@ -500,6 +503,42 @@ fn markup_in_names_and_messages_cannot_escape_its_place() {
         "</script><script>alert(1)</script>",
         "the data keeps the text exactly"
     );
+}
+
+#[test]
+fn enforcement_latencies_are_summarized_and_shown_on_their_steps() {
+    let mut run = synthetic_run(3);
+    assert!(
+        !html::html(&run).contains("id=\"latency\""),
+        "no latencies, no section"
+    );
+    for (i, trial) in run.trials.iter_mut().enumerate() {
+        let step = trial.steps.first().map(|s| s.index).unwrap_or(1);
+        trial.timing = Some(TrialTiming {
+            world_setup: Duration::from_millis(700),
+            latencies: vec![(step, Duration::from_millis(1000 + 500 * i as u64))],
+            ..Default::default()
+        });
+    }
+    let page = html::html(&run);
+    assert!(
+        page.contains("id=\"latency-p50\" data-seconds=\"1.500\""),
+        "{page}"
+    );
+    assert!(page.contains("id=\"latency-max\" data-seconds=\"2.000\""));
+    assert!(page.contains("id=\"latency-samples\">3<"));
+    let name = &run.trials[0].trial;
+    let data = data(&page);
+    let trial = data
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["t"] == name.as_str())
+        .unwrap();
+    assert_eq!(trial["ph"][0], 0.7);
+    if !run.trials[0].steps.is_empty() {
+        assert_eq!(trial["steps"][0]["lat"], 1.0);
+    }
 }
 
 // ---- in a real browser ----

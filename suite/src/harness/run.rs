@@ -142,7 +142,8 @@ fn run_with(mut args: RunArgs, mode: Mode, given: Option<Target>) -> ExitCode {
     if listing {
         return conclusion.exit_code();
     }
-    let report = run_report(&shared, clock);
+    let mut report = run_report(&shared, clock);
+    report.concurrency = args.harness.test_threads.unwrap_or(1);
     if let Err(code) = write_reports(
         &report,
         &args,
@@ -351,6 +352,7 @@ fn run_report(shared: &Shared, clock: Clock) -> RunReport {
         aborted,
         started: clock.started_at,
         duration: clock.started.elapsed(),
+        concurrency: 0,
     }
 }
 

@@ -19,6 +19,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use super::timing::TrialTiming;
 use super::{RunReport, StepReport, StepResult, TrialOutcome, TrialReport};
 use crate::reachability::{Comparison, Outcome, Table, expected_mark};
 
@@ -76,6 +77,8 @@ struct TrialData<'a> {
     log: &'a str,
     /// Pre-flight seconds.
     pf: Option<f64>,
+    /// Seconds of world set-up, settle, probing and teardown, when the runner ran the trial.
+    ph: Option<[f64; 4]>,
     steps: Vec<StepData<'a>>,
 }
 
@@ -94,6 +97,8 @@ struct StepData<'a> {
     err: usize,
     calls: usize,
     flaky: &'a [String],
+    /// Enforcement latency in seconds, for a step that followed a policy change.
+    lat: Option<f64>,
     g: Option<GridData<'a>>,
 }
 
@@ -124,7 +129,7 @@ fn marks<T>(table: &Table<T>, pods: &[String], mark: impl Fn(&T) -> char) -> Str
     out
 }
 
-fn step_data(step: &StepReport) -> StepData<'_> {
+fn step_data<'a>(step: &'a StepReport, timing: Option<&TrialTiming>) -> StepData<'a> {
     let g = step.grids.as_ref().map(|g| {
         let pods = g.expected.pods();
         let index = |from: &str, to: &str| {
@@ -170,6 +175,7 @@ fn step_data(step: &StepReport) -> StepData<'_> {
         err: step.errors,
         calls: step.calls,
         flaky: &step.flaky,
+        lat: timing.and_then(|m| Some(m.latency(step.index)?.as_secs_f64())),
         g,
     }
 }
@@ -269,7 +275,48 @@ pub fn html(report: &RunReport) -> String {
         );
     }
     out.push_str("</div>\n");
-    // By source and area.
+    areas_table(report, &mut out);
+    out.push_str(&super::timing::html_section(report));
+    // Controls, legend, the list and the detail panel.
+    out.push_str(BODY);
+    let data: Vec<TrialData> = listing_order(report)
+        .into_iter()
+        .map(|t| {
+            let (src, area) = source_and_area(t);
+            TrialData {
+                t: &t.trial,
+                n: &t.name,
+                src,
+                area,
+                o: t.outcome.word(),
+                m: t.outcome.message(),
+                d: t.duration.as_secs_f64(),
+                at: rfc3339(t.started),
+                f: &t.features,
+                log: &t.log,
+                pf: t.preflight.map(|p| p.as_secs_f64()),
+                ph: t.timing.as_ref().map(TrialTiming::phase_seconds),
+                steps: t
+                    .steps
+                    .iter()
+                    .map(|s| step_data(s, t.timing.as_ref()))
+                    .collect(),
+            }
+        })
+        .collect();
+    let json = serde_json::to_string(&data).unwrap_or_else(|_| "[]".into());
+    // Inside <script>, `<` only ever occurs within JSON strings, where `\u003c` means the same.
+    let _ = writeln!(
+        out,
+        "<script type=\"application/json\" id=\"data\">{}</script>",
+        json.replace('<', "\\u003c")
+    );
+    let _ = writeln!(out, "<script>{SCRIPT}</script>\n</body>\n</html>");
+    out
+}
+
+/// The summary's table of outcome counts by source and area, closing the summary section.
+fn areas_table(report: &RunReport, out: &mut String) {
     let mut areas: BTreeMap<(&str, &str), [usize; 6]> = BTreeMap::new();
     for t in &report.trials {
         let row = areas.entry(source_and_area(t)).or_default();
@@ -304,37 +351,6 @@ pub fn html(report: &RunReport) -> String {
         out.push_str("</tr>");
     }
     out.push_str("</tbody></table></section>\n");
-    // Controls, legend, the list and the detail panel.
-    out.push_str(BODY);
-    let data: Vec<TrialData> = listing_order(report)
-        .into_iter()
-        .map(|t| {
-            let (src, area) = source_and_area(t);
-            TrialData {
-                t: &t.trial,
-                n: &t.name,
-                src,
-                area,
-                o: t.outcome.word(),
-                m: t.outcome.message(),
-                d: t.duration.as_secs_f64(),
-                at: rfc3339(t.started),
-                f: &t.features,
-                log: &t.log,
-                pf: t.preflight.map(|p| p.as_secs_f64()),
-                steps: t.steps.iter().map(step_data).collect(),
-            }
-        })
-        .collect();
-    let json = serde_json::to_string(&data).unwrap_or_else(|_| "[]".into());
-    // Inside <script>, `<` only ever occurs within JSON strings, where `\u003c` means the same.
-    let _ = writeln!(
-        out,
-        "<script type=\"application/json\" id=\"data\">{}</script>",
-        json.replace('<', "\\u003c")
-    );
-    let _ = writeln!(out, "<script>{SCRIPT}</script>\n</body>\n</html>");
-    out
 }
 
 fn or_dash(s: &str) -> &str {
@@ -355,9 +371,9 @@ const STYLE: &str = r#"
 * { box-sizing: border-box; }
 body { font: 14px/1.4 system-ui, sans-serif; color: var(--fg); margin: 0 1.5rem 4rem; }
 header h1 { font-size: 1.4rem; margin: 1rem 0 .3rem; }
-#meta { display: flex; flex-wrap: wrap; gap: .2rem 1.4rem; margin: 0; }
-#meta div { display: flex; gap: .35rem; } #meta dt { color: var(--muted); } #meta dt::after { content: ":"; }
-#meta dd { margin: 0; }
+#meta, .latency { display: flex; flex-wrap: wrap; gap: .2rem 1.4rem; margin: 0; }
+#meta div, .latency div { display: flex; gap: .35rem; } #meta dt, .latency dt { color: var(--muted); }
+#meta dt::after, .latency dt::after { content: ":"; } #meta dd, .latency dd { margin: 0; }
 h2 { font-size: 1.1rem; margin: 1rem 0 .4rem; }
 .banner { background: #fff3bf; border: 1px solid #fab005; padding: .5rem .8rem; border-radius: 4px; }
 .counts { display: flex; gap: .6rem; flex-wrap: wrap; }
@@ -483,13 +499,15 @@ function renderBody(t) {
   const d = DATA[t], body = el("div", { class: "body" });
   const facts = [d.src + "." + d.area, "started " + d.at, "took " + secs(d.d)];
   if (d.pf !== null) facts.push("pre-flight " + secs(d.pf));
+  if (d.ph !== null) facts.push("set-up " + secs(d.ph[0]) + ", settle " + secs(d.ph[1]) + ", probing " + secs(d.ph[2]) + ", teardown " + secs(d.ph[3]));
   if (d.f.length) facts.push("features " + d.f.join(", "));
   body.append(el("p", { class: "facts", text: facts.join(" \u00b7 ") }));
   // A trial that did not pass shows its steps that did not pass; the others fold away.
   const focus = d.steps.some(st => st.r !== "passed");
   d.steps.forEach((st, s) => {
     const title = "step " + st.i + " " + st.p + (st.name ? " \u201c" + st.name + "\u201d" : "") + ": " + st.rm +
-      " (correct " + st.ok + ", wrong " + st.bad + ", errors " + st.err + "; " + st.calls + " probe calls)";
+      " (correct " + st.ok + ", wrong " + st.bad + ", errors " + st.err + "; " + st.calls + " probe calls)" +
+      (st.lat !== null ? "; enforced " + secs(st.lat) + " after the policy change" : "");
     const fold = focus && st.r === "passed";
     const box = fold ? el("details", { class: "step r-" + st.r, "data-step": st.i }, el("summary", { text: title }))
       : el("div", { class: "step r-" + st.r, "data-step": st.i }, el("h4", { text: title }));

@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 
 use crate::backend::{BackendError, Capabilities, Cluster, RealizedWorld};
 use crate::features::{self, Selection};
-use crate::plan::{Action, Plan};
-use crate::report::{SkippedStep, StepResult, TrialOutcome, TrialReport};
+use crate::plan::{Action, Plan, ProbePlan};
+use crate::report::timing::TrialTiming;
+use crate::report::{SkippedStep, StepReport, StepResult, TrialOutcome, TrialReport};
 
 mod apply;
 mod preflight;
@@ -23,7 +24,7 @@ mod tests;
 
 use apply::apply;
 use preflight::preflight;
-use probe::{probe_label, probe_step};
+use probe::{StepClock, probe_label, probe_step};
 
 /// Every wait the runner makes, named.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,6 +100,7 @@ pub(crate) fn report_for(plan: &Plan, outcome: TrialOutcome) -> TrialReport {
         steps: Vec::new(),
         log: String::new(),
         preflight: None,
+        timing: None,
     }
 }
 
@@ -113,7 +115,14 @@ pub fn run_plan(
 ) -> TrialReport {
     let started = Instant::now();
     let mut report = report_for(plan, TrialOutcome::Passed);
-    let realized = match cluster.create_world(&plan.world, suffix) {
+    let mut timing = TrialTiming {
+        probe_connect: opts.timeouts.probe_connect,
+        ..Default::default()
+    };
+    let created = cluster.create_world(&plan.world, suffix);
+    timing.world_setup = started.elapsed();
+    report.timing = Some(timing);
+    let realized = match created {
         Ok(r) => r,
         Err(e) => {
             report.outcome = TrialOutcome::Error {
@@ -138,6 +147,7 @@ pub fn run_plan(
         &mut report,
     );
     report.outcome = outcome;
+    let teardown = Instant::now();
     // A shared world outlives the trial, and so may one a later trial reuses: put back every
     // label the trial changed, also after a failure, so the next trial finds the world as
     // upstream describes it.
@@ -166,6 +176,9 @@ pub fn run_plan(
             };
         }
     }
+    if let Some(timing) = &mut report.timing {
+        timing.teardown = teardown.elapsed();
+    }
     report.duration = started.elapsed();
     report
 }
@@ -189,6 +202,8 @@ fn run_steps(
         }
         Err(message) => return TrialOutcome::Error { message },
     }
+    // When the last policy change's API call returned, until a probe step measures it.
+    let mut changed: Option<Instant> = None;
     for step in &plan.steps {
         if cancel.load(Ordering::SeqCst) {
             return TrialOutcome::Error {
@@ -197,8 +212,12 @@ fn run_steps(
         }
         let result = match &step.action {
             Action::Probe(probe) => {
-                let step_report =
+                let began = Instant::now();
+                let (step_report, clock) =
                     probe_step(cluster, caps, plan, realized, probe, step.index, opts);
+                if let Some(timing) = &mut report.timing {
+                    record_probe_step(timing, probe, &step_report, &clock, began, &mut changed);
+                }
                 let result = step_report.result.clone();
                 report.steps.push(step_report);
                 match result {
@@ -223,7 +242,15 @@ fn run_steps(
                     StepResult::Passed | StepResult::Skipped { .. } => Ok(()),
                 }
             }
-            action => apply(cluster, plan, realized, action, report),
+            action => {
+                let began = Instant::now();
+                let result = apply(cluster, plan, realized, action, report);
+                changed = changes_policy(action).then(Instant::now);
+                if let Some(timing) = &mut report.timing {
+                    timing.apply += began.elapsed();
+                }
+                result
+            }
         };
         if let Err(e) = result {
             return TrialOutcome::Error {
@@ -251,6 +278,49 @@ fn run_steps(
         }
     } else {
         TrialOutcome::Partial { skipped }
+    }
+}
+
+/// Whether an action can change what policy allows: policy objects and labels (which select
+/// pods and namespaces) do; deleting or recreating pods does not, and a probe after it
+/// measures the pods' return, not enforcement.
+fn changes_policy(action: &Action) -> bool {
+    !matches!(
+        action,
+        Action::RecreatePods(_) | Action::DeletePods(_) | Action::Probe(_)
+    )
+}
+
+/// Adds a probe step to the trial's timing: its settle and probing time, its counts and, for
+/// the first step that probed after a policy change and passed, the enforcement latency from
+/// `changed` (taken: later steps after the same change do not measure it again) to its first
+/// matching pass.
+fn record_probe_step(
+    timing: &mut TrialTiming,
+    probe: &ProbePlan,
+    step: &StepReport,
+    clock: &StepClock,
+    began: Instant,
+    changed: &mut Option<Instant>,
+) {
+    let took = began.elapsed();
+    timing.settle += clock.settle;
+    timing.probing += took.saturating_sub(clock.settle);
+    if !clock.probed {
+        return;
+    }
+    timing.probe_steps += 1;
+    if probe.expected.entries().any(|(_, _, allowed)| !*allowed) {
+        timing.deny_steps += 1;
+    }
+    timing.probes += clock.probes;
+    if let Some(at) = changed.take()
+        && step.result == StepResult::Passed
+        && let Some(matched) = clock.matched_at
+    {
+        timing
+            .latencies
+            .push((step.index, matched.saturating_duration_since(at)));
     }
 }
 

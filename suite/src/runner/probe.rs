@@ -2,7 +2,7 @@
 //! witnessed alive, and the step's verdict, tables and rerun commands.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::{ProbeTarget, RunOptions};
 use crate::backend::{Capabilities, Cluster, ProbeJob, RealizedWorld};
@@ -110,6 +110,7 @@ fn witness_destinations(
     probe: &ProbePlan,
     observed: &mut Observed,
     opts: &RunOptions,
+    clock: &mut StepClock,
 ) -> usize {
     let mut suspects: BTreeSet<String> = BTreeSet::new();
     let mut alive: BTreeSet<String> = BTreeSet::new();
@@ -146,6 +147,7 @@ fn witness_destinations(
         }
     }
     let calls = cluster.probe_calls(&jobs);
+    clock.probes += jobs.len();
     for (job, outcome) in jobs.iter().zip(cluster.probe(&jobs)) {
         if outcome != Outcome::Connected {
             dead.insert(
@@ -180,6 +182,20 @@ fn witness_destinations(
     calls
 }
 
+/// What a probe step's clock saw: how long it settled, when it first matched, how many probes
+/// it made. A step that did not probe (gated, or its jobs could not be made) leaves it empty.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct StepClock {
+    /// Whether the step probed at all.
+    pub probed: bool,
+    /// Time spent after the first pass re-probing until the table matched or settling gave up.
+    pub settle: Duration,
+    /// The end of the first probe pass whose observed table matched the expectation.
+    pub matched_at: Option<Instant>,
+    /// Probes made, one per pair and pass, witness probes included.
+    pub probes: usize,
+}
+
 /// Probes one step, retrying disagreeing probes until they settle, and judges it.
 pub(super) fn probe_step(
     cluster: &dyn Cluster,
@@ -189,7 +205,7 @@ pub(super) fn probe_step(
     probe: &ProbePlan,
     index: usize,
     opts: &RunOptions,
-) -> StepReport {
+) -> (StepReport, StepClock) {
     let mut step = StepReport {
         index,
         name: probe.name.clone(),
@@ -204,19 +220,29 @@ pub(super) fn probe_step(
         rerun: Vec::new(),
         grids: None,
     };
+    let mut clock = StepClock::default();
     if let Some(result) = step_gate(probe, caps, opts) {
         step.result = result;
-        return step;
+        return (step, clock);
     }
     let jobs = match jobs_for(plan, realized, probe, opts) {
         Ok(jobs) => jobs,
         Err(message) => {
             step.result = StepResult::Error { message };
-            return step;
+            return (step, clock);
         }
     };
-    let (mut observed, first_wrong) = settle(cluster, plan, probe, &jobs, opts, &mut step.calls);
-    step.calls += witness_destinations(cluster, realized, probe, &mut observed, opts);
+    clock.probed = true;
+    let (mut observed, first_wrong) = settle(
+        cluster,
+        plan,
+        probe,
+        &jobs,
+        opts,
+        &mut step.calls,
+        &mut clock,
+    );
+    step.calls += witness_destinations(cluster, realized, probe, &mut observed, opts, &mut clock);
     let comparison = Comparison::new(&probe.expected, &observed, plan.block_rule);
     step.flaky = first_wrong
         .iter()
@@ -239,7 +265,7 @@ pub(super) fn probe_step(
     if !comparison.passed() {
         explain_failure(&mut step, probe, &observed, &comparison, &jobs, opts);
     }
-    step
+    (step, clock)
 }
 
 /// Records each job's outcome in `observed`.
@@ -260,7 +286,8 @@ fn disagreeing(c: &Comparison) -> Vec<(String, String)> {
 
 /// Probes every job, then retries only the disagreeing ones until they agree or the settle
 /// deadline passes; still wrong, the whole matrix is probed once more. Returns what was
-/// observed last and the pairs that disagreed at first; adds the probe calls made to `calls`.
+/// observed last and the pairs that disagreed at first; adds the probe calls made to `calls`,
+/// and to `clock` the probes made, the time settling took and when a pass first matched.
 fn settle(
     cluster: &dyn Cluster,
     plan: &Plan,
@@ -268,12 +295,21 @@ fn settle(
     jobs: &[ProbeJob],
     opts: &RunOptions,
     calls: &mut usize,
+    clock: &mut StepClock,
 ) -> (Observed, Vec<(String, String)>) {
     let mut observed = Observed::new(probe.expected.pods().to_vec());
     *calls += cluster.probe_calls(jobs);
+    clock.probes += jobs.len();
     observe(&mut observed, jobs, cluster.probe(jobs));
     let first = Comparison::new(&probe.expected, &observed, plan.block_rule);
     let first_wrong = disagreeing(&first);
+    let settling = Instant::now();
+    let matched = |c: &Comparison, clock: &mut StepClock| {
+        if c.passed() && clock.matched_at.is_none() {
+            clock.matched_at = Some(Instant::now());
+        }
+    };
+    matched(&first, clock);
     // Retry only the disagreeing probes until they agree or the deadline passes.
     let deadline = Instant::now() + opts.timeouts.probe_settle;
     let mut comparison = first;
@@ -290,16 +326,24 @@ fn settle(
             .cloned()
             .collect();
         *calls += cluster.probe_calls(&retry);
+        clock.probes += retry.len();
         observe(&mut observed, &retry, cluster.probe(&retry));
         comparison = Comparison::new(&probe.expected, &observed, plan.block_rule);
+        matched(&comparison, clock);
     }
     // Still wrong: probe the whole matrix once more, as upstream's second try does.
     if !comparison.passed() {
         let mut second = Observed::new(probe.expected.pods().to_vec());
         *calls += cluster.probe_calls(jobs);
+        clock.probes += jobs.len();
         observe(&mut second, jobs, cluster.probe(jobs));
+        matched(
+            &Comparison::new(&probe.expected, &second, plan.block_rule),
+            clock,
+        );
         observed = second;
     }
+    clock.settle = settling.elapsed();
     (observed, first_wrong)
 }
 

@@ -1,5 +1,6 @@
 //! The runner against the in-memory cluster: outcomes, tables, pre-flight, witnesses, reuse.
 
+use std::sync::Mutex;
 use std::sync::atomic::AtomicUsize;
 
 use serde_json::Value;
@@ -455,4 +456,118 @@ fn a_shared_world_gets_its_labels_back_even_when_the_trial_fails() {
         "label_namespace network-policy-conformance-slytherin-t {\"conformance-house\": \"slytherin\"} -[]"
     );
     assert_eq!(log.last().unwrap(), "delete_world t");
+}
+
+/// Like [`deny_x`], but enforcement lags: the policy takes effect `lag` after the first probe
+/// that sees it (right after its create call returned, as the pre-flight ran before it).
+fn deny_x_after(lag: Duration) -> impl Fn(&ProbeJob, &[Value]) -> Outcome + Send + Sync {
+    let seen: Mutex<Option<Instant>> = Mutex::new(None);
+    move |job, objects| {
+        if objects.is_empty() {
+            return Outcome::Connected;
+        }
+        let first = *seen.lock().unwrap().get_or_insert_with(Instant::now);
+        if first.elapsed() < lag {
+            Outcome::Connected
+        } else {
+            deny_x(job, objects)
+        }
+    }
+}
+
+#[test]
+fn enforcement_latency_is_measured_from_the_change_to_the_first_matching_pass() {
+    let lag = Duration::from_millis(150);
+    let cluster = FakeCluster::new(Box::new(deny_x_after(lag)));
+    let caps = cluster.capabilities();
+    let mut opts = opts();
+    opts.timeouts.probe_settle = Duration::from_secs(5);
+    let report = run(&cluster, &caps, &plan(), &opts);
+    assert_eq!(report.outcome, TrialOutcome::Passed, "{}", report.details());
+    let timing = report.timing.as_ref().unwrap();
+    let step = report.steps[0].index;
+    let [(index, latency)] = timing.latencies[..] else {
+        panic!("{:?}", timing.latencies)
+    };
+    assert_eq!(index, step);
+    // Never less than the lag; at most the lag plus a retry interval and some scheduling.
+    assert!(latency >= lag, "{latency:?}");
+    assert!(latency < lag + Duration::from_millis(150), "{latency:?}");
+    // The retries waited the lag out: that is settling, not probing.
+    assert!(
+        timing.settle >= lag - Duration::from_millis(10),
+        "{timing:?}"
+    );
+    assert!(timing.settle <= latency, "{timing:?}");
+    assert_eq!((timing.probe_steps, timing.deny_steps), (1, 1));
+    assert_eq!(timing.probe_connect, Duration::from_millis(10));
+    // 72 pairs once, the 24 denied pairs per retry pass, then one witness probe for each of
+    // x's three pods (blocked from everywhere else).
+    let retries = timing.probes - 72 - 3;
+    assert!(
+        retries > 0 && retries.is_multiple_of(24),
+        "{} probes",
+        timing.probes
+    );
+    let phases = timing.world_setup
+        + report.preflight.unwrap()
+        + timing.apply
+        + timing.settle
+        + timing.probing
+        + timing.teardown;
+    assert!(
+        phases <= report.duration,
+        "{timing:?} {:?}",
+        report.duration
+    );
+}
+
+#[test]
+fn a_step_that_never_matches_records_no_latency() {
+    let cluster = FakeCluster::new(Box::new(|_, _| Outcome::Connected));
+    let caps = cluster.capabilities();
+    let report = run(&cluster, &caps, &plan(), &opts());
+    assert!(matches!(report.outcome, TrialOutcome::Failed { .. }));
+    let timing = report.timing.as_ref().unwrap();
+    assert!(timing.latencies.is_empty(), "{timing:?}");
+    assert_eq!((timing.probe_steps, timing.deny_steps), (1, 1));
+    // It kept retrying until the settle deadline.
+    assert!(timing.settle >= opts().timeouts.probe_settle, "{timing:?}");
+}
+
+#[test]
+fn only_the_first_step_after_a_change_measures_it_and_skipped_steps_do_not_count() {
+    let steps = format!(
+        "{CASE}    - probe:\n        port: 80\n        protocol: SCTP\n        expect:\n          - expect_peer: {{from: {{}}, to: {{ns: x}}, allowed: false}}\n    - probe:\n        port: 81\n        protocol: TCP\n        expect:\n          - expect_peer: {{from: {{}}, to: {{ns: x}}, allowed: false}}\n    - delete_all_policies: true\n    - probe:\n        port: 81\n        protocol: TCP\n        expect: []\n"
+    );
+    let plan = plan_of(&steps);
+    let cluster = FakeCluster::new(Box::new(deny_x));
+    let mut caps = cluster.capabilities();
+    caps.missing
+        .insert(Feature::Sctp, "SCTP is not supported by this kernel".into());
+    let mut exempt = opts();
+    exempt.features = Arc::new(Selection::new(&[], &["SCTP".into()], true).unwrap());
+    let report = run(&cluster, &caps, &plan, &exempt);
+    assert!(
+        matches!(report.outcome, TrialOutcome::Partial { .. }),
+        "{}",
+        report.details()
+    );
+    let timing = report.timing.as_ref().unwrap();
+    // The SCTP step was skipped; the last step, after the policy is gone, expects everything
+    // allowed. The first probe step after each change measures it; TCP/81 after TCP/80 does not.
+    assert_eq!(
+        (timing.probe_steps, timing.deny_steps),
+        (3, 2),
+        "{timing:?}"
+    );
+    let steps: Vec<usize> = timing.latencies.iter().map(|(i, _)| *i).collect();
+    let probed: Vec<usize> = report.steps.iter().map(|s| s.index).collect();
+    assert_eq!(probed.len(), 4);
+    assert_eq!(steps, [probed[0], probed[3]]);
+}
+
+#[test]
+fn trials_that_never_reach_the_runner_carry_no_timing() {
+    assert_eq!(report_for(&plan(), TrialOutcome::Passed).timing, None);
 }
