@@ -515,11 +515,8 @@ pub struct Progress {
 }
 
 /// POSTs a progress update to `localhost:<port>/progress`. Failures are returned, never fatal.
-///
-/// One blocking request on a std socket, by design: it is sent from the trial threads, which
-/// hold no async runtime (the backend's runtime belongs to the target, which a run without one
-/// — listing, a skipped run — never connects), the peer is Sonobuoy's own worker on loopback,
-/// and only the status line is read. hyper's client is async and would need a runtime here.
+/// One blocking std-socket request by design: trial threads hold no async runtime (hyper's
+/// client would need one), the peer is Sonobuoy's worker on loopback, only the status is read.
 pub fn post_progress(port: u16, progress: &Progress) -> std::io::Result<()> {
     let body = serde_json::to_string(progress).map_err(std::io::Error::other)?;
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
