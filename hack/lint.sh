@@ -13,7 +13,8 @@
 # - the hermetic self-checks of the kind, bench and cache tooling (hack/kind/*-test.sh,
 #   hack/bench/junit-breakdown-test.sh, hack/lib/cache-test.sh: no Docker, no cluster, a few
 #   seconds), so the scripts that only run on GitHub runners are exercised here too;
-# - sizes: no file in suite/src or enforcer/src over 600 lines, no function over 120.
+# - sizes: no file in suite/src or enforcer/src over 600 lines, no function over 120;
+# - modules: no import cycle between the top-level modules of a crate (hack/lib/module-cycles.py).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -131,6 +132,16 @@ if [[ -n $sizes ]]; then
   failed=1
 else
   log "sizes: no file in suite/src, enforcer/src over 600 lines, no function over 120"
+fi
+
+# Modules import one way: no cycle between the top-level modules of any crate.
+if cycles="$(python3 hack/lib/module-cycles.py suite/src enforcer/src local/src api/src)"; then
+  log "modules: no import cycle in suite, enforcer, local, api"
+else
+  log "import cycles between modules (each names its crate's src directory):"
+  printf '%s
+' "$cycles" >&2
+  failed=1
 fi
 
 if [[ $failed -ne 0 ]]; then

@@ -58,26 +58,20 @@ gcc -Os -static -Wall -Werror -DVERSION="${K8S_VERSION}-netpol" -o "$staging/bin
 strip "$staging/bin/pause"
 
 log "building containerd $CONTAINERD_VERSION"
-mkdir -p "$staging/containerd"
-printf 'module netpol.local/containerd-build\n\ngo 1.24\n\nrequire github.com/containerd/containerd/v2 %s\n' \
-  "$CONTAINERD_VERSION" >"$staging/containerd/go.mod"
-printf 'package tools\n\nimport _ "github.com/containerd/containerd/v2/cmd/containerd/builtins"\n' \
-  >"$staging/containerd/tools.go"
-(cd "$staging/containerd" && go mod tidy >/dev/null &&
-  go build -trimpath -tags "no_btrfs no_devmapper no_zfs" \
-    -ldflags "-s -w -X github.com/containerd/containerd/v2/version.Version=$CONTAINERD_VERSION" \
-    -o "$staging/bin/" \
-    github.com/containerd/containerd/v2/cmd/containerd \
-    github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2 \
-    github.com/containerd/containerd/v2/cmd/ctr)
+go_tools_module "$staging/containerd" containerd "require github.com/containerd/containerd/v2 $CONTAINERD_VERSION" \
+  github.com/containerd/containerd/v2/cmd/containerd/builtins
+(cd "$staging/containerd" && go build -trimpath -tags "no_btrfs no_devmapper no_zfs" \
+  -ldflags "-s -w -X github.com/containerd/containerd/v2/version.Version=$CONTAINERD_VERSION" \
+  -o "$staging/bin/" \
+  github.com/containerd/containerd/v2/cmd/containerd \
+  github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2 \
+  github.com/containerd/containerd/v2/cmd/ctr)
 
 log "building crictl $CRICTL_VERSION"
-mkdir -p "$staging/crictl"
-printf 'module netpol.local/crictl-build\n\ngo 1.24\n\nrequire sigs.k8s.io/cri-tools %s\n' \
-  "$CRICTL_VERSION" >"$staging/crictl/go.mod"
-printf 'package tools\n\nimport _ "sigs.k8s.io/cri-tools/pkg/version"\n' >"$staging/crictl/tools.go"
-(cd "$staging/crictl" && go mod tidy >/dev/null &&
-  go build -trimpath -ldflags "-s -w -X sigs.k8s.io/cri-tools/pkg/version.Version=$CRICTL_VERSION" \
-    -o "$staging/bin/" sigs.k8s.io/cri-tools/cmd/crictl)
+go_tools_module "$staging/crictl" crictl "require sigs.k8s.io/cri-tools $CRICTL_VERSION" \
+  sigs.k8s.io/cri-tools/pkg/version
+(cd "$staging/crictl" && go build -trimpath \
+  -ldflags "-s -w -X sigs.k8s.io/cri-tools/pkg/version.Version=$CRICTL_VERSION" \
+  -o "$staging/bin/" sigs.k8s.io/cri-tools/cmd/crictl)
 
 publish_staged "$bin_dir" "${BINARIES[@]}"

@@ -29,6 +29,10 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=lib/args.sh
 source "$here/lib/args.sh"
+# shellcheck source=lib/cache.sh
+source "$here/lib/cache.sh"
+# shellcheck source=lib/k8s-modules.sh
+source "$here/lib/k8s-modules.sh"
 root="$(cd "$here/.." && pwd)"
 
 SONOBUOY_VERSION="${NETPOL_SONOBUOY_VERSION:-$(sed -n 's/^[[:space:]]*SONOBUOY_VERSION:[[:space:]]*\(v[0-9.]*\).*/\1/p' \
@@ -40,37 +44,21 @@ log() { printf 'sonobuoy-local: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"; exit "${1:-0}"; }
 
-cache_root="${NETPOL_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/netpol-conformance}"
-dir="$cache_root/upstream/sonobuoy-$SONOBUOY_VERSION"
+dir="$(netpol_cache_root)/upstream/sonobuoy-$SONOBUOY_VERSION"
 sonobuoy="$dir/sonobuoy"
 
-ensure_cli() {
-  [[ -x $sonobuoy ]] && return
-  mkdir -p "$cache_root/upstream"
-  (
-    exec 9>"$cache_root/upstream/.lock"
-    flock 9
-    [[ -x $sonobuoy ]] && exit 0
-    command -v go >/dev/null || die "go is not installed"
-    export CGO_ENABLED=0 GOFLAGS=-mod=mod GOTOOLCHAIN=local
-    local staging
-    staging="$(mktemp -d "$cache_root/upstream/.build.XXXXXX")"
-    chmod 0755 "$staging"
-    trap 'rm -rf "$staging"' EXIT
-    log "building github.com/vmware-tanzu/sonobuoy@$SONOBUOY_VERSION"
-    mkdir -p "$staging/module"
-    printf 'module netpol.local/sonobuoy-build\n\ngo 1.24\n\nrequire github.com/vmware-tanzu/sonobuoy %s\n' \
-      "$SONOBUOY_VERSION" >"$staging/module/go.mod"
-    printf 'package tools\n\nimport _ "github.com/vmware-tanzu/sonobuoy/cmd/sonobuoy/app"\n' >"$staging/module/tools.go"
-    (cd "$staging/module" && go mod tidy >/dev/null &&
-      go build -trimpath -o "$staging/sonobuoy" \
-        -ldflags "-s -w -X github.com/vmware-tanzu/sonobuoy/pkg/buildinfo.Version=$SONOBUOY_VERSION" \
-        github.com/vmware-tanzu/sonobuoy)
-    rm -rf "$staging/module"
-    rm -rf "$dir"
-    mv "$staging" "$dir"
-    trap - EXIT
-  )
+cli_built() { [[ -x "$1/sonobuoy" ]]; }
+
+# Builds the sonobuoy CLI into STAGING.
+build_cli() {
+  local staging=$1
+  log "building github.com/vmware-tanzu/sonobuoy@$SONOBUOY_VERSION"
+  go_tools_module "$staging/module" sonobuoy "require github.com/vmware-tanzu/sonobuoy $SONOBUOY_VERSION" \
+    github.com/vmware-tanzu/sonobuoy/cmd/sonobuoy/app
+  (cd "$staging/module" && go build -trimpath -o "$staging/sonobuoy" \
+    -ldflags "-s -w -X github.com/vmware-tanzu/sonobuoy/pkg/buildinfo.Version=$SONOBUOY_VERSION" \
+    github.com/vmware-tanzu/sonobuoy)
+  rm -rf "$staging/module"
 }
 
 build_only=0
@@ -78,22 +66,17 @@ state="${NETPOL_LOCAL_DIR:-/run/netpol-conformance/local}"
 out=""
 wait_minutes=90
 plugin_env=()
-flag_words "$@"
-set -- "${words[@]+"${words[@]}"}"
-while [[ $# -gt 0 ]]; do
-  arg=$1
-  case $arg in
-    -h | --help) usage 0 ;;
-    --build-only) build_only=1; shift ;;
-    --state-dir) need "$@"; state=$2; shift 2 ;;
-    --out) need "$@"; out=$2; shift 2 ;;
-    --wait) need "$@"; wait_minutes=$2; shift 2 ;;
-    --plugin-env) need "$@"; plugin_env+=(--plugin-env "$2"); shift 2 ;;
-    *) log "unknown argument: $arg"; usage 2 ;;
+flag() {
+  case $1 in
+    --state-dir) need "$@"; state=$2; took=2 ;;
+    --out) need "$@"; out=$2; took=2 ;;
+    --wait) need "$@"; wait_minutes=$2; took=2 ;;
+    --plugin-env) need "$@"; plugin_env+=(--plugin-env "$2"); took=2 ;;
   esac
-done
+}
+parse_flags flag "$@"
 
-ensure_cli
+build_once "$dir" cli_built build_cli
 images="$(NETPOL_SONOBUOY_BIN="$sonobuoy" NETPOL_SONOBUOY_IMAGE="$SONOBUOY_IMAGE" "$here/node-images.sh")"
 if [[ $build_only == 1 ]]; then
   printf '%s\n' "$sonobuoy"
@@ -115,9 +98,7 @@ for sock in "${sockets[@]}"; do
 done
 log "imported $SONOBUOY_IMAGE and the plugin's image into ${#sockets[@]} node(s)"
 
-out="${out:-${TMPDIR:-/tmp}/netpol-sonobuoy.$(date +%Y%m%d-%H%M%S)}"
-mkdir -p "$out"
-out="$(readlink -f "$out")"
+out="$(out_dir "$out" netpol-sonobuoy)"
 sb() { "$sonobuoy" --kubeconfig "$kubeconfig" "$@"; }
 # shellcheck disable=SC2317  # run by the trap
 cleanup() { sb delete --wait >/dev/null 2>&1 || log "warning: sonobuoy delete failed"; }

@@ -60,6 +60,8 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=lib/args.sh
 source "$here/lib/args.sh"
+# shellcheck source=lib/cache.sh
+source "$here/lib/cache.sh"
 root="$(cd "$here/.." && pwd)"
 # shellcheck source=lib/npa-conformance.sh
 source "$here/lib/npa-conformance.sh"
@@ -91,36 +93,21 @@ suite_profiles() {
   esac
 }
 
-cache_root="${NETPOL_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/netpol-conformance}"
+# shellcheck disable=SC2317  # called by build_once
+suite_built() { [[ -x "$1/conformance.test" && -s "$1/shortnames" ]]; }
+
+# Builds VERSION's suite into STAGING.
+# shellcheck disable=SC2317  # called by build_once
+build_suite() {
+  log "building the conformance suite of sigs.k8s.io/network-policy-api@$2 (go test -c)"
+  npa_build_suite "$@"
+}
 
 # Prints the directory holding VERSION's conformance.test, crds/, shortnames and images.
 ensure_suite() {
-  local version=$1
-  local dir="$cache_root/upstream/network-policy-api-$version"
-  if [[ -x "$dir/conformance.test" && -s "$dir/shortnames" ]]; then
-    printf '%s\n' "$dir"
-    return
-  fi
-  mkdir -p "$cache_root/upstream"
-  (
-    # One builder at a time: a second caller waits and then finds the cache filled.
-    exec 9>"$cache_root/upstream/.lock"
-    flock 9
-    [[ -x "$dir/conformance.test" && -s "$dir/shortnames" ]] && exit 0
-    command -v go >/dev/null || die "go is not installed"
-    export GOFLAGS=-mod=mod GOTOOLCHAIN=local CGO_ENABLED=0
-    local staging start
-    staging="$(mktemp -d "$cache_root/upstream/.build.XXXXXX")"
-    chmod 0755 "$staging"
-    trap 'rm -rf "$staging"' EXIT
-    start=$SECONDS
-    log "building the conformance suite of sigs.k8s.io/network-policy-api@$version (go test -c)"
-    npa_build_suite "$staging" "$version"
-    rm -rf "$dir"
-    mv "$staging" "$dir"
-    trap - EXIT
-    log "built network-policy-api@$version in $((SECONDS - start)) s; cached in $dir"
-  )
+  local version=$1 dir
+  dir="$(netpol_cache_root)/upstream/network-policy-api-$version"
+  build_once "$dir" suite_built build_suite "$version"
   printf '%s\n' "$dir"
 }
 
@@ -141,34 +128,30 @@ additional_info=""
 report_output=""
 extra=()
 
-flag_words "$@"
-set -- "${words[@]+"${words[@]}"}"
-while [[ $# -gt 0 ]]; do
-  arg=$1
-  case $arg in
-    -h | --help) usage 0 ;;
-    --build-only) build_only=1; shift ;;
-    --kubeconfig) need "$@"; kubeconfig=$2; shift 2 ;;
-    --out) need "$@"; out=$2; shift 2 ;;
-    --suites) need "$@"; suites=$2; shift 2 ;;
-    --supported-features) need "$@"; supported=$2; shift 2 ;;
+# shellcheck disable=SC2317  # called by parse_flags
+flag() {
+  case $1 in
+    --kubeconfig) need "$@"; kubeconfig=$2; took=2 ;;
+    --out) need "$@"; out=$2; took=2 ;;
+    --suites) need "$@"; suites=$2; took=2 ;;
+    --supported-features) need "$@"; supported=$2; took=2 ;;
     --all-features)
       # A bare flag, or --all-features=true|false.
-      if [[ ${2:-} == true || ${2:-} == false ]]; then all_features=$2; shift 2; else all_features=true; shift; fi ;;
-    --exempt-features) need "$@"; exempt=$2; shift 2 ;;
-    --conformance-profiles) need "$@"; profiles=$2; shift 2 ;;
-    --organization) need "$@"; organization=$2; shift 2 ;;
-    --project) need "$@"; project=$2; shift 2 ;;
-    --url) need "$@"; url=$2; shift 2 ;;
-    --version) need "$@"; impl_version=$2; shift 2 ;;
-    --contact) need "$@"; contact=$2; shift 2 ;;
-    --additional-info) need "$@"; additional_info=$2; shift 2 ;;
-    --report-output) need "$@"; report_output=$2; shift 2 ;;
-    --debug) extra+=(--debug); shift ;;
-    --cleanup-base-resources) need "$@"; extra+=("--cleanup-base-resources=$2"); shift 2 ;;
-    *) log "unknown argument: $arg"; usage 2 ;;
+      if [[ ${2:-} == true || ${2:-} == false ]]; then all_features=$2; took=2; else all_features=true; took=1; fi ;;
+    --exempt-features) need "$@"; exempt=$2; took=2 ;;
+    --conformance-profiles) need "$@"; profiles=$2; took=2 ;;
+    --organization) need "$@"; organization=$2; took=2 ;;
+    --project) need "$@"; project=$2; took=2 ;;
+    --url) need "$@"; url=$2; took=2 ;;
+    --version) need "$@"; impl_version=$2; took=2 ;;
+    --contact) need "$@"; contact=$2; took=2 ;;
+    --additional-info) need "$@"; additional_info=$2; took=2 ;;
+    --report-output) need "$@"; report_output=$2; took=2 ;;
+    --debug) extra+=(--debug); took=1 ;;
+    --cleanup-base-resources) need "$@"; extra+=("--cleanup-base-resources=$2"); took=2 ;;
   esac
-done
+}
+parse_flags flag "$@"
 
 selected=()
 IFS=, read -r -a wanted <<<"$suites"
@@ -187,12 +170,8 @@ if [[ $build_only == 1 ]]; then
   exit 0
 fi
 
-[[ -n $kubeconfig ]] || die "--kubeconfig is required (or --build-only)"
-[[ -r $kubeconfig ]] || die "cannot read kubeconfig $kubeconfig"
-kubeconfig="$(readlink -f "$kubeconfig")"
-out="${out:-${TMPDIR:-/tmp}/netpol-upstream-conformance.$(date +%Y%m%d-%H%M%S)}"
-mkdir -p "$out"
-out="$(readlink -f "$out")"
+kubeconfig="$(kubeconfig_arg "$kubeconfig")"
+out="$(out_dir "$out" netpol-upstream-conformance)"
 
 kubectl="${NETPOL_KUBECTL:-}"
 if [[ -z $kubectl ]]; then kubectl="$("$here/control-plane.sh")/kubectl"; fi

@@ -26,6 +26,8 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=lib/args.sh
 source "$here/lib/args.sh"
+# shellcheck source=lib/cache.sh
+source "$here/lib/cache.sh"
 # shellcheck source=lib/k8s-modules.sh
 source "$here/lib/k8s-modules.sh"
 # shellcheck source=kernel-features.sh
@@ -37,8 +39,7 @@ log() { printf 'upstream-e2e: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"; exit "${1:-0}"; }
 
-cache_root="${NETPOL_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/netpol-conformance}"
-dir="$cache_root/upstream/e2e-$K8S_VERSION"
+dir="$(netpol_cache_root)/upstream/e2e-$K8S_VERSION"
 
 # The agnhost and pause images a test/utils/image/manifest.go names, one full name a line:
 # `configs[Agnhost] = Config{list.PromoterE2eRegistry, "agnhost", "2.66.1"}` with the registry
@@ -52,37 +53,21 @@ e2e_images() {
   done < <(sed -n 's/.*configs\[\(Agnhost\|Pause\)\] = Config{list\.\([A-Za-z0-9]*\), "\([^"]*\)", "\([^"]*\)"}.*/\1 \2 \3:\4/p' "$manifest")
 }
 
-built() { [[ -x "$dir/e2e.test" && -x "$dir/ginkgo" && -s "$dir/images" ]]; }
+built() { [[ -x "$1/e2e.test" && -x "$1/ginkgo" && -s "$1/images" ]]; }
 
-ensure_suite() {
-  built && return
-  mkdir -p "$cache_root/upstream"
-  (
-    exec 9>"$cache_root/upstream/.lock"
-    flock 9
-    built && exit 0
-    command -v go >/dev/null || die "go is not installed"
-    export CGO_ENABLED=0 GOFLAGS=-mod=mod GOTOOLCHAIN=local
-    local staging start src
-    staging="$(mktemp -d "$cache_root/upstream/.build.XXXXXX")"
-    chmod 0755 "$staging"
-    trap 'rm -rf "$staging"' EXIT
-    start=$SECONDS
-    log "building k8s.io/kubernetes@$K8S_VERSION test/e2e (go test -c) and ginkgo; this takes a while once"
-    k8s_module_dir "$staging/module" "$K8S_VERSION" k8s.io/kubernetes/test/e2e github.com/onsi/ginkgo/v2/ginkgo
-    (cd "$staging/module" &&
-      go test -c -trimpath -ldflags "$(k8s_ldflags "$K8S_VERSION")" -o "$staging/e2e.test" \
-        k8s.io/kubernetes/test/e2e &&
-      go build -trimpath -ldflags "-s -w" -o "$staging/ginkgo" github.com/onsi/ginkgo/v2/ginkgo)
-    src="$(cd "$staging/module" && go list -m -f '{{.Dir}}' k8s.io/kubernetes)"
-    e2e_images "$src/test/utils/image/manifest.go" >"$staging/images"
-    [[ -s "$staging/images" ]] || die "no agnhost/pause image found in $src/test/utils/image/manifest.go"
-    rm -rf "$staging/module"
-    rm -rf "$dir"
-    mv "$staging" "$dir"
-    trap - EXIT
-    log "built e2e.test $K8S_VERSION in $((SECONDS - start)) s; cached in $dir"
-  )
+# Builds e2e.test, ginkgo and the images list into STAGING.
+build_suite() {
+  local staging=$1 src
+  log "building k8s.io/kubernetes@$K8S_VERSION test/e2e (go test -c) and ginkgo; this takes a while once"
+  k8s_module_dir "$staging/module" "$K8S_VERSION" k8s.io/kubernetes/test/e2e github.com/onsi/ginkgo/v2/ginkgo
+  (cd "$staging/module" &&
+    go test -c -trimpath -ldflags "$(k8s_ldflags "$K8S_VERSION")" -o "$staging/e2e.test" \
+      k8s.io/kubernetes/test/e2e &&
+    go build -trimpath -ldflags "-s -w" -o "$staging/ginkgo" github.com/onsi/ginkgo/v2/ginkgo)
+  src="$(cd "$staging/module" && go list -m -f '{{.Dir}}' k8s.io/kubernetes)"
+  e2e_images "$src/test/utils/image/manifest.go" >"$staging/images"
+  [[ -s "$staging/images" ]] || die "no agnhost/pause image found in $src/test/utils/image/manifest.go"
+  rm -rf "$staging/module"
 }
 
 build_only=0
@@ -91,35 +76,26 @@ out=""
 nodes=2
 focus='\[sig-network\] Netpol'
 skip=""
-flag_words "$@"
-set -- "${words[@]+"${words[@]}"}"
-while [[ $# -gt 0 ]]; do
-  arg=$1
-  case $arg in
-    -h | --help) usage 0 ;;
-    --build-only) build_only=1; shift ;;
-    --kubeconfig) need "$@"; kubeconfig=$2; shift 2 ;;
-    --out) need "$@"; out=$2; shift 2 ;;
-    --nodes) need "$@"; nodes=$2; shift 2 ;;
-    --focus) need "$@"; focus=$2; shift 2 ;;
-    --skip) need "$@"; skip=$2; shift 2 ;;
-    *) log "unknown argument: $arg"; usage 2 ;;
+flag() {
+  case $1 in
+    --kubeconfig) need "$@"; kubeconfig=$2; took=2 ;;
+    --out) need "$@"; out=$2; took=2 ;;
+    --nodes) need "$@"; nodes=$2; took=2 ;;
+    --focus) need "$@"; focus=$2; took=2 ;;
+    --skip) need "$@"; skip=$2; took=2 ;;
   esac
-done
+}
+parse_flags flag "$@"
 [[ $nodes =~ ^[1-9][0-9]*$ ]] || die "--nodes needs a positive number, not $nodes"
 
-ensure_suite
+build_once "$dir" built build_suite
 if [[ $build_only == 1 ]]; then
   printf '%s\n' "$dir"
   exit 0
 fi
 
-[[ -n $kubeconfig ]] || die "--kubeconfig is required (or --build-only)"
-[[ -r $kubeconfig ]] || die "cannot read kubeconfig $kubeconfig"
-kubeconfig="$(readlink -f "$kubeconfig")"
-out="${out:-${TMPDIR:-/tmp}/netpol-upstream-e2e.$(date +%Y%m%d-%H%M%S)}"
-mkdir -p "$out"
-out="$(readlink -f "$out")"
+kubeconfig="$(kubeconfig_arg "$kubeconfig")"
+out="$(out_dir "$out" netpol-upstream-e2e)"
 
 kernel_note=""
 if [[ "$(kernel_exemptions)" == *SCTP* ]]; then

@@ -1,13 +1,30 @@
 # shellcheck shell=bash
-# Sourced by hack/control-plane.sh and hack/node-binaries.sh: building Kubernetes commands from
-# the k8s.io/kubernetes Go module without a source checkout.
+# Sourced by the scripts that build commands from Go modules without a source checkout
+# (hack/control-plane.sh, hack/node-binaries.sh, hack/upstream-e2e.sh, hack/sonobuoy-local.sh),
+# Kubernetes' own from the k8s.io/kubernetes module.
 #
-#   k8s_module_dir DIR VERSION PKG...   # DIR gets a throwaway go.mod requiring k8s.io/kubernetes
-#                                       # VERSION, every staging module replaced by v0.X.Y, and a
-#                                       # tools.go importing PKG... so `go mod tidy` keeps them
+#   go_tools_module DIR NAME REQUIRES PKG...
+#                                       # DIR gets a throwaway go.mod, module netpol.local/NAME-build
+#                                       # with the go.mod lines REQUIRES, and a tools.go importing
+#                                       # PKG..., tidied so the modules they need are kept
+#   k8s_module_dir DIR VERSION PKG...   # the same, requiring k8s.io/kubernetes VERSION with every
+#                                       # staging module replaced by v0.X.Y
 #   k8s_ldflags VERSION                 # prints the -ldflags that stamp the version
 #
 # The caller exports CGO_ENABLED, GOFLAGS=-mod=mod and GOTOOLCHAIN=local and defines die().
+
+go_tools_module() {
+  local dir=$1 name=$2 requires=$3 m
+  shift 3
+  mkdir -p "$dir"
+  printf 'module netpol.local/%s-build\n\ngo 1.24\n\n%s\n' "$name" "$requires" >"$dir/go.mod"
+  {
+    printf 'package tools\n\nimport (\n'
+    for m in "$@"; do printf '\t_ "%s"\n' "$m"; done
+    printf ')\n'
+  } >"$dir/tools.go"
+  (cd "$dir" && go mod tidy >/dev/null)
+}
 
 k8s_module_dir() {
   local dir=$1 version=$2
@@ -20,19 +37,14 @@ k8s_module_dir() {
   gomod="$(cd "$dir" && go mod download -json "k8s.io/kubernetes@$version" |
     sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",$/\1/p')"
   [[ -f "$gomod" ]] || die "could not download k8s.io/kubernetes@$version"
-  local mods m
+  local mods m requires
   mods="$(sed -n 's#^[[:space:]]*\(k8s\.io/[a-z0-9-]*\) => \./staging/src/.*#\1#p' "$gomod")"
   [[ -n "$mods" ]] || die "no staging modules found in $gomod"
-  {
-    printf 'module netpol.local/k8s-build\n\ngo 1.24\n\nrequire k8s.io/kubernetes %s\n\n' "$version"
+  requires="$(
+    printf 'require k8s.io/kubernetes %s\n\n' "$version"
     for m in $mods; do printf 'replace %s => %s %s\n' "$m" "$m" "$minor"; done
-  } >"$dir/go.mod"
-  {
-    printf 'package tools\n\nimport (\n'
-    for m in "$@"; do printf '\t_ "%s"\n' "$m"; done
-    printf ')\n'
-  } >"$dir/tools.go"
-  (cd "$dir" && go mod tidy >/dev/null)
+  )"
+  go_tools_module "$dir" k8s "$requires" "$@"
 }
 
 k8s_ldflags() {
