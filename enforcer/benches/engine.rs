@@ -417,7 +417,7 @@ fn memory() {
         banps.into_iter().for_each(|o| {
             writer.apply(Event::Apply(Object::BaselineAdminNetworkPolicy(Box::new(
                 o,
-            ))))
+            ))));
         });
         cnps.into_iter()
             .for_each(|o| writer.apply(Event::Apply(Object::ClusterNetworkPolicy(Box::new(o)))));

@@ -1,5 +1,6 @@
 //! netpol-enforcer: watch → store → engine → dataplane.
 
+pub mod command;
 pub mod dataplane;
 pub mod engine;
 pub mod flow;

@@ -371,7 +371,7 @@ async fn run(cli: Cli) -> Result<()> {
     match rules {
         RulesOnExit::Removed => tracing::info!("fail-open: rules removed"),
         RulesOnExit::Kept => {
-            tracing::info!("fail-closed: rules kept, new connections blocked until restart")
+            tracing::info!("fail-closed: rules kept, new connections blocked until restart");
         }
     }
     if let Some(server) = server {

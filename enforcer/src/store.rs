@@ -67,6 +67,36 @@ pub enum Kind {
     ClusterNetworkPolicy,
 }
 
+/// A Kubernetes type the store holds: its [`Kind`] and its [`Object`] variant.
+pub trait Stored {
+    /// The kind of every object of this type.
+    const KIND: Kind;
+    /// The object in its variant.
+    fn into_object(self) -> Object;
+}
+
+/// `Stored` for each type, named by its variant of both [`Object`] and [`Kind`].
+macro_rules! stored {
+    ($($ty:ty => $variant:ident),* $(,)?) => {$(
+        impl Stored for $ty {
+            const KIND: Kind = Kind::$variant;
+            fn into_object(self) -> Object {
+                Object::$variant(Box::new(self))
+            }
+        }
+    )*};
+}
+
+stored!(
+    Pod => Pod,
+    Namespace => Namespace,
+    Node => Node,
+    NetworkPolicy => NetworkPolicy,
+    v1alpha1::AdminNetworkPolicy => AdminNetworkPolicy,
+    v1alpha1::BaselineAdminNetworkPolicy => BaselineAdminNetworkPolicy,
+    v1alpha2::ClusterNetworkPolicy => ClusterNetworkPolicy,
+);
+
 impl Object {
     /// The object's kind.
     pub fn kind(&self) -> Kind {
@@ -130,27 +160,13 @@ impl Snapshot {
         let mut state = State::default();
         let objects = namespaces
             .into_iter()
-            .map(|o| Object::Namespace(Box::new(o)))
-            .chain(pods.into_iter().map(|o| Object::Pod(Box::new(o))))
-            .chain(nodes.into_iter().map(|o| Object::Node(Box::new(o))))
-            .chain(
-                netpols
-                    .into_iter()
-                    .map(|o| Object::NetworkPolicy(Box::new(o))),
-            )
-            .chain(
-                anps.into_iter()
-                    .map(|o| Object::AdminNetworkPolicy(Box::new(o))),
-            )
-            .chain(
-                banps
-                    .into_iter()
-                    .map(|o| Object::BaselineAdminNetworkPolicy(Box::new(o))),
-            )
-            .chain(
-                cnps.into_iter()
-                    .map(|o| Object::ClusterNetworkPolicy(Box::new(o))),
-            );
+            .map(Stored::into_object)
+            .chain(pods.into_iter().map(Stored::into_object))
+            .chain(nodes.into_iter().map(Stored::into_object))
+            .chain(netpols.into_iter().map(Stored::into_object))
+            .chain(anps.into_iter().map(Stored::into_object))
+            .chain(banps.into_iter().map(Stored::into_object))
+            .chain(cnps.into_iter().map(Stored::into_object));
         for o in objects {
             state.apply(o);
         }

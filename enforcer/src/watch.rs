@@ -3,7 +3,9 @@
 //! Pods, Namespaces, Nodes and NetworkPolicies are always watched. AdminNetworkPolicy,
 //! BaselineAdminNetworkPolicy and ClusterNetworkPolicy are watched only while API discovery
 //! lists their resource: an absent CRD switches its watcher off (logged, and its objects are
-//! forgotten), and a CRD that appears later is picked up at the next discovery poll.
+//! forgotten), and a CRD that appears later is picked up at the next discovery poll. Discovery
+//! is polled often while the enforcer starts (CRDs installed beside it are served a moment
+//! after they are Established) and after a discovery error, rarely otherwise.
 //!
 //! The moving parts are split so the logic can be tested without a cluster:
 //! - each watcher task turns `kube::runtime::watcher` events into [`Update`]s on one channel;
@@ -28,7 +30,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::store::{Event, Kind, Object, Writer};
+use crate::store::{Event, Kind, Object, Stored, Writer};
 
 /// Errors of the watch loop.
 #[derive(Debug, thiserror::Error)]
@@ -116,7 +118,7 @@ impl Sync {
                 self.buffers.insert(kind, Vec::new());
             }
             Update::InitApply(object) => {
-                self.buffers.entry(object.kind()).or_default().push(object)
+                self.buffers.entry(object.kind()).or_default().push(object);
             }
             Update::InitDone(kind) => {
                 let objects = self.buffers.remove(&kind).unwrap_or_default();
@@ -144,6 +146,10 @@ impl Sync {
 pub struct Options {
     /// How often API discovery is polled for the CRD-backed kinds.
     pub crd_poll: Duration,
+    /// How often it is polled during `crd_settle` after the start and after a failed poll.
+    pub crd_poll_fast: Duration,
+    /// How long after the start discovery is polled every `crd_poll_fast`.
+    pub crd_settle: Duration,
     /// How long changes are coalesced before a snapshot is published.
     pub publish_delay: Duration,
 }
@@ -152,7 +158,9 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             crd_poll: Duration::from_secs(15),
-            publish_delay: Duration::from_millis(50),
+            crd_poll_fast: Duration::from_millis(500),
+            crd_settle: Duration::from_secs(30),
+            publish_delay: Duration::from_millis(10),
         }
     }
 }
@@ -174,34 +182,15 @@ pub async fn run_with(
     let (tx, mut rx) = mpsc::channel::<Update>(4096);
     let mut sync = Sync::new();
     let _core = AbortOnDrop(vec![
-        spawn_watch(
-            Api::<Pod>::all(client.clone()),
-            Kind::Pod,
-            |o| Object::Pod(Box::new(o)),
-            tx.clone(),
-        ),
-        spawn_watch(
-            Api::<Namespace>::all(client.clone()),
-            Kind::Namespace,
-            |o| Object::Namespace(Box::new(o)),
-            tx.clone(),
-        ),
-        spawn_watch(
-            Api::<Node>::all(client.clone()),
-            Kind::Node,
-            |o| Object::Node(Box::new(o)),
-            tx.clone(),
-        ),
-        spawn_watch(
-            Api::<NetworkPolicy>::all(client.clone()),
-            Kind::NetworkPolicy,
-            |o| Object::NetworkPolicy(Box::new(o)),
-            tx.clone(),
-        ),
+        spawn_watch::<Pod>(&client, &tx),
+        spawn_watch::<Namespace>(&client, &tx),
+        spawn_watch::<Node>(&client, &tx),
+        spawn_watch::<NetworkPolicy>(&client, &tx),
     ]);
     let mut crd_tasks = AbortOnDropMap(BTreeMap::new());
     let mut absent_logged = BTreeSet::new();
-    discover(
+    let started = Instant::now();
+    let discovered = discover(
         &client,
         &mut sync,
         &mut writer,
@@ -210,9 +199,16 @@ pub async fn run_with(
         &tx,
     )
     .await;
-
-    let mut poll = tokio::time::interval(options.crd_poll);
-    poll.tick().await;
+    let next_poll = |ok: bool| {
+        let fast = !ok || started.elapsed() < options.crd_settle;
+        Instant::now()
+            + if fast {
+                options.crd_poll_fast
+            } else {
+                options.crd_poll
+            }
+    };
+    let mut poll_at = next_poll(discovered);
     let mut publish_at: Option<Instant> = None;
     // Readiness turns on at the first publish after every enabled kind has listed, and stays on
     // through later changes (it does not flap while single events wait to be published); it
@@ -232,13 +228,14 @@ pub async fn run_with(
                     publish_at = Some(Instant::now() + options.publish_delay);
                 }
             }
-            _ = poll.tick() => {
-                discover(&client, &mut sync, &mut writer, &mut crd_tasks.0, &mut absent_logged, &tx).await;
+            () = tokio::time::sleep_until(poll_at) => {
+                let ok = discover(&client, &mut sync, &mut writer, &mut crd_tasks.0, &mut absent_logged, &tx).await;
+                poll_at = next_poll(ok);
                 if writer.is_dirty() && publish_at.is_none() {
                     publish_at = Some(Instant::now());
                 }
             }
-            _ = sleep_until_opt(publish_at) => {
+            () = sleep_until_opt(publish_at) => {
                 publish_at = None;
                 let snap = publish(&mut writer);
                 awaiting_publish = false;
@@ -298,13 +295,16 @@ async fn discover(
     tasks: &mut BTreeMap<Kind, JoinHandle<()>>,
     absent_logged: &mut BTreeSet<Kind>,
     tx: &mpsc::Sender<Update>,
-) {
+) -> bool {
+    let mut ok = true;
     for (kind, group_version, plural) in CRD_KINDS {
         let present = match client.list_api_group_resources(group_version).await {
             Ok(list) => list.resources.iter().any(|r| r.name == plural),
-            Err(kube::Error::Api(status)) if status.is_not_found() => false,
+            // A group version not served (yet) is a bare 404 page, not a NotFound status.
+            Err(kube::Error::Api(status)) if status.is_not_found() || status.code == 404 => false,
             Err(e) => {
                 tracing::warn!(?kind, %group_version, error = %e, "API discovery failed; keeping the current state");
+                ok = false;
                 continue;
             }
         };
@@ -314,24 +314,13 @@ async fn discover(
                 tracing::info!(?kind, "CRD present; watching");
                 sync.step(Update::Enabled(kind), writer);
                 let task = match kind {
-                    Kind::AdminNetworkPolicy => spawn_watch(
-                        Api::<v1alpha1::AdminNetworkPolicy>::all(client.clone()),
-                        kind,
-                        |o| Object::AdminNetworkPolicy(Box::new(o)),
-                        tx.clone(),
-                    ),
-                    Kind::BaselineAdminNetworkPolicy => spawn_watch(
-                        Api::<v1alpha1::BaselineAdminNetworkPolicy>::all(client.clone()),
-                        kind,
-                        |o| Object::BaselineAdminNetworkPolicy(Box::new(o)),
-                        tx.clone(),
-                    ),
-                    _ => spawn_watch(
-                        Api::<v1alpha2::ClusterNetworkPolicy>::all(client.clone()),
-                        kind,
-                        |o| Object::ClusterNetworkPolicy(Box::new(o)),
-                        tx.clone(),
-                    ),
+                    Kind::AdminNetworkPolicy => {
+                        spawn_watch::<v1alpha1::AdminNetworkPolicy>(client, tx)
+                    }
+                    Kind::BaselineAdminNetworkPolicy => {
+                        spawn_watch::<v1alpha1::BaselineAdminNetworkPolicy>(client, tx)
+                    }
+                    _ => spawn_watch::<v1alpha2::ClusterNetworkPolicy>(client, tx),
                 };
                 tasks.insert(kind, task);
             }
@@ -348,27 +337,25 @@ async fn discover(
             _ => {}
         }
     }
+    ok
 }
 
-fn spawn_watch<K>(
-    api: Api<K>,
-    kind: Kind,
-    wrap: fn(K) -> Object,
-    tx: mpsc::Sender<Update>,
-) -> JoinHandle<()>
+/// Watches every `K` in the cluster and sends what happens to them as updates of `K::KIND`.
+fn spawn_watch<K>(client: &Client, tx: &mpsc::Sender<Update>) -> JoinHandle<()>
 where
-    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+    K: Stored + Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + 'static,
 {
+    let (api, kind, tx) = (Api::<K>::all(client.clone()), K::KIND, tx.clone());
     tokio::spawn(async move {
         let stream = watcher(api, watcher::Config::default()).default_backoff();
         let mut stream = std::pin::pin!(stream);
         while let Some(item) = stream.next().await {
             let update = match item {
                 Ok(watcher::Event::Init) => Update::Init(kind),
-                Ok(watcher::Event::InitApply(o)) => Update::InitApply(wrap(o)),
+                Ok(watcher::Event::InitApply(o)) => Update::InitApply(o.into_object()),
                 Ok(watcher::Event::InitDone) => Update::InitDone(kind),
-                Ok(watcher::Event::Apply(o)) => Update::Apply(wrap(o)),
-                Ok(watcher::Event::Delete(o)) => Update::Delete(wrap(o)),
+                Ok(watcher::Event::Apply(o)) => Update::Apply(o.into_object()),
+                Ok(watcher::Event::Delete(o)) => Update::Delete(o.into_object()),
                 Err(e) => {
                     tracing::warn!(?kind, error = %e, "watch failed; retrying with backoff");
                     continue;

@@ -207,6 +207,8 @@ async fn watches_lists_becomes_ready_and_follows_crds() {
     let (tx, rx) = tokio::sync::watch::channel(false);
     let options = Options {
         crd_poll: Duration::from_millis(500),
+        crd_poll_fast: Duration::from_millis(500),
+        crd_settle: Duration::ZERO,
         publish_delay: Duration::from_millis(20),
     };
     let task = tokio::spawn(run_with(client.clone(), writer, tx, options));

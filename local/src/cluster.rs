@@ -100,10 +100,7 @@ pub const KEEP_LOGS_ENV: &str = "NETPOL_LOCAL_KEEP_LOGS";
 pub const ROLE_EXTERNAL_HOST: &str = "external-host";
 /// Environment variable carrying the external host's namespace path.
 pub const EXTERNAL_NETNS_ENV: &str = "NETPOL_LOCAL_EXTERNAL_NETNS";
-/// The pinned versions hack/control-plane.sh caches by default.
-pub const K8S_VERSION: &str = "v1.37.2";
-/// The pinned etcd version.
-pub const ETCD_VERSION: &str = "v3.6.16";
+pub use crate::{ETCD_VERSION, K8S_VERSION};
 /// The control-plane binaries a bin directory must hold.
 pub const BINARIES: [&str; 5] = [
     "etcd",
@@ -473,7 +470,7 @@ pub fn down_on_signal(state_dir: &Path) -> Result<()> {
                     eprintln!("netpol-local: tearing the local cluster down failed: {e}");
                 }
                 std::process::exit(code);
-            })
+            });
         })
         .map_err(Error::Runtime)?;
     installed_rx
@@ -733,8 +730,8 @@ fn build_fabric(state: &RefCell<State>, opts: &UpOptions, plan: &Plan) -> Result
                 s.links.push(crate::state::LinkRecord {
                     netns: ns.into(),
                     name: link.into(),
-                })
-            })
+                });
+            });
         },
     )?;
     if let Some(e) = record_error.into_inner() {

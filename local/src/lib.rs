@@ -12,6 +12,11 @@
 //! agent), [`probe`] (connecting from inside a namespace), [`kubelet`] (real nodes: kubelet,
 //! containerd and kube-proxy per node).
 
+/// The pinned versions hack/control-plane.sh caches by default.
+pub const K8S_VERSION: &str = "v1.37.2";
+/// The pinned etcd version.
+pub const ETCD_VERSION: &str = "v3.6.16";
+
 pub mod agent;
 pub mod agent_config;
 pub mod cluster;

@@ -86,12 +86,9 @@ pub fn connect(
     protocol: Protocol,
     timeout: Duration,
 ) -> ProbeResult {
-    match submit(netns, target, protocol, timeout) {
-        // Not `blocking_recv`, which panics inside a runtime context.
-        Ok(rx) => futures::executor::block_on(rx)
-            .unwrap_or_else(|_| ProbeResult::Error(worker_gone(netns))),
-        Err(result) => result,
-    }
+    // `futures`' executor, not `blocking_recv`, which panics inside a runtime context: the
+    // future only waits for the worker's answer.
+    futures::executor::block_on(connect_async(netns, target, protocol, timeout))
 }
 
 /// [`connect`] for async callers: the probe runs on the namespace's worker thread and
@@ -448,7 +445,7 @@ mod tests {
         let other = io::Error::from_raw_os_error(Errno::ENETUNREACH as i32);
         match classify("TCP connect to", target, &other) {
             ProbeResult::Error(msg) => {
-                assert!(msg.starts_with("TCP connect to 10.0.0.1:80 failed"))
+                assert!(msg.starts_with("TCP connect to 10.0.0.1:80 failed"));
             }
             r => panic!("unexpected {r:?}"),
         }

@@ -124,7 +124,7 @@ impl Runtime {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostChanges {
     /// Kernel tunables as they were before the first kubelet started.
-    pub sysctls: Vec<crate::kubelet::host::SysctlRecord>,
+    pub sysctls: Vec<SysctlRecord>,
     /// Cgroup directories created (each node's `cgroupRoot` in every hierarchy); pods' cgroups
     /// live below them.
     pub cgroups: Vec<PathBuf>,
@@ -239,6 +239,16 @@ impl State {
         };
         write().map_err(|source| Error::Write { path, source })
     }
+}
+
+/// A sysctl's value before the cluster started (the kernel-wide tunables real nodes change, see
+/// `crate::kubelet::host`), so `down` can put it back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SysctlRecord {
+    /// Path under `/proc/sys` (`vm/overcommit_memory`).
+    pub key: String,
+    /// Its value then, trimmed.
+    pub value: String,
 }
 
 #[cfg(test)]

@@ -445,7 +445,7 @@ fn ready_pods(ctx: &Ctx, c: &Cluster) -> Result<Vec<PodInfo>, String> {
                 .and_then(|a| a.get(NETNS_ANNOTATION).cloned());
             match (ready, ip, node, netns) {
                 (true, Some(ip), Some(node), Some(netns)) => {
-                    out.push((name, node, ip, PathBuf::from(netns)))
+                    out.push((name, node, ip, PathBuf::from(netns)));
                 }
                 state => return Err(format!("{name} not ready: {state:?}")),
             }

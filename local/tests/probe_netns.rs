@@ -311,7 +311,7 @@ fn pods_connect_refuse_and_time_out() {
             );
             match probe(&a.ns.path, b.ip, 9003, Protocol::Sctp, 1000) {
                 ProbeResult::Unsupported(r) => {
-                    assert!(r.starts_with("SCTP is not supported by this kernel"), "{r}")
+                    assert!(r.starts_with("SCTP is not supported by this kernel"), "{r}");
                 }
                 r => panic!("SCTP probe on a kernel without SCTP gave {r:?}"),
             }

@@ -155,14 +155,7 @@ fn snapshot() -> HostSnapshot {
         .collect();
     let mut cgroups = BTreeSet::new();
     for h in host::cgroup_hierarchies() {
-        if let Ok(entries) = std::fs::read_dir(&h) {
-            cgroups.extend(
-                entries
-                    .flatten()
-                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                    .map(|e| e.path()),
-            );
-        }
+        cgroups.extend(host::child_dirs(&h));
     }
     let mut iptables: BTreeSet<String> = BTreeSet::new();
     for save in ["iptables-save", "ip6tables-save"] {
@@ -275,37 +268,10 @@ fn assert_restored(before: &HostSnapshot, after: &HostSnapshot) -> Result<(), Fa
 }
 
 fn kubectl(c: &Cluster, args: &[&str], stdin: Option<&str>) -> Result<String, Failed> {
-    let mut child = Command::new(c.kubectl())
-        .arg("--kubeconfig")
-        .arg(&c.kubeconfig)
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("kubectl: {e}"))?;
-    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        use std::io::Write;
-        pipe.write_all(text.as_bytes())
-            .map_err(|e| format!("kubectl stdin: {e}"))?;
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| format!("kubectl: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!(
-            "kubectl {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )
-        .into())
-    }
+    let kubeconfig = c.kubeconfig.display().to_string();
+    let args = [&["--kubeconfig", kubeconfig.as_str()][..], args].concat();
+    netpol_enforcer::command::run(c.kubectl(), &args, stdin)
+        .map_err(|e| netpol_local::error_chain(&e).into())
 }
 
 fn pod_manifest(name: &str, node: &str) -> String {

@@ -325,7 +325,7 @@ impl Holding {
                             queue = context.number,
                             error = %err,
                             "no recheck timer: undecided packets are dropped at once"
-                        )
+                        );
                     })
                     .ok();
                 (limit, ticker)

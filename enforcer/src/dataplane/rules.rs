@@ -25,9 +25,6 @@
 //! `inet netpol-enforcer` for nftables), jumped to from the built-in chains, so installing is a
 //! flush-and-refill of our chains and removing touches nothing else.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
 /// Which netfilter front end carries the rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -71,29 +68,9 @@ impl Family {
     }
 }
 
-/// Why rules could not be installed, detected or removed.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// A command could not be started (binary missing, …).
-    #[error("running {command}")]
-    Spawn {
-        /// The command line.
-        command: String,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A command exited non-zero.
-    #[error("{command} failed with {status}: {stderr}")]
-    Failed {
-        /// The command line.
-        command: String,
-        /// Its exit status.
-        status: std::process::ExitStatus,
-        /// What it wrote to standard error.
-        stderr: String,
-    },
-}
+/// Why rules could not be installed, detected or removed: the `nft` or `iptables` run that
+/// failed.
+pub use crate::command::Error;
 
 /// What the rules depend on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -273,42 +250,9 @@ impl RuleSpec {
     }
 }
 
+/// Runs one `nft` or `iptables` command; its output is not needed.
 fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<(), Error> {
-    let command = format!("{program} {}", args.join(" "));
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|source| Error::Spawn {
-            command: command.clone(),
-            source,
-        })?;
-    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(text.as_bytes())
-            .map_err(|source| Error::Spawn {
-                command: command.clone(),
-                source,
-            })?;
-    }
-    let output = child.wait_with_output().map_err(|source| Error::Spawn {
-        command: command.clone(),
-        source,
-    })?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(Error::Failed {
-            command,
-            status: output.status,
-            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-        })
-    }
+    crate::command::run(program, args, stdin).map(drop)
 }
 
 /// Whether the kernel accepts the nftables `queue` statement: add it in a throwaway table and

@@ -185,7 +185,7 @@ pub fn create_here(path: &Path) -> Result<()> {
 /// itself goes away once no thread or socket uses it. A missing pin is not an error.
 pub fn remove(path: &Path) -> Result<()> {
     match nix::mount::umount2(path, MntFlags::MNT_DETACH) {
-        Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => {}
+        Ok(()) | Err(nix::Error::EINVAL | nix::Error::ENOENT) => {}
         Err(e) => {
             return Err(Error::Remove {
                 path: path.to_path_buf(),
@@ -413,44 +413,50 @@ pub fn wire_pod_here(w: &PodWiring) -> Result<()> {
 /// pod side and the /32 route). A link that is already gone is not an error. Spawns its
 /// own thread.
 pub fn unwire_pod(node_netns: &Path, host_link: &str) -> Result<()> {
-    let label = node_netns.display().to_string();
     let host_link = host_link.to_string();
-    run_in(node_netns, move || {
-        let rt = single_thread_runtime()?;
-        let node = netlink_here(&rt)?;
-        rt.block_on(async {
-            let index = match link_index(&node, &host_link, &label).await {
-                Ok(i) => i,
-                Err(Error::NoLink { .. }) => return Ok(()),
-                Err(e) => return Err(e),
-            };
-            match node.link().del(index).execute().await {
-                Ok(()) => Ok(()),
-                Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -(nix::libc::ENODEV) => {
-                    Ok(())
-                }
-                Err(source) => Err(Error::Netlink {
-                    op: format!("deleting link {host_link}"),
-                    source,
-                }),
+    with_netlink_in(node_netns, |node, label| async move {
+        let index = match link_index(&node, &host_link, &label).await {
+            Ok(i) => i,
+            Err(Error::NoLink { .. }) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        match node.link().del(index).execute().await {
+            Ok(()) => Ok(()),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -(nix::libc::ENODEV) => {
+                Ok(())
             }
-        })
+            Err(source) => Err(Error::Netlink {
+                op: format!("deleting link {host_link}"),
+                source,
+            }),
+        }
     })
 }
 
 /// Whether the link `name` exists in the namespace at `netns`. Spawns its own thread.
 pub fn link_exists(netns: &Path, name: &str) -> Result<bool> {
-    let label = netns.display().to_string();
     let name = name.to_string();
+    with_netlink_in(netns, |handle, label| async move {
+        match link_index(&handle, &name, &label).await {
+            Ok(_) => Ok(true),
+            Err(Error::NoLink { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    })
+}
+
+/// Runs `op` on a thread of its own inside the namespace at `netns`, with a netlink handle
+/// opened there and the namespace's path as text (for errors).
+fn with_netlink_in<T, F, Fut>(netns: &Path, op: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(Handle, String) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<T>>,
+{
+    let label = netns.display().to_string();
     run_in(netns, move || {
         let rt = single_thread_runtime()?;
         let handle = netlink_here(&rt)?;
-        rt.block_on(async {
-            match link_index(&handle, &name, &label).await {
-                Ok(_) => Ok(true),
-                Err(Error::NoLink { .. }) => Ok(false),
-                Err(e) => Err(e),
-            }
-        })
+        rt.block_on(op(handle, label))
     })
 }

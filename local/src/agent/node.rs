@@ -240,7 +240,7 @@ pub async fn keep_alive(client: kube::Client, cfg: AgentConfig, since: Timestamp
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %super::error_chain(&e), "node status heartbeat failed")
+                    tracing::warn!(error = %super::error_chain(&e), "node status heartbeat failed");
                 }
             },
         }

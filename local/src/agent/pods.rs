@@ -391,32 +391,29 @@ impl PodManager {
             match &outcome {
                 Ok(_) => break,
                 Err(e) => {
-                    tracing::warn!(pod = %key, attempt, error = %error_chain(e), "pod setup failed")
+                    tracing::warn!(pod = %key, attempt, error = %error_chain(e), "pod setup failed");
                 }
             }
             if attempt < SETUP_ATTEMPTS {
                 tokio::time::sleep(SETUP_RETRY).await;
             }
         }
-        let (record, servers) = match outcome {
-            Ok(done) => done,
-            Err(_) => {
-                // Forget it and try again later (like the kubelet, never give up on a pod
-                // that still exists); an event about the pod meanwhile also retries.
-                self.lock().pods.remove(&uid);
-                let me = Arc::clone(&self);
-                let (namespace, name) = (pod.namespace().unwrap_or_default(), pod.name_any());
-                tokio::spawn(async move {
-                    tokio::time::sleep(SETUP_BACKOFF).await;
-                    let api: Api<Pod> = Api::namespaced(me.client.clone(), &namespace);
-                    if let Ok(Some(current)) = api.get_opt(&name).await
-                        && current.uid().as_deref() == Some(uid.as_str())
-                    {
-                        me.on_pod(current);
-                    }
-                });
-                return;
-            }
+        let Ok((record, servers)) = outcome else {
+            // Forget it and try again later (like the kubelet, never give up on a pod
+            // that still exists); an event about the pod meanwhile also retries.
+            self.lock().pods.remove(&uid);
+            let me = Arc::clone(&self);
+            let (namespace, name) = (pod.namespace().unwrap_or_default(), pod.name_any());
+            tokio::spawn(async move {
+                tokio::time::sleep(SETUP_BACKOFF).await;
+                let api: Api<Pod> = Api::namespaced(me.client.clone(), &namespace);
+                if let Ok(Some(current)) = api.get_opt(&name).await
+                    && current.uid().as_deref() == Some(uid.as_str())
+                {
+                    me.on_pod(current);
+                }
+            });
+            return;
         };
         let problems = problems_by_container(&pod, &servers);
         let ready = problems.is_empty();
@@ -459,7 +456,7 @@ impl PodManager {
             match self.report(&pod, &record, &problems).await {
                 Ok(()) => break,
                 Err(e) => {
-                    tracing::warn!(pod = %key, error = %error_chain(&e), "writing pod status failed; retrying")
+                    tracing::warn!(pod = %key, error = %error_chain(&e), "writing pod status failed; retrying");
                 }
             }
             tokio::time::sleep(pause).await;

@@ -195,38 +195,9 @@ fn ns_exec_spec(name: String, agent: &Path, assets: &NodeAssets, exec: &NsExec) 
     spec
 }
 
-/// Runs a command to completion; its stderr becomes the error.
+/// Runs a command to completion; its error, with the cause, becomes the text.
 fn run_cmd(program: &Path, args: &[&str], stdin: Option<&str>) -> Result<String, String> {
-    use std::process::{Command, Stdio};
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("starting {}: {e}", program.display()))?;
-    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(text.as_bytes())
-            .map_err(|e| format!("writing to {}: {e}", program.display()))?;
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| format!("waiting for {}: {e}", program.display()))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!(
-            "{} {} exited with {}: {}",
-            program.display(),
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
+    netpol_enforcer::command::run(program, args, stdin).map_err(|e| crate::error_chain(&e))
 }
 
 /// Starts every node: containerd (images imported), kubelet, kube-proxy. Returns the

@@ -67,17 +67,6 @@ impl fmt::Display for DownReport {
     }
 }
 
-fn render(err: &dyn std::error::Error) -> String {
-    let mut s = err.to_string();
-    let mut src = err.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
-}
-
 /// Live processes carrying an [`OWNER_ENV`] mark, with the state directory it names.
 pub fn marked_processes() -> Vec<(i32, PathBuf)> {
     let prefix = format!("{OWNER_ENV}=");
@@ -216,7 +205,7 @@ pub(super) fn down_unlocked(state_dir: &Path) -> Result<DownReport> {
     let state = match State::load(state_dir) {
         Ok(s) => s,
         Err(e) => {
-            report.errors.push(render(&e));
+            report.errors.push(crate::error_chain(&e));
             None
         }
     };
@@ -275,7 +264,7 @@ pub(super) fn down_unlocked(state_dir: &Path) -> Result<DownReport> {
     if let Some(s) = &state {
         for l in s.links.iter().rev() {
             if let Err(e) = fabric::delete_link(&l.netns, &l.name) {
-                report.errors.push(render(&e));
+                report.errors.push(crate::error_chain(&e));
             }
         }
         doomed.extend(s.netns.iter().rev().cloned());
@@ -304,7 +293,7 @@ pub(super) fn down_unlocked(state_dir: &Path) -> Result<DownReport> {
         if existing.contains(name) {
             match fabric::delete_netns(name) {
                 Ok(()) => report.netns_removed.push(name.clone()),
-                Err(e) => report.errors.push(render(&e)),
+                Err(e) => report.errors.push(crate::error_chain(&e)),
             }
         }
     }
@@ -314,14 +303,14 @@ pub(super) fn down_unlocked(state_dir: &Path) -> Result<DownReport> {
         if others.is_empty() && is_pod_netns_name(&name) && fabric::links_in(&name).is_empty() {
             match fabric::delete_netns(&name) {
                 Ok(()) => report.netns_removed.push(name),
-                Err(e) => report.errors.push(render(&e)),
+                Err(e) => report.errors.push(crate::error_chain(&e)),
             }
         }
     }
     if let Some(s) = &state {
         for m in &s.mounts {
             match nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH) {
-                Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => {}
+                Ok(()) | Err(nix::Error::EINVAL | nix::Error::ENOENT) => {}
                 Err(e) => report
                     .errors
                     .push(format!("unmounting {}: {e}", m.display())),

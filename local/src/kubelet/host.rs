@@ -7,8 +7,6 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-
 /// The kernel-wide tunables the kubelet sets at start when `protectKernelDefaults` is off
 /// (its `setupKernelTunables`), as paths under `/proc/sys`.
 pub const KUBELET_TUNABLES: [&str; 6] = [
@@ -20,14 +18,7 @@ pub const KUBELET_TUNABLES: [&str; 6] = [
     "kernel/keys/root_maxbytes",
 ];
 
-/// A sysctl's value before the cluster started.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SysctlRecord {
-    /// Path under `/proc/sys` (`vm/overcommit_memory`).
-    pub key: String,
-    /// Its value then, trimmed.
-    pub value: String,
-}
+pub use crate::state::SysctlRecord;
 
 fn sysctl_path(key: &str) -> PathBuf {
     Path::new("/proc/sys").join(key)
@@ -95,6 +86,23 @@ pub fn cgroup_dirs(name: &str) -> Vec<PathBuf> {
         .collect()
 }
 
+/// The network namespace of a pod on a real node of the local cluster (`node` names its cgroup,
+/// `npc-node-0`): `/proc/<pid>/ns/net` of one of its processes, found under the node's
+/// `kubepods` cgroups by the pod's UID; `None` while none of them runs.
+pub fn pod_netns(node: &str, uid: &str) -> Option<PathBuf> {
+    let pod = format!("pod{uid}");
+    cgroup_dirs(node).into_iter().find_map(|hierarchy| {
+        let kubepods = hierarchy.join("kubepods");
+        // Guaranteed pods sit right under kubepods, the others under their QoS class.
+        std::iter::once(kubepods.clone())
+            .chain(child_dirs(&kubepods))
+            .map(|d| d.join(&pod))
+            .filter(|d| d.is_dir())
+            .find_map(|d| pids_in_cgroup_tree(&d).first().copied())
+            .map(|pid| PathBuf::from(format!("/proc/{pid}/ns/net")))
+    })
+}
+
 /// Creates a cgroup directory; in the cpuset hierarchy it copies the parent's CPUs and
 /// memory nodes first (an empty cpuset accepts no process).
 pub fn create_cgroup(dir: &Path) -> std::io::Result<()> {
@@ -123,18 +131,23 @@ pub fn pids_in_cgroup_tree(dir: &Path) -> Vec<i32> {
         if let Ok(text) = std::fs::read_to_string(d.join("cgroup.procs")) {
             out.extend(text.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
         }
-        if let Ok(entries) = std::fs::read_dir(&d) {
-            stack.extend(
-                entries
-                    .flatten()
-                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                    .map(|e| e.path()),
-            );
-        }
+        stack.extend(child_dirs(&d));
     }
     out.sort_unstable();
     out.dedup();
     out
+}
+
+/// The directories directly inside `dir` (none when it cannot be read): a cgroup's children.
+pub fn child_dirs(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.path())
+        .collect()
 }
 
 /// Removes a cgroup tree, children first. A missing tree is fine.

@@ -86,7 +86,7 @@ pub fn cached_node_bin_dir() -> Option<PathBuf> {
     let v = |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.into());
     Some(cache_root()?.join(format!(
         "node/k8s-{}-containerd-{}-crictl-{}",
-        v("NETPOL_K8S_VERSION", crate::cluster::K8S_VERSION),
+        v("NETPOL_K8S_VERSION", crate::K8S_VERSION),
         v("NETPOL_CONTAINERD_VERSION", CONTAINERD_VERSION),
         v("NETPOL_CRICTL_VERSION", CRICTL_VERSION),
     )))

@@ -215,9 +215,8 @@ impl Stream for UnixStream {
 
 /// Copies both ways between `a` and `b` until each side has said all it has.
 fn splice<A: Stream>(a: A, b: TcpStream) {
-    let (a2, b2) = match (a.duplicate(), b.duplicate()) {
-        (Ok(a2), Ok(b2)) => (a2, b2),
-        _ => return,
+    let (Ok(a2), Ok(b2)) = (a.duplicate(), b.duplicate()) else {
+        return;
     };
     let t = std::thread::spawn(move || copy_then_shutdown(a2, b2, TcpStream::shutdown_write));
     copy_then_shutdown(b, a, A::shutdown_write);

@@ -159,7 +159,7 @@ impl Resolved {
                         }
                     }
                     NamespaceMatch::Selector(sel) => {
-                        subjects.select(sel, Some(pods), None, &mut ids)
+                        subjects.select(sel, Some(pods), None, &mut ids);
                     }
                 }
                 ids.sort_unstable();

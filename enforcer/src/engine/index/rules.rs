@@ -110,7 +110,7 @@ pub(super) fn rule_refs(
                 port_name,
                 peer_count: (end - start).min(u32::from(u8::MAX)) as u8,
                 flags: flags(protocols, action),
-            })
+            });
         }
     };
     match ports {
