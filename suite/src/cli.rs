@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::builder::BoolishValueParser;
 use clap::{Args, Parser, Subcommand};
 
+use crate::backend::Placement;
 use crate::report;
 use crate::runner::ProbeTarget;
 
@@ -194,6 +195,11 @@ pub struct RunArgs {
         default_value = "service"
     )]
     pub probe_target: ProbeTarget,
+    /// Where the worlds' pods go on a target with two or more schedulable nodes: `spread`
+    /// (alternating, so every step probes same-node and cross-node pairs), `same-node` (all on
+    /// one node) or `cross-node` (spread, and only cross-node pairs judged).
+    #[arg(long, env = "NETPOL_PLACEMENT", value_enum, default_value = "spread")]
+    pub placement: Placement,
     /// Also load the cases in this directory.
     #[arg(long, env = "NETPOL_CASES")]
     pub cases: Option<PathBuf>,

@@ -46,7 +46,7 @@ impl Collector {
             let mut p = self.progress.lock().expect("progress lock");
             match &report.outcome {
                 TrialOutcome::Failed { .. } | TrialOutcome::Error { .. } => {
-                    p.failures.push(report.trial.clone())
+                    p.failures.push(report.trial.clone());
                 }
                 _ => p.completed += 1,
             }

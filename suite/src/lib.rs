@@ -5,12 +5,13 @@
 //! - [`case`]: the YAML table, loaded and checked once (pairs typed at load);
 //! - [`plan`]: pure planning of each trial into steps and expected reachability, over the
 //!   abstract [`world`]s, with [`translate`] rendering ClusterNetworkPolicy for v1alpha1 (and
-//!   resolving run-time placeholders at apply) and [`features`] deciding what a run judges;
+//!   resolving run-time placeholders at apply), [`features`] deciding what a run judges and
+//!   each plan's scope (what it may run beside);
 //! - [`runner`]: one plan against a cluster: the [`backend`] boundary, implemented by [`kube`]
 //!   for any cluster reached through [`target`] (a kubeconfig, or the local cluster);
-//!   pre-flight, steps, retries;
-//! - [`probe`]: how probes are carried out (exec into agnhost pods, or from inside the pod's
-//!   network namespace) on a bounded pool;
+//!   pre-flight, probe steps side by side, each pair retried until it settles, witnesses;
+//! - [`probe`]: how probes are carried out (exec into agnhost pods through a shell kept open
+//!   per pod, or from inside the pod's network namespace);
 //! - [`reachability`]: expected, observed and their comparison;
 //! - [`collector`] takes each trial's report to libtest's verdict and to [`progress`] (live
 //!   and Sonobuoy progress); [`report`] writes terminal, JUnit, Sonobuoy, ConformanceReport,

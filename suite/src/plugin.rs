@@ -26,23 +26,40 @@ pub struct Overrides {
     pub service_account: Option<String>,
 }
 
+/// Why an override cannot be applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PluginError {
+    /// `--image` is not an image reference.
+    #[error("--image `{0}` is not an image reference (no spaces, no `#`)")]
+    Image(String),
+    /// `--service-account` is not a DNS subdomain.
+    #[error(
+        "--service-account `{0}` is not a valid service account name \
+         (lower-case letters, digits, `-` and `.`, at most 253 characters)"
+    )]
+    ServiceAccount(String),
+    /// The embedded definition does not have exactly one line to replace (a packaging bug).
+    #[error("the embedded plugin definition has {hits} `{key}` lines, expected one")]
+    Definition {
+        /// The key looked for.
+        key: String,
+        /// How many lines start with it.
+        hits: usize,
+    },
+}
+
 /// The shipped definition with `overrides` applied; comments and layout stay as they are.
-pub fn render(overrides: &Overrides) -> Result<String, String> {
+pub fn render(overrides: &Overrides) -> Result<String, PluginError> {
     let mut out = DEFINITION.to_string();
     if let Some(image) = &overrides.image {
         if image.is_empty() || image.chars().any(|c| c.is_whitespace() || c == '#') {
-            return Err(format!(
-                "--image `{image}` is not an image reference (no spaces, no `#`)"
-            ));
+            return Err(PluginError::Image(image.clone()));
         }
         out = replace_value(&out, "  image: ", image)?;
     }
     if let Some(account) = &overrides.service_account {
         if !is_dns_subdomain(account) {
-            return Err(format!(
-                "--service-account `{account}` is not a valid service account name \
-                 (lower-case letters, digits, `-` and `.`, at most 253 characters)"
-            ));
+            return Err(PluginError::ServiceAccount(account.clone()));
         }
         out = replace_value(&out, "  serviceAccountName: ", account)?;
     }
@@ -50,13 +67,13 @@ pub fn render(overrides: &Overrides) -> Result<String, String> {
 }
 
 /// Replaces the value of the one line that starts with `prefix` (a key at a fixed indent).
-fn replace_value(text: &str, prefix: &str, value: &str) -> Result<String, String> {
+fn replace_value(text: &str, prefix: &str, value: &str) -> Result<String, PluginError> {
     let hits = text.lines().filter(|l| l.starts_with(prefix)).count();
     if hits != 1 {
-        return Err(format!(
-            "the embedded plugin definition has {hits} `{}` lines, expected one",
-            prefix.trim()
-        ));
+        return Err(PluginError::Definition {
+            key: prefix.trim().to_string(),
+            hits,
+        });
     }
     Ok(text
         .split_inclusive('\n')
@@ -135,12 +152,28 @@ mod tests {
             ..Default::default()
         })
         .unwrap_err();
-        assert!(err.contains("--service-account `Net_Pol`"), "{err}");
+        assert_eq!(err, PluginError::ServiceAccount("Net_Pol".into()));
+        assert!(
+            err.to_string().contains("--service-account `Net_Pol`"),
+            "{err}"
+        );
         let err = render(&Overrides {
             image: Some("a b".into()),
             ..Default::default()
         })
         .unwrap_err();
-        assert!(err.contains("--image"), "{err}");
+        assert!(err.to_string().contains("--image `a b`"), "{err}");
+    }
+
+    #[test]
+    fn a_key_the_definition_lacks_is_a_packaging_error() {
+        let err = replace_value("kind: Pod\n", "  image: ", "x").unwrap_err();
+        assert_eq!(
+            err,
+            PluginError::Definition {
+                key: "image:".into(),
+                hits: 0
+            }
+        );
     }
 }

@@ -163,6 +163,69 @@ pub fn expected_mark(v: &bool) -> char {
     if *v { '.' } else { 'X' }
 }
 
+/// Which pairs cross nodes: `true` for a pair whose pods run on different nodes, `false` for
+/// one on the same node; unset where a node is not known.
+pub type CrossNode = Table<bool>;
+
+/// Mark for a placement cell: `C` cross-node, `S` same node.
+pub fn placement_mark(cross: &bool) -> char {
+    if *cross { 'C' } else { 'S' }
+}
+
+/// Where a comparison's wrong pairs ran, in words (`all 12 wrong pairs are cross-node`,
+/// `3 of 12 wrong pairs are cross-node`); `None` when nothing is wrong or no wrong pair's
+/// placement is known.
+pub fn wrong_placement(comparison: &Comparison, cross: &CrossNode) -> Option<String> {
+    let wrong: Vec<Option<bool>> = comparison
+        .table
+        .entries()
+        .filter(|(_, _, v)| **v == Verdict::Mismatch)
+        .map(|(f, t, _)| cross.get(f, t).copied())
+        .collect();
+    let known = wrong.iter().flatten().count();
+    if wrong.is_empty() || known == 0 {
+        return None;
+    }
+    let crossing = wrong.iter().flatten().filter(|c| **c).count();
+    let n = wrong.len();
+    let pairs = if n == 1 { "pair is" } else { "pairs are" };
+    Some(match crossing {
+        _ if known < n => format!(
+            "{crossing} of {n} wrong {pairs} cross-node ({} unknown)",
+            n - known
+        ),
+        c if c == n => {
+            if n == 1 {
+                "the wrong pair is cross-node".into()
+            } else {
+                format!("all {n} wrong pairs are cross-node")
+            }
+        }
+        0 => {
+            if n == 1 {
+                "the wrong pair is same-node".into()
+            } else {
+                format!("all {n} wrong pairs are same-node")
+            }
+        }
+        c => format!("{c} of {n} wrong {pairs} cross-node"),
+    })
+}
+
+/// The verdict on one pair: whether `observed` (`None`: not probed, an error) is what `allowed`
+/// expects under `rule`.
+pub fn verdict(allowed: bool, observed: Option<&Outcome>, rule: BlockRule) -> Verdict {
+    match (observed, allowed, rule) {
+        (Some(Outcome::Connected), true, _) => Verdict::Match,
+        (Some(Outcome::Blocked(_)), false, BlockRule::AnyFailure) => Verdict::Match,
+        (Some(Outcome::Blocked(BlockKind::Timeout)), false, BlockRule::TimeoutOnly) => {
+            Verdict::Match
+        }
+        (Some(Outcome::Error(_)) | None, _, _) => Verdict::Error,
+        _ => Verdict::Mismatch,
+    }
+}
+
 /// The comparison of expected with observed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Comparison {
@@ -183,15 +246,7 @@ impl Comparison {
         let mut table = Table::new(expected.pods().to_vec());
         let (mut correct, mut wrong, mut errors) = (0, 0, 0);
         for (from, to, want) in expected.entries() {
-            let verdict = match (observed.get(from, to), *want, rule) {
-                (Some(Outcome::Connected), true, _) => Verdict::Match,
-                (Some(Outcome::Blocked(_)), false, BlockRule::AnyFailure) => Verdict::Match,
-                (Some(Outcome::Blocked(BlockKind::Timeout)), false, BlockRule::TimeoutOnly) => {
-                    Verdict::Match
-                }
-                (Some(Outcome::Error(_)) | None, _, _) => Verdict::Error,
-                _ => Verdict::Mismatch,
-            };
+            let verdict = verdict(*want, observed.get(from, to), rule);
             match verdict {
                 Verdict::Match => correct += 1,
                 Verdict::Mismatch => wrong += 1,

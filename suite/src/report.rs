@@ -8,7 +8,6 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use quick_junit::{NonSuccessKind, Property, Report, TestCase, TestCaseStatus, TestSuite};
 use serde::Serialize;
 
 use crate::backend::TargetInfo;
@@ -16,8 +15,12 @@ use crate::reachability::{Expected, Observed, Table, Verdict};
 
 pub mod github;
 pub mod html;
+mod junit;
 pub mod npa;
+pub mod placement;
 pub mod timing;
+
+pub use junit::{junit, write_junit};
 
 /// How a trial ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -132,6 +135,22 @@ pub enum StepResult {
     },
 }
 
+impl StepResult {
+    /// A probed step's result from its comparison: passed when every pair matched, failed when
+    /// some pair contradicts its expectation, an error when the rest could not be judged.
+    pub fn judged(comparison: &crate::reachability::Comparison) -> StepResult {
+        if comparison.passed() {
+            StepResult::Passed
+        } else if comparison.wrong > 0 {
+            StepResult::Failed
+        } else {
+            StepResult::Error {
+                message: format!("{} probes could not be judged", comparison.errors),
+            }
+        }
+    }
+}
+
 impl fmt::Display for StepResult {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -171,6 +190,8 @@ pub struct StepReport {
     pub rerun: Vec<String>,
     /// The same tables as values, for every step that probed (passed or not).
     pub grids: Option<StepGrids>,
+    /// For a step with wrong pairs, where they ran (`all 12 wrong pairs are cross-node`).
+    pub placement: Option<String>,
 }
 
 /// A probe step's tables as values: what [`StepReport::tables`] renders as text, for renderers
@@ -183,6 +204,8 @@ pub struct StepGrids {
     pub observed: Observed,
     /// Expected against observed, per pair.
     pub comparison: Table<Verdict>,
+    /// Which probed pairs crossed nodes (unset where a node is not known).
+    pub cross_node: Table<bool>,
     /// For a step that did not pass, the command that repeats each probed pair's probe by hand
     /// (every pair, matching ones too, to compare with); empty for a step that passed.
     pub rerun: Vec<PairCommand>,
@@ -285,6 +308,9 @@ pub struct RunReport {
     pub duration: Duration,
     /// How many trials ran at once (0: not known).
     pub concurrency: usize,
+    /// How long connecting the target took before the first trial (a local cluster's bring-up
+    /// included), where the run connected before its trials.
+    pub target_setup: Option<Duration>,
 }
 
 impl Default for RunReport {
@@ -299,6 +325,7 @@ impl Default for RunReport {
             started: SystemTime::now(),
             duration: Duration::ZERO,
             concurrency: 0,
+            target_setup: None,
         }
     }
 }
@@ -359,127 +386,6 @@ impl RunReport {
 
 /// The JUnit name of the synthetic case that records an early abort.
 pub const ABORT_CASE: &str = "netpol-conformance run";
-
-/// A report time as quick-junit takes it (UTC).
-fn junit_time(t: SystemTime) -> chrono::DateTime<chrono::Utc> {
-    chrono::DateTime::<chrono::Utc>::from(t)
-}
-
-/// Renders JUnit XML. Every testcase, the abort case included, carries `timestamp`, `time` and
-/// `hostname`; an abort is an `<error>` (an infrastructure fault, as [`RunReport::counts`]
-/// counts it), so the summary's and JUnit's counts agree.
-pub fn junit(report: &RunReport) -> String {
-    let mut junit = Report::new("netpol-conformance");
-    let mut suite = TestSuite::new("netpol-conformance");
-    for (name, value) in [
-        ("target", report.target.target.as_str()),
-        (
-            "kubernetes-version",
-            report.target.kubernetes_version.as_str(),
-        ),
-        ("implementation", report.target.implementation.as_str()),
-        ("prober", report.target.prober.as_str()),
-        ("runtime", report.target.runtime.as_str()),
-        (
-            "container-runtime",
-            report.target.container_runtime.as_str(),
-        ),
-        ("enforcer", report.target.enforcer.as_str()),
-        ("execs", report.target.execs.to_string().as_str()),
-        ("suite-version", report.suite_version.as_str()),
-    ] {
-        suite.add_property(Property::new(name, value));
-    }
-    for (name, value) in timing::suite_properties(report) {
-        suite.add_property(Property::new(name, value));
-    }
-    suite
-        .extra
-        .insert("hostname".into(), report.hostname.as_str().into());
-    for t in &report.trials {
-        let status = match &t.outcome {
-            TrialOutcome::Passed => TestCaseStatus::success(),
-            TrialOutcome::Failed { message } => {
-                let mut s = TestCaseStatus::non_success(NonSuccessKind::Failure);
-                s.set_message(message.as_str());
-                s.set_type("policy mismatch");
-                s.set_description(t.details());
-                s
-            }
-            TrialOutcome::Error { message } => {
-                let mut s = TestCaseStatus::non_success(NonSuccessKind::Error);
-                s.set_message(message.as_str());
-                s.set_type("infrastructure");
-                s.set_description(t.details());
-                s
-            }
-            TrialOutcome::Skipped { reason } | TrialOutcome::NotSupported { reason } => {
-                let mut s = TestCaseStatus::skipped();
-                s.set_message(reason.as_str());
-                s.set_type(t.outcome.word());
-                s
-            }
-            TrialOutcome::Partial { .. } => {
-                let mut s = TestCaseStatus::skipped();
-                s.set_message(t.outcome.message().unwrap_or_default());
-                s.set_type("partial");
-                s.set_description(t.details());
-                s
-            }
-        };
-        let mut case = TestCase::new(format!("{}: {}", t.trial, t.name), status);
-        case.set_classname(t.classname.as_str());
-        case.set_timestamp(junit_time(t.started));
-        case.set_time(t.duration);
-        case.extra
-            .insert("hostname".into(), report.hostname.as_str().into());
-        if matches!(t.outcome, TrialOutcome::Passed) && !t.steps.is_empty() {
-            case.set_system_out(t.details());
-        }
-        for (name, value) in timing::case_properties(t) {
-            case.add_property(Property::new(name, value));
-        }
-        let skipped_steps: Vec<String> = t
-            .steps
-            .iter()
-            .filter(|s| matches!(s.result, StepResult::Skipped { .. }))
-            .map(|s| format!("{} {}", s.index, s.probe))
-            .collect();
-        if !skipped_steps.is_empty() {
-            case.add_property(Property::new("skipped-steps", skipped_steps.join(", ")));
-        }
-        suite.add_test_case(case);
-    }
-    if let Some(reason) = &report.aborted {
-        // The run itself as one case: from its start for as long as it ran.
-        let mut s = TestCaseStatus::non_success(NonSuccessKind::Error);
-        s.set_message(reason.as_str());
-        s.set_type("aborted");
-        let mut case = TestCase::new(ABORT_CASE, s);
-        case.set_classname("netpol-conformance");
-        case.set_timestamp(junit_time(report.started));
-        case.set_time(report.duration);
-        case.extra
-            .insert("hostname".into(), report.hostname.as_str().into());
-        suite.add_test_case(case);
-    }
-    suite.set_timestamp(junit_time(report.started));
-    suite.set_time(report.duration);
-    junit.set_timestamp(junit_time(report.started));
-    junit.set_time(report.duration);
-    junit.add_test_suite(suite);
-    junit
-        .to_string()
-        .unwrap_or_else(|e| format!("<!-- rendering JUnit failed: {e} -->\n"))
-}
-
-/// Writes the JUnit file (creating its directory).
-pub fn write_junit(report: &RunReport, path: &Path) -> std::io::Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(path, junit(report))
-}
 
 /// Writes Sonobuoy's results into `dir`: `junit.xml` and the HTML report `report.html`, then
 /// `done` naming the directory itself (written last, as the worker uploads whatever `done`
@@ -583,6 +489,13 @@ pub fn summary(report: &RunReport) -> String {
     }
     if let Some(latency) = timing::LatencySummary::of_run(report) {
         let _ = writeln!(out, "{}", latency.line());
+    }
+    if let Some((p999, samples)) = report.target.connect_p999 {
+        let _ = writeln!(
+            out,
+            "measured path: p99.9 connect {:.1} ms over {samples} connections",
+            p999.as_secs_f64() * 1000.0
+        );
     }
     let _ = writeln!(
         out,

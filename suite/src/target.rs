@@ -18,16 +18,7 @@ use crate::probe::netns::NetnsProber;
 /// The agnhost image the dummy pods run on real clusters.
 pub const AGNHOST_IMAGE: &str = netpol_local::kubelet::AGNHOST_IMAGE;
 
-/// Where the kube client's configuration comes from, in kubectl's order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KubeConfigSource {
-    /// `--kubeconfig FILE` (or `NETPOL_KUBECONFIG`).
-    File(PathBuf),
-    /// `$KUBECONFIG` (one or more files) or `~/.kube/config`, read as kubectl reads them.
-    Default,
-    /// The pod's service account (plugin mode, `--in-cluster`).
-    InCluster,
-}
+pub use crate::kube::KubeConfigSource;
 
 /// Where the run goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -239,6 +230,12 @@ impl Target {
     /// Tears down what the run created: shared worlds, then the local cluster if the run owns it.
     pub fn finish(mut self) -> Vec<String> {
         let mut problems = Vec::new();
+        if self.guard.is_some() {
+            // A local cluster this run brought up goes as a whole, with every world and lease
+            // in it: deleting them one by one first would only wait for namespaces to go.
+            drop(self.guard.take());
+            return problems;
+        }
         if let Err(e) = self.cluster.delete_shared_worlds() {
             problems.push(format!("deleting shared worlds: {e}"));
         }
@@ -303,6 +300,8 @@ pub struct ConnectOptions {
     pub preflight_sctp: bool,
     /// Wait for another run's cluster lock instead of failing at once.
     pub wait_for_lock: bool,
+    /// Where the worlds' pods go.
+    pub placement: crate::backend::Placement,
 }
 
 impl ConnectOptions {
@@ -312,6 +311,7 @@ impl ConnectOptions {
             run_id: run_id.into(),
             preflight_sctp: false,
             wait_for_lock: true,
+            placement: crate::backend::Placement::Spread,
         }
     }
 }
@@ -337,6 +337,7 @@ pub fn connect(spec: &TargetSpec, connect: &ConnectOptions) -> Result<Target, Co
                 implementation: std::env::var("NETPOL_IMPLEMENTATION")
                     .unwrap_or_else(|_| "unknown".into()),
                 sctp: None,
+                local: false,
             };
             kube_target(kube, client, connect, rt, None)
         }
@@ -395,6 +396,7 @@ fn connect_local(
             // Real pods share this machine's kernel: what it cannot carry is known without a
             // probe.
             sctp: Some(sctp_in_kernel()),
+            local: true,
         };
         return kube_target(kube, client, connect, rt, guard);
     }
@@ -413,7 +415,7 @@ fn connect_local(
     let cluster = KubeCluster::new(
         rt.handle().clone(),
         client,
-        Box::new(NetnsProber { parallelism: 32 }),
+        Box::new(NetnsProber::new(32)),
         KubeOptions {
             run_id: connect.run_id.clone(),
             image: AGNHOST_IMAGE.into(),
@@ -423,6 +425,8 @@ fn connect_local(
             timeouts: KubeTimeouts::default(),
             wait_for_lock: connect.wait_for_lock,
             enforcer: Some(if local.enforced { "process" } else { "none" }.into()),
+            placement: connect.placement,
+            measure_path: false,
         },
         format!("local ({})", local.server),
         if local.enforced {
@@ -450,6 +454,10 @@ struct KubeTarget {
     /// Whether SCTP works, where that is known without a probe (the local cluster's real nodes
     /// share this machine's kernel); `None`: `NETPOL_SCTP`, else one probe between two pods.
     sctp: Option<Result<(), String>>,
+    /// The local cluster's real nodes: its pods' network namespaces are on this machine, so the
+    /// path between them is measured from inside them (never a verdict: the probes still go
+    /// through exec) and the connect timeout follows it, as on the emulated nodes.
+    local: bool,
 }
 
 /// A cluster through the kube backend: agnhost pods, Services, probes through exec; real
@@ -483,18 +491,15 @@ fn kube_target(
         None => {}
     }
     let prober = HybridProber {
-        exec: ExecProber {
-            rt: rt.handle().clone(),
-            client: client.clone(),
-            parallelism: 8,
-            exec_slack: std::time::Duration::from_secs(30),
-            batch: netpol_local::env_flag("NETPOL_EXEC_BATCH")
+        exec: ExecProber::new(
+            rt.handle().clone(),
+            client.clone(),
+            16,
+            netpol_local::env_flag("NETPOL_EXEC_BATCH")
                 .map_err(ConnectError::Setting)?
                 .unwrap_or(true),
-            batch_works: std::sync::atomic::AtomicBool::new(true),
-            execs: Default::default(),
-        },
-        netns: NetnsProber { parallelism: 32 },
+        ),
+        netns: NetnsProber::new(32),
         used_exec: Default::default(),
         used_netns: Default::default(),
     };
@@ -511,6 +516,8 @@ fn kube_target(
             timeouts: KubeTimeouts::default(),
             wait_for_lock: connect.wait_for_lock,
             enforcer: None,
+            placement: connect.placement,
+            measure_path: kube.local,
         },
         kube.name,
         kube.implementation,
@@ -522,7 +529,7 @@ fn kube_target(
     cluster.announce().map_err(ConnectError::Announce)?;
     Ok(Target {
         cluster: Arc::new(cluster),
-        local: false,
+        local: kube.local,
         guard,
         _rt: Some(rt),
     })

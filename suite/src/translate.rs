@@ -276,7 +276,7 @@ pub fn resolve_str(s: &str, ctx: &dyn Resolve) -> Result<String, ResolveError> {
             placeholder: text.to_string(),
             reason: reason.to_string(),
         };
-        let placeholder = parsed.map_err(|m| fail(&m))?;
+        let placeholder = parsed.map_err(|e| fail(&e.to_string()))?;
         let value = match &placeholder {
             Placeholder::Namespace(ns) => {
                 ctx.namespace(ns).ok_or_else(|| fail("no such namespace"))?

@@ -6,9 +6,8 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::SinkExt;
+use futures::{SinkExt, StreamExt};
 use netpol_conformance::backend::{ProbeJob, RealizedPod};
-use std::sync::atomic::AtomicBool;
 
 use netpol_conformance::probe::Prober;
 use netpol_conformance::probe::exec::ExecProber;
@@ -62,20 +61,20 @@ fn command_of(uri: &str) -> Vec<String> {
         .collect()
 }
 
-/// How the mocked agnhost answers a target in batch mode: `.2` connects, `.3` times out, `.4`
-/// is refused.
-fn batch_stdout(command: &[String]) -> String {
-    command
-        .iter()
-        .skip(6)
-        .map(
-            |t| match t.split(':').next().unwrap().rsplit('.').next().unwrap() {
-                "2" => format!("@@{t} 0 \n"),
-                "3" => format!("@@{t} 1 TIMEOUT\n"),
-                _ => format!("@@{t} 1 REFUSED\n"),
-            },
-        )
-        .collect()
+/// How the mocked agnhost answers a target: `.2` connects, `.3` times out, `.4` is refused.
+fn answer(id: &str, target: &str) -> String {
+    match target
+        .split(':')
+        .next()
+        .unwrap()
+        .rsplit('.')
+        .next()
+        .unwrap()
+    {
+        "2" => format!("@@{id} 0 \n"),
+        "3" => format!("@@{id} 1 TIMEOUT\n"),
+        _ => format!("@@{id} 1 REFUSED\n"),
+    }
 }
 
 fn status_json(exit: i32) -> serde_json::Value {
@@ -135,11 +134,29 @@ async fn mock_apiserver(script: Script, seen: Arc<Mutex<Vec<String>>>) -> u16 {
                     Message::Binary(v.into())
                 };
                 let command = command_of(&uri.lock().unwrap());
-                let stdout = if command.first().map(String::as_str) == Some("sh") {
-                    batch_stdout(&command)
-                } else {
-                    script.stdout.to_string()
-                };
+                if command.first().map(String::as_str) == Some("sh") && script.exit == 0 {
+                    // A probe shell: answer every request line on stdout until the client goes.
+                    let mut pending = String::new();
+                    while let Some(Ok(message)) = ws.next().await {
+                        let Message::Binary(bytes) = message else {
+                            continue;
+                        };
+                        if bytes.first() != Some(&0) {
+                            continue;
+                        }
+                        pending.push_str(std::str::from_utf8(&bytes[1..]).unwrap());
+                        while let Some(end) = pending.find('\n') {
+                            let line: String = pending.drain(..=end).collect();
+                            seen.lock().unwrap().push(format!("line {}", line.trim()));
+                            let words: Vec<&str> = line.split_whitespace().collect();
+                            if let [id, _, _, target] = words[..] {
+                                let _ = ws.send(frame(1, answer(id, target).as_bytes())).await;
+                            }
+                        }
+                    }
+                    return;
+                }
+                let stdout = script.stdout.to_string();
                 if !stdout.is_empty() {
                     let _ = ws.send(frame(1, stdout.as_bytes())).await;
                 }
@@ -169,6 +186,7 @@ fn job_to(last_octet: u8) -> ProbeJob {
             service_ip: None,
             container: "cont-80-tcp".into(),
             netns: None,
+            node: None,
         },
         to_model: "x/b".into(),
         to_ip: IpAddr::from([10, 0, 0, last_octet]),
@@ -191,15 +209,8 @@ fn prober_with(
     let port = rt.block_on(mock_apiserver(script, seen.clone()));
     let config = kube::Config::new(format!("http://127.0.0.1:{port}").parse().unwrap());
     let client = rt.block_on(async { kube::Client::try_from(config).unwrap() });
-    let prober = ExecProber {
-        rt: rt.handle().clone(),
-        client,
-        parallelism: 2,
-        exec_slack: Duration::from_secs(10),
-        batch,
-        batch_works: AtomicBool::new(true),
-        execs: Default::default(),
-    };
+    let mut prober = ExecProber::new(rt.handle().clone(), client, 2, batch);
+    prober.exec_slack = Duration::from_secs(10);
     (prober, seen, rt)
 }
 
@@ -210,8 +221,18 @@ fn probe_with(script: Script) -> (Outcome, Vec<String>) {
     (outcome, seen)
 }
 
+/// The exec requests among what the mock saw (not the lines sent through shells).
+fn execs_seen(seen: &Arc<Mutex<Vec<String>>>) -> Vec<String> {
+    seen.lock()
+        .unwrap()
+        .iter()
+        .filter(|s| !s.starts_with("line "))
+        .cloned()
+        .collect()
+}
+
 #[test]
-fn batch_mode_probes_a_row_with_one_exec() {
+fn one_shell_per_pod_carries_every_probe_from_it() {
     let (prober, seen, _rt) = prober_with(
         Script {
             stdout: "",
@@ -225,37 +246,45 @@ fn batch_mode_probes_a_row_with_one_exec() {
     other_source.from.name = "b".into();
     let mut all = jobs.clone();
     all.push(other_source);
-    assert_eq!(prober.calls(&all), 2, "one exec per source pod");
-    let outcomes = prober.probe_all(&all);
-    assert_eq!(
-        outcomes,
-        [
-            Outcome::Connected,
-            Outcome::Blocked(BlockKind::Timeout),
-            Outcome::Blocked(BlockKind::Refused),
-            Outcome::Connected,
-            Outcome::Blocked(BlockKind::Timeout),
-        ]
-    );
-    let seen = seen.lock().unwrap().clone();
-    assert_eq!(seen.len(), 2, "{seen:?}");
+    let expected = [
+        Outcome::Connected,
+        Outcome::Blocked(BlockKind::Timeout),
+        Outcome::Blocked(BlockKind::Refused),
+        Outcome::Connected,
+        Outcome::Blocked(BlockKind::Timeout),
+    ];
+    assert_eq!(prober.probe_all(&all), expected);
+    assert_eq!(prober.calls(&all), 5, "one line per probe");
+    // Again: the shells stay open, no new exec.
+    assert_eq!(prober.probe_all(&all), expected);
+    let execs = execs_seen(&seen);
+    assert_eq!(execs.len(), 2, "one exec per source pod: {execs:?}");
     assert_eq!(
         Prober::execs(&prober),
         2,
         "the count reports give is what reached the server"
     );
-    let command = command_of(seen.iter().find(|u| u.contains("/pods/a/")).unwrap());
+    let command = command_of(execs.iter().find(|u| u.contains("/pods/a/")).unwrap());
     assert_eq!(&command[..2], ["sh", "-c"]);
-    assert_eq!(&command[3..6], ["sh", "tcp", "1s"]);
     assert_eq!(
-        command[6..],
-        ["10.0.0.2:80", "10.0.0.3:80", "10.0.0.4:80", "10.0.0.2:80"]
+        command[2],
+        netpol_conformance::probe::session::SESSION_SCRIPT
     );
+    let lines: Vec<String> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|s| s.starts_with("line ") && s.ends_with("10.0.0.4:80"))
+        .cloned()
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(lines[0].contains(" tcp 1000ms 10.0.0.4:80"), "{lines:?}");
 }
 
 #[test]
-fn batch_mode_falls_back_when_the_image_has_no_shell() {
-    // The container has no `sh`: the batch exec exits 127; single probes then run as usual.
+fn an_image_without_a_shell_falls_back_to_one_exec_per_probe() {
+    // The container has no `sh`: the shell's exec ends at once with 127; single probes then run
+    // as usual.
     let (prober, seen, _rt) = prober_with(
         Script {
             stdout: "",
@@ -271,15 +300,16 @@ fn batch_mode_falls_back_when_the_image_has_no_shell() {
         "{outcomes:?}"
     );
     assert_eq!(
-        seen.lock().unwrap().len(),
+        execs_seen(&seen).len(),
         2,
-        "one batch attempt, then one single probe"
+        "one shell attempt, then one single probe"
     );
     assert_eq!(Prober::execs(&prober), 2, "failed execs are counted too");
+    let _ = prober.probe_all(&[job_to(2), job_to(3)]);
     assert_eq!(
-        prober.calls(&[job_to(2), job_to(3)]),
-        2,
-        "batching is off from now on"
+        execs_seen(&seen).len(),
+        4,
+        "no shell is tried again: one exec per probe"
     );
 }
 
@@ -301,7 +331,7 @@ fn exit_zero_is_connected_and_the_command_is_agnhost_connect() {
         "command=%2Fagnhost",
         "command=connect",
         "command=10.0.0.2%3A80",
-        "command=--timeout%3D1s",
+        "command=--timeout%3D1000ms",
         "command=--protocol%3Dtcp",
         "stdout=true",
         "stderr=true",

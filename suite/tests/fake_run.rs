@@ -132,3 +132,49 @@ fn servers_that_never_answer_are_an_error_not_a_pass() {
         "no policy is applied to a world that is not ready: {log:?}"
     );
 }
+
+/// The in-memory cluster puts the upstream world's pods on two nodes, alternating in model
+/// order (`x/a` on the first, `x/b` on the second, …): whether a pair crosses nodes.
+fn crosses(from: &str, to: &str) -> bool {
+    let order = [
+        "x/a", "x/b", "x/c", "y/a", "y/b", "y/c", "z/a", "z/b", "z/c",
+    ];
+    let at = |m: &str| order.iter().position(|p| *p == m).unwrap();
+    at(from) % 2 != at(to) % 2
+}
+
+#[test]
+fn a_failure_only_across_nodes_is_reported_as_such() {
+    // Enforcement that only works on the node where both pods run: every leak crosses nodes.
+    let (code, report, _) = run(|job, objects| {
+        if crosses(&job.from.model, &job.to_model) {
+            Outcome::Connected
+        } else {
+            enforcing(job, objects)
+        }
+    });
+    assert_ne!(code, ExitCode::SUCCESS);
+    let case = testcase(&report);
+    assert!(case.contains("<failure"), "{case}");
+    // x's pods are denied from the six pods of y and z and from their two neighbours in x:
+    // of the 24 denied pairs, those whose source sits on the other node leak.
+    let leaks = ["x/a", "x/b", "x/c"]
+        .iter()
+        .flat_map(|to| {
+            [
+                "x/a", "x/b", "x/c", "y/a", "y/b", "y/c", "z/a", "z/b", "z/c",
+            ]
+            .into_iter()
+            .filter(move |from| from != to && crosses(from, to))
+        })
+        .count();
+    assert!(
+        case.contains(&format!("all {leaks} wrong pairs are cross-node")),
+        "{case}"
+    );
+    assert!(
+        case.contains("placement (S same node, C cross-node)"),
+        "{case}"
+    );
+    assert!(case.contains("name=\"cross-node-pairs\""), "{case}");
+}

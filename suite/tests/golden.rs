@@ -82,6 +82,7 @@ fn sample_report() -> RunReport {
         },
         tables: tables.map(String::from),
         grids: None,
+        placement: tables.map(|_| "all 2 wrong pairs are cross-node".into()),
         rerun: if tables.is_some() {
             vec!["netpol-conformance probe --netns /run/netns/npc-1 10.244.0.2:80 --protocol tcp --timeout 1".into()]
         } else {
@@ -116,6 +117,8 @@ fn sample_report() -> RunReport {
             container_runtime: "netpol-local://0.1.0".into(),
             enforcer: "process".into(),
             execs: 0,
+            connect_p999: Some((Duration::from_micros(2500), 4000)),
+            placement: "spread over 2 nodes".into(),
         },
         hostname: "ci-runner-7".into(),
         trials: vec![
@@ -174,6 +177,7 @@ fn sample_report() -> RunReport {
         started: at(0),
         duration: Duration::from_secs(12),
         concurrency: 4,
+        target_setup: None,
     };
     // The passing trial followed a policy change: where its time went and how long
     // enforcement took.
@@ -186,6 +190,9 @@ fn sample_report() -> RunReport {
         probe_connect: Duration::from_secs(1),
         probe_steps: 1,
         deny_steps: 1,
+        probe_groups: 1,
+        deny_groups: 1,
+        scope: "own",
         probes: 81,
         latencies: vec![(1, Duration::from_millis(1250))],
     });
@@ -441,6 +448,7 @@ fn npa_run() -> (RunReport, Selection) {
         started: at(0),
         duration: Duration::from_secs(754),
         concurrency: 0,
+        target_setup: None,
     };
     (run, judged)
 }

@@ -45,6 +45,7 @@ fn pod(model: &str, i: usize) -> RealizedPod {
         service_ip: None,
         container: "agnhost".into(),
         netns: None,
+        node: Some(format!("node-{}", i % 2)),
     }
 }
 
@@ -164,6 +165,7 @@ fn synthetic_trial(
             tables: None,
             rerun: vec![],
             grids: None,
+            placement: None,
         };
         if matches!(scenario, Scenario::SkipProtocol(p) if p == probe.protocol) {
             let reason = "SCTP: exempted with --exempt-features".to_string();
@@ -246,19 +248,19 @@ fn synthetic_trial(
             protocol: probe.protocol,
             timeout: Duration::from_secs(3),
         };
-        s.result = if comparison.passed() {
-            StepResult::Passed
-        } else if comparison.wrong > 0 {
-            StepResult::Failed
-        } else {
-            StepResult::Error {
-                message: format!("{} probes could not be judged", comparison.errors),
-            }
-        };
+        s.result = StepResult::judged(&comparison);
+        // Pods alternate between two nodes, in model order.
+        let pods = probe.expected.pods().to_vec();
+        let at = |m: &str| pods.iter().position(|p| p == m).unwrap_or(0);
+        let mut cross_node = netpol_conformance::reachability::Table::new(pods.clone());
+        for (f, t, _) in probe.expected.entries() {
+            cross_node.set(f, t, at(f) % 2 != at(t) % 2);
+        }
         let mut grids = StepGrids {
             expected: probe.expected.clone(),
             observed: observed.clone(),
             comparison: comparison.table.clone(),
+            cross_node,
             rerun: vec![],
         };
         if !comparison.passed() {
@@ -355,6 +357,7 @@ fn synthetic_run(n: usize) -> RunReport {
         started: t0(),
         duration: Duration::from_secs(754),
         concurrency: 0,
+        target_setup: None,
     }
 }
 

@@ -146,8 +146,10 @@ fn plugin_mode_leaves_results_sonobuoy_accepts() {
     let xml = std::fs::read_to_string(results.join("junit.xml")).unwrap();
     // Without an enforcer the deny cases fail with the tables; SCTP is skipped with its reason.
     assert!(xml.contains("tests=\"3\""), "{xml}");
+    // The pods are spread over both nodes: the failure says where its wrong pairs ran.
     assert!(
-        xml.contains("<failure message=\"step 1 (TCP/80) had wrong results\""),
+        xml.contains("<failure message=\"step 1 (TCP/80) had wrong results (")
+            && xml.contains(" of 24 wrong pairs are cross-node)\""),
         "{xml}"
     );
     assert!(xml.contains("comparison:"), "{xml}");

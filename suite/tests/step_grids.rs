@@ -25,9 +25,13 @@ fn a_real_run_plan_keeps_its_grids_equal_to_its_text_tables() {
     let cluster = FakeCluster::new(Box::new(|_, _| Outcome::Connected));
     let caps = cluster.capabilities();
     let opts = RunOptions {
+        placement: netpol_conformance::backend::Placement::Spread,
         timeouts: Timeouts {
             probe_settle: Duration::ZERO,
-            probe_retry_interval: Duration::ZERO,
+            probe_retry_first: Duration::ZERO,
+            probe_retry_max: Duration::ZERO,
+            derive_connect: None,
+            probe_reach: None,
             ..Timeouts::for_target(true)
         },
         probe_target: ProbeTarget::PodIp,

@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use super::pair::{find_placeholders, parse_pair, parse_pair_probe};
+use super::pair::{Pair, find_placeholders};
 use super::{
     Case, CaseDoc, CaseName, ExpectOp, LoadError, Placeholder, PortRef, ProbeStep, Source, Step,
 };
@@ -72,18 +72,16 @@ impl Checker<'_> {
         ))
     }
 
-    fn pair(&self, field: &str, text: &str) -> Result<(), LoadError> {
-        let (from, to) = parse_pair(text)
-            .ok_or_else(|| self.err(field, format!("`{text}` is not a pair like `x/a -> x/b`")))?;
-        self.pod(field, from)?;
-        self.pod(field, to)
+    fn pair(&self, field: &str, pair: &Pair) -> Result<(), LoadError> {
+        self.pod(field, &pair.from)?;
+        self.pod(field, &pair.to)
     }
 
     fn placeholders(&self, field: &str, value: &Value) -> Result<(), LoadError> {
         match value {
             Value::String(s) => {
                 for p in find_placeholders(s) {
-                    let p = p.map_err(|m| self.err(field, m))?;
+                    let p = p.map_err(|e| self.err(field, e.to_string()))?;
                     self.placeholder(field, &p)?;
                 }
                 Ok(())
@@ -271,9 +269,8 @@ impl Checker<'_> {
                 if pairs.is_empty() {
                     return Err(self.err(format!("{field}.pairs"), "lists no pairs"));
                 }
-                for (i, line) in pairs.iter().enumerate() {
+                for (i, probe) in pairs.iter().enumerate() {
                     let f = format!("{field}.pairs[{i}]");
-                    let probe = parse_pair_probe(line).map_err(|m| self.err(&f, m))?;
                     self.pod(&f, &probe.from)?;
                     self.pod(&f, &probe.to)?;
                 }

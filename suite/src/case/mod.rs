@@ -26,7 +26,7 @@ use crate::world::{Protocol, WorldKind};
 pub use check::POLICY_KINDS;
 pub use load::{embedded_files, load_embedded, load_files, read_dir};
 pub use pair::{
-    PairProbe, Placeholder, find_placeholders, parse_pair, parse_pair_probe, scan_placeholders,
+    Pair, PairError, PairProbe, Placeholder, PlaceholderError, find_placeholders, scan_placeholders,
 };
 
 /// Where a case came from.
@@ -225,9 +225,9 @@ pub enum ExpectOp {
     /// `ExpectPeer(from, to, v)`.
     ExpectPeer(PeerExpectation),
     /// These pairs are blocked (`"y/a -> x/a"`).
-    Blocked(Vec<String>),
+    Blocked(Vec<Pair>),
     /// These pairs are allowed.
-    Allowed(Vec<String>),
+    Allowed(Vec<Pair>),
 }
 
 /// A probe step as written.
@@ -248,7 +248,7 @@ pub struct ProbeStep {
     pub expect: Option<Vec<ExpectOp>>,
     /// Pair probe: `"<from> -> <to> <PROTO>/<port> allowed|blocked"` lines.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pairs: Option<Vec<String>>,
+    pub pairs: Option<Vec<PairProbe>>,
 }
 
 /// A port by number or by container port name.
@@ -379,6 +379,20 @@ pub enum LoadError {
         id: String,
         /// Where the first one is.
         first: String,
+    },
+    /// `--cases` names something that is not a directory.
+    #[error("--cases {}: not a directory", .0.display())]
+    NotADirectory(PathBuf),
+    /// `--cases` names a directory without case files.
+    #[error("--cases {}: no *.yaml files", .0.display())]
+    NoCaseFiles(PathBuf),
+    /// A case of a user directory claims to be one of the table's.
+    #[error("{origin}: case `{id}` is a user case; its source must be `user`")]
+    NotUserSource {
+        /// Where it was loaded from.
+        origin: String,
+        /// The case id.
+        id: String,
     },
     /// A case directory could not be read.
     #[error("reading case directory {path}")]

@@ -102,13 +102,28 @@ fn placeholders_parse() {
             Placeholder::ExternalIp,
         ]
     );
-    assert!(find_placeholders("${cidr:x/b}")[0].is_err());
-    assert!(find_placeholders("${ns:y")[0].is_err());
+    let bad = |s: &str| find_placeholders(s).remove(0).unwrap_err();
+    assert_eq!(
+        bad("${cidr:x/b}"),
+        PlaceholderError::PrefixLength("b".into())
+    );
+    assert!(matches!(bad("${ns:y"), PlaceholderError::Unterminated(_)));
+    assert!(matches!(
+        bad("${ns}"),
+        PlaceholderError::NeedsArgument { .. }
+    ));
+    assert!(matches!(bad("${pod:x/a}"), PlaceholderError::Unknown(_)));
+    assert_eq!(
+        bad("${node-ip:two}"),
+        PlaceholderError::NodeIndex("two".into())
+    );
 }
 
 #[test]
 fn pair_probe_lines_parse() {
-    let p = parse_pair_probe("gryffindor/0 -> ravenclaw/1 udp/5353 blocked").unwrap();
+    let p: PairProbe = "gryffindor/0 -> ravenclaw/1 udp/5353 blocked"
+        .parse()
+        .unwrap();
     assert_eq!(
         p,
         PairProbe {
@@ -119,9 +134,71 @@ fn pair_probe_lines_parse() {
             allowed: false
         }
     );
-    assert!(parse_pair_probe("a/0 -> b/0 TCP/80 maybe").is_err());
-    assert!(parse_pair_probe("a/0 -> b/0 TCP/0 allowed").is_err());
-    assert!(parse_pair_probe("a/0 b/0 TCP/80 allowed").is_err());
+    let bad = |line: &str| line.parse::<PairProbe>().unwrap_err();
+    assert_eq!(
+        bad("a/0 -> b/0 TCP/80 maybe"),
+        PairError::Verdict("maybe".into())
+    );
+    assert_eq!(bad("a/0 -> b/0 TCP/0 allowed"), PairError::Port("0".into()));
+    assert_eq!(
+        bad("a/0 -> b/0 ICMP/1 allowed"),
+        PairError::Protocol("ICMP".into())
+    );
+    assert_eq!(
+        bad("a/0 -> b/0 TCP80 allowed"),
+        PairError::ProtoPort("TCP80".into())
+    );
+    assert!(matches!(bad("a/0 b/0 TCP/80 allowed"), PairError::Line(_)));
+}
+
+#[test]
+fn pairs_write_back_as_they_read() {
+    let p: PairProbe = "x/a -> y/b udp/53 allowed".parse().unwrap();
+    assert_eq!(String::from(p), "x/a -> y/b UDP/53 allowed");
+    let p: Pair = " x/a->y/b ".parse().unwrap();
+    assert_eq!(String::from(p), "x/a -> y/b");
+    assert!(matches!(
+        "x/a -> y/b z/c".parse::<Pair>(),
+        Err(PairError::Pair(_))
+    ));
+    assert!(matches!("-> y/b".parse::<Pair>(), Err(PairError::Pair(_))));
+}
+
+#[test]
+fn a_malformed_pair_fails_the_load_with_its_text_and_line() {
+    let text = MINIMAL.replace(
+        "          - expect_peer: {from: {}, to: {ns: x}, allowed: false}",
+        "          - blocked: [\"x/a -> x/b\", \"x/a x/c\"]",
+    );
+    let err = load(&text).unwrap_err();
+    assert!(matches!(err, LoadError::Parse { .. }), "{err:?}");
+    let err = err.to_string();
+    assert!(
+        err.contains("`x/a x/c` is not a pair like `x/a -> x/b`"),
+        "{err}"
+    );
+    assert!(err.contains("line 17 column 37"), "{err}");
+
+    let text = MINIMAL.replace(
+        "    - probe:\n        port: 80\n        protocol: TCP\n        expect:\n          - expect_peer: {from: {}, to: {ns: x}, allowed: false}",
+        "    - probe:\n        pairs: [\"x/a -> x/b TCP/80 perhaps\"]",
+    );
+    let err = load(&text).unwrap_err().to_string();
+    assert!(
+        err.contains("`perhaps` is neither `allowed` nor `blocked`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_pair_naming_an_unknown_pod_names_its_field() {
+    let text = MINIMAL.replace(
+        "          - expect_peer: {from: {}, to: {ns: x}, allowed: false}",
+        "          - blocked: [\"x/a -> x/q\"]",
+    );
+    let err = load(&text).unwrap_err().to_string();
+    assert!(err.contains("steps[1].probe.expect[0]"), "{err}");
+    assert!(err.contains("x/q"), "{err}");
 }
 
 #[test]

@@ -19,6 +19,7 @@ use crate::reachability::expected_mark;
 
 mod commands;
 mod run;
+mod schedule;
 mod trial;
 
 pub use run::run_on;
@@ -33,7 +34,7 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::List(select) => match select_plans(&select) {
             Ok(plans) => print_out(plans.iter().map(|p| format!("{}: test\n", p.trial))),
-            Err(e) => usage_error(&e),
+            Err(e) => usage_error(&e.to_string()),
         },
         Command::Plan(args) => match select_plans(&args.select) {
             Ok(plans) if args.json => print_out(std::iter::once(format!(
@@ -41,7 +42,7 @@ pub fn main() -> ExitCode {
                 serde_json::to_string_pretty(&plan::plans_json(&plans)).expect("plans serialize")
             ))),
             Ok(plans) => print_out(plans.iter().map(render_plan)),
-            Err(e) => usage_error(&e),
+            Err(e) => usage_error(&e.to_string()),
         },
         Command::Run(args) => run::run(*args, Mode::Cli),
         Command::Local { command } => commands::local(command),
@@ -65,7 +66,7 @@ pub fn main() -> ExitCode {
             service_account,
         }) {
             Ok(text) => print_out(std::iter::once(text)),
-            Err(e) => usage_error(&e),
+            Err(e) => usage_error(&e.to_string()),
         },
     }
 }
@@ -118,37 +119,37 @@ fn usage_error(message: &str) -> ExitCode {
 }
 
 /// Loads the embedded table plus a user directory.
-pub fn load_cases(extra: Option<&PathBuf>) -> Result<Vec<Case>, String> {
+pub fn load_cases(extra: Option<&PathBuf>) -> Result<Vec<Case>, case::LoadError> {
     let mut files: Vec<(String, String)> = case::embedded_files()
         .iter()
         .map(|(p, s)| (p.to_string(), s.to_string()))
         .collect();
     if let Some(dir) = extra {
         if !dir.is_dir() {
-            return Err(format!("--cases {}: not a directory", dir.display()));
+            return Err(case::LoadError::NotADirectory(dir.clone()));
         }
-        let user = case::read_dir(dir).map_err(|e| plan::error_chain(&e))?;
+        let user = case::read_dir(dir)?;
         if user.is_empty() {
-            return Err(format!("--cases {}: no *.yaml files", dir.display()));
+            return Err(case::LoadError::NoCaseFiles(dir.clone()));
         }
         files.extend(user);
     }
-    let cases = case::load_files(files).map_err(|e| plan::error_chain(&e))?;
+    let cases = case::load_files(files)?;
     if let Some(dir) = extra
         && let Some(c) = cases
             .iter()
             .find(|c| c.origin.starts_with(&dir.display().to_string()) && c.source != Source::User)
     {
-        return Err(format!(
-            "{}: case `{}` is a user case; its source must be `user`",
-            c.origin, c.id
-        ));
+        return Err(case::LoadError::NotUserSource {
+            origin: c.origin.clone(),
+            id: c.id.clone(),
+        });
     }
     Ok(cases)
 }
 
 fn select_plans(select: &SelectArgs) -> Result<Vec<Plan>, String> {
-    let cases = load_cases(select.cases.as_ref())?;
+    let cases = load_cases(select.cases.as_ref()).map_err(|e| plan::error_chain(&e))?;
     let plans = plan::plan_all(&cases).map_err(|e| plan::error_chain(&e))?;
     let plans: Vec<Plan> = plans
         .into_iter()

@@ -5,18 +5,19 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::AtomicUsize;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
 use regex::Regex;
 
+use super::schedule::Schedule;
 use super::trial::{self, Shared, TargetState};
 use super::{random_id, select_plans, usage_error};
 use crate::cli::{Mode, RunArgs, SelectArgs};
 use crate::collector::Collector;
 use crate::features::Selection;
 use crate::interrupt::Interrupt;
-use crate::plan::Plan;
+use crate::plan::{Plan, Scope};
 use crate::progress::Live;
 use crate::report::npa::Implementation;
 use crate::report::{self, RunReport};
@@ -57,31 +58,17 @@ fn run_with(mut args: RunArgs, mode: Mode, given: Option<Target>) -> ExitCode {
         started: Instant::now(),
         started_at: SystemTime::now(),
     };
-    let Setup {
-        plans,
-        implementation,
-        sonobuoy_dir,
-        listing,
-        spec,
-        features,
-        unavailable,
-    } = match settle(&args, mode, given.is_some()) {
+    let setup = match settle(&args, mode, given.is_some()) {
         Ok(setup) => setup,
         Err(message) => return usage_error(&message),
     };
-    if args.harness.test_threads.is_none() {
-        let threads = std::env::var("NETPOL_TEST_THREADS")
-            .ok()
-            .and_then(|t| t.parse().ok())
-            .unwrap_or(4);
-        args.harness.test_threads = Some(threads);
-    }
+    let slots = trial_slots(&mut args.harness, setup.plans.len());
     let interrupt = Interrupt::new();
-    if !listing {
+    if !setup.listing {
         interrupt.watch_signals();
     }
     let run_id = random_id();
-    let needs_sctp = plans.iter().any(|p| {
+    let needs_sctp = setup.plans.iter().any(|p| {
         p.probes()
             .any(|probe| probe.protocol == crate::world::Protocol::Sctp)
     });
@@ -89,15 +76,22 @@ fn run_with(mut args: RunArgs, mode: Mode, given: Option<Target>) -> ExitCode {
         run_id: run_id.clone(),
         preflight_sctp: needs_sctp,
         wait_for_lock: !args.no_wait,
+        placement: args.placement,
     };
-    let selected = plans
-        .iter()
-        .filter(|p| !filtered_out(&args.harness, &p.trial))
-        .count();
-    let connected = match (mode, listing, &unavailable, &spec) {
+    let (scopes, selected, turns) =
+        schedule_plans(&setup.plans, &args.harness, setup.listing, slots);
+    let connecting = std::time::Instant::now();
+    let was_given = given.is_some();
+    let connected = match (mode, setup.listing, &setup.unavailable, &setup.spec) {
         _ if given.is_some() => given.map(|t| TargetState::Ready(Box::new(t))),
-        (Mode::Cli, false, None, Ok(spec)) if selected > 0 => {
-            match connect_first(spec, &connect_opts, &args, sonobuoy_dir.as_deref(), clock) {
+        (Mode::Cli, false, None, Ok(target)) if selected > 0 => {
+            match connect_first(
+                target,
+                &connect_opts,
+                &args,
+                setup.sonobuoy_dir.as_deref(),
+                clock,
+            ) {
                 Ok(target) => {
                     if let TargetState::Ready(t) = &target {
                         interrupt.own_local(t.owned_local());
@@ -109,52 +103,60 @@ fn run_with(mut args: RunArgs, mode: Mode, given: Option<Target>) -> ExitCode {
         }
         _ => None,
     };
+    // The CLI connects before any trial: how long the target took to be had (a local cluster's
+    // bring-up included), for the bench's floor.
+    let target_setup = connected
+        .as_ref()
+        .filter(|_| !was_given && mode == Mode::Cli)
+        .map(|_| connecting.elapsed());
     let progress_port: Option<u16> = std::env::var("SONOBUOY_PROGRESS_PORT")
         .ok()
         .and_then(|p| p.parse().ok())
-        .filter(|_| sonobuoy_dir.is_some());
+        .filter(|_| setup.sonobuoy_dir.is_some());
     let color = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let live = live_progress(&mut args.harness, listing, selected, color);
+    let live = live_progress(&mut args.harness, setup.listing, selected, color);
     let shared = Arc::new(Shared {
         target: Mutex::new(connected),
-        spec,
+        spec: setup.spec,
         connect_opts,
-        unavailable,
-        collector: Collector::new(plans.len(), progress_port, live.clone()),
+        unavailable: setup.unavailable,
+        collector: Collector::new(setup.plans.len(), progress_port, live.clone()),
         interrupt,
-        exclusive: RwLock::new(()),
+        schedule: Schedule::new(slots, turns),
         counter: AtomicUsize::new(0),
         run_id,
-        features: features.clone(),
+        features: setup.features.clone(),
         keep: args.keep,
         fresh_worlds: args.fresh_worlds,
         probe_target: args.probe_target,
+        placement: args.placement,
         probe_timeout: args.probe_timeout,
         settle_timeout: args.settle_timeout,
         preflight_timeout: args.preflight_timeout,
         color,
     });
-
-    let conclusion = libtest_mimic::run(&args.harness, trial::trials(plans, &shared));
+    let trials = trial::trials(setup.plans.into_iter().zip(scopes).collect(), &shared);
+    let conclusion = libtest_mimic::run(&args.harness, trials);
     if let Some(live) = &live {
         live.finish();
     }
-    if listing {
+    if setup.listing {
         return conclusion.exit_code();
     }
     let mut report = run_report(&shared, clock);
-    report.concurrency = args.harness.test_threads.unwrap_or(1);
+    report.concurrency = slots;
+    report.target_setup = target_setup;
     if let Err(code) = write_reports(
         &report,
         &args,
-        &features,
-        implementation.as_ref(),
-        sonobuoy_dir.as_deref(),
+        &setup.features,
+        setup.implementation.as_ref(),
+        setup.sonobuoy_dir.as_deref(),
     ) {
         return code;
     }
     eprint!("{}", report::summary(&report));
-    if sonobuoy_dir.is_some() {
+    if setup.sonobuoy_dir.is_some() {
         // The results travel in the files; the plugin pod itself succeeded.
         return ExitCode::SUCCESS;
     }
@@ -162,6 +164,45 @@ fn run_with(mut args: RunArgs, mode: Mode, given: Option<Target>) -> ExitCode {
         return ExitCode::from(101);
     }
     conclusion.exit_code()
+}
+
+/// Each plan's scope, how many plans libtest's filter leaves, and how many of those take turns;
+/// says how the run will schedule them.
+fn schedule_plans(
+    plans: &[Plan],
+    harness: &libtest_mimic::Arguments,
+    listing: bool,
+    slots: usize,
+) -> (Vec<Scope>, usize, usize) {
+    let scopes = crate::plan::scopes(plans);
+    let kept = |p: &Plan| !filtered_out(harness, &p.trial);
+    let selected = plans.iter().filter(|p| kept(p)).count();
+    let turns = plans
+        .iter()
+        .zip(&scopes)
+        .filter(|(p, s)| **s == Scope::Turns && kept(p))
+        .count();
+    if !listing {
+        eprintln!(
+            "netpol-conformance: {slots} trials at once: {}",
+            crate::plan::scope::describe(&scopes)
+        );
+    }
+    (scopes, selected, turns)
+}
+
+/// How many trials run at once (`--test-threads`, `NETPOL_TEST_THREADS`, else 4); the schedule
+/// admits them. libtest is given a thread per trial, so trials waiting for their turn never
+/// hold up others that may run (one slot keeps libtest's own sequential order).
+fn trial_slots(harness: &mut libtest_mimic::Arguments, trials: usize) -> usize {
+    let slots = harness.test_threads.unwrap_or_else(|| {
+        std::env::var("NETPOL_TEST_THREADS")
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(4)
+    });
+    harness.test_threads = Some(if slots <= 1 { 1 } else { trials.max(1) });
+    slots
 }
 
 /// The plans to run (the table and `--cases`, then E2E_FOCUS and E2E_SKIP) and the
@@ -353,6 +394,7 @@ fn run_report(shared: &Shared, clock: Clock) -> RunReport {
         started: clock.started_at,
         duration: clock.started.elapsed(),
         concurrency: 0,
+        target_setup: None,
     }
 }
 

@@ -3,16 +3,17 @@
 //! handed to the collector.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use libtest_mimic::{Completion, Failed, Trial};
 
+use super::schedule::Schedule;
 use super::{Gate, gate};
 use crate::collector::Collector;
 use crate::features::Selection;
 use crate::interrupt::Interrupt;
-use crate::plan::Plan;
+use crate::plan::{Plan, Scope};
 use crate::report::TrialOutcome;
 use crate::runner::{ProbeTarget, RunOptions, Timeouts, report_for, run_plan};
 use crate::target::{self, Target, TargetSpec, Unavailable};
@@ -34,8 +35,8 @@ pub(super) struct Shared {
     pub(super) collector: Collector,
     /// The run's interrupt: checked between trials and steps.
     pub(super) interrupt: Arc<Interrupt>,
-    /// Held for writing by a trial that runs alone, for reading by the others.
-    pub(super) exclusive: RwLock<()>,
+    /// Which trials run at once.
+    pub(super) schedule: Schedule,
     /// Numbers the trials' suffixes.
     pub(super) counter: AtomicUsize,
     pub(super) run_id: String,
@@ -43,6 +44,7 @@ pub(super) struct Shared {
     pub(super) keep: bool,
     pub(super) fresh_worlds: bool,
     pub(super) probe_target: ProbeTarget,
+    pub(super) placement: crate::backend::Placement,
     pub(super) probe_timeout: Option<Duration>,
     pub(super) settle_timeout: Option<Duration>,
     pub(super) preflight_timeout: Option<Duration>,
@@ -54,7 +56,9 @@ impl Shared {
     fn run_options(&self, local: bool) -> RunOptions {
         let mut timeouts = Timeouts::for_target(local);
         if let Some(t) = self.probe_timeout {
+            // A timeout the user set is used as it is.
             timeouts.probe_connect = t;
+            timeouts.derive_connect = None;
         }
         if let Some(t) = self.settle_timeout {
             timeouts.probe_settle = t;
@@ -69,25 +73,29 @@ impl Shared {
             keep: self.keep,
             fresh_worlds: self.fresh_worlds,
             features: self.features.clone(),
+            placement: self.placement,
         }
     }
 }
 
-/// One libtest trial per plan.
-pub(super) fn trials(plans: Vec<Plan>, shared: &Arc<Shared>) -> Vec<Trial> {
+/// One libtest trial per plan, each with its scope.
+pub(super) fn trials(plans: Vec<(Plan, Scope)>, shared: &Arc<Shared>) -> Vec<Trial> {
     plans
         .into_iter()
-        .map(|plan| {
+        .map(|(plan, scope)| {
             let shared = shared.clone();
-            Trial::ignorable_test(plan.trial.clone(), move || run_trial(&plan, &shared))
+            Trial::ignorable_test(plan.trial.clone(), move || {
+                let result = run_trial(&plan, &scope, &shared);
+                shared.schedule.ended(&scope);
+                result
+            })
         })
         .collect()
 }
 
 /// Runs one trial and records it, also when it never reaches the runner.
-fn run_trial(plan: &Plan, shared: &Shared) -> Result<Completion, Failed> {
+fn run_trial(plan: &Plan, scope: &Scope, shared: &Shared) -> Result<Completion, Failed> {
     let collector = &shared.collector;
-    collector.started(&plan.trial);
     let record = |outcome| collector.record(report_for(plan, outcome));
     if let Some(reason) = &shared.unavailable {
         return record(TrialOutcome::Skipped {
@@ -127,20 +135,22 @@ fn run_trial(plan: &Plan, shared: &Shared) -> Result<Completion, Failed> {
         Gate::NotSupported(reason) => return record(TrialOutcome::NotSupported { reason }),
         Gate::Error(message) => return record(TrialOutcome::Error { message }),
     }
-    // Trials that touch cluster-scoped policies or shared namespaces run alone.
-    let alone = plan.world.is_shared() || plan.kinds().iter().any(|k| k != "NetworkPolicy");
-    let _shared_guard;
-    let _alone_guard;
-    if alone {
-        _alone_guard = shared.exclusive.write().unwrap_or_else(|e| e.into_inner());
-        // Other runs on the same cluster take turns with this one.
-        if let Err(e) = cluster.lock_cluster_scope() {
-            return record(TrialOutcome::Error {
-                message: e.to_string(),
-            });
-        }
-    } else {
-        _shared_guard = shared.exclusive.read().unwrap_or_else(|e| e.into_inner());
+    // Trials in their own namespaces run side by side; those with cluster-scoped policies
+    // (or on the shared world) take turns, and beside other runs on the same cluster too.
+    let _admitted = shared.schedule.admit(scope);
+    if shared.interrupt.requested() {
+        // Interrupted while it waited for its turn: it never starts.
+        return record(TrialOutcome::Skipped {
+            reason: "the run was interrupted".into(),
+        });
+    }
+    // Shown as running once admitted, not while it waits for its turn.
+    collector.started(&plan.trial);
+    let cluster_scoped = *scope != Scope::Own;
+    if cluster_scoped && let Err(e) = cluster.lock_cluster_scope() {
+        return record(TrialOutcome::Error {
+            message: e.to_string(),
+        });
     }
     let opts = shared.run_options(local);
     let suffix = format!(
@@ -148,7 +158,7 @@ fn run_trial(plan: &Plan, shared: &Shared) -> Result<Completion, Failed> {
         shared.run_id,
         shared.counter.fetch_add(1, Ordering::SeqCst)
     );
-    let r = run_plan(
+    let mut r = run_plan(
         &*cluster,
         &caps,
         plan,
@@ -158,8 +168,11 @@ fn run_trial(plan: &Plan, shared: &Shared) -> Result<Completion, Failed> {
     );
     // A shared world (npa) outlives its trial and serves fixed host ports, so two
     // runs' copies cannot coexist: the lock is kept until the run deletes it.
-    if alone && !plan.world.is_shared() {
+    if cluster_scoped && !plan.world.is_shared() {
         cluster.unlock_cluster_scope();
+    }
+    if let Some(timing) = &mut r.timing {
+        timing.scope = scope.as_str();
     }
     collector.record(r)
 }

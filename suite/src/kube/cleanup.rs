@@ -4,41 +4,51 @@ use std::collections::BTreeSet;
 
 use k8s_openapi::api::core::v1::Namespace;
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, ListParams};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams};
 
 use super::{CLUSTER_SCOPED, KubeCluster, LABEL_RUN, Leftovers, api_err, is_not_found, other};
 use crate::backend::BackendError;
 
 impl KubeCluster {
+    /// The objects of `kind`, one of [`CLUSTER_SCOPED`], labelled `selector`, with the API that
+    /// serves them; `None` where the cluster does not serve the kind.
+    async fn labelled_objects(
+        &self,
+        kind: &str,
+        selector: &str,
+    ) -> Result<Option<(Api<DynamicObject>, Vec<DynamicObject>)>, BackendError> {
+        if !self.caps.kinds.contains(kind) {
+            return Ok(None);
+        }
+        let api = self.dynamic(kind, None)?;
+        let list = api
+            .list(&ListParams::default().labels(selector))
+            .await
+            .map_err(|e| other(format!("listing {kind}s"), e))?;
+        Ok(Some((api, list.items)))
+    }
+
+    /// The namespaces labelled `selector`.
+    async fn labelled_namespaces(&self, selector: &str) -> Result<Vec<Namespace>, BackendError> {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        let list = api
+            .list(&ListParams::default().labels(selector))
+            .await
+            .map_err(|e| other("listing namespaces", e))?;
+        Ok(list.items)
+    }
+
     /// The run ids whose objects exist on the cluster but whose run lease is gone or expired.
     async fn dead_runs(&self) -> Result<BTreeSet<String>, BackendError> {
         let live = self.leases.live_runs().await?;
         let mut runs = BTreeSet::new();
         for kind in CLUSTER_SCOPED {
-            if !self.caps.kinds.contains(kind) {
-                continue;
+            if let Some((_, objects)) = self.labelled_objects(kind, LABEL_RUN).await? {
+                runs.extend(objects.iter().filter_map(run_of));
             }
-            let api = self.dynamic(kind, None)?;
-            let list = api
-                .list(&ListParams::default().labels(LABEL_RUN))
-                .await
-                .map_err(|e| other(format!("listing {kind}s"), e))?;
-            runs.extend(
-                list.items
-                    .iter()
-                    .filter_map(|o| o.labels().get(LABEL_RUN).cloned()),
-            );
         }
-        let api: Api<Namespace> = Api::all(self.client.clone());
-        let list = api
-            .list(&ListParams::default().labels(LABEL_RUN))
-            .await
-            .map_err(|e| other("listing namespaces", e))?;
-        runs.extend(
-            list.items
-                .iter()
-                .filter_map(|o| o.labels().get(LABEL_RUN).cloned()),
-        );
+        let namespaces = self.labelled_namespaces(LABEL_RUN).await?;
+        runs.extend(namespaces.iter().filter_map(run_of));
         runs.retain(|r| !live.contains(r));
         Ok(runs)
     }
@@ -70,15 +80,10 @@ impl KubeCluster {
         let mut removed = Vec::new();
         for selector in &selectors {
             for kind in CLUSTER_SCOPED {
-                if !self.caps.kinds.contains(kind) {
+                let Some((api, objects)) = self.labelled_objects(kind, selector).await? else {
                     continue;
-                }
-                let api = self.dynamic(kind, None)?;
-                let list = api
-                    .list(&ListParams::default().labels(selector))
-                    .await
-                    .map_err(|e| other(format!("listing {kind}s"), e))?;
-                for obj in list.items {
+                };
+                for obj in objects {
                     let name = obj.name_any();
                     match api.delete(&name, &DeleteParams::default()).await {
                         Ok(_) => removed.push(format!("{kind} {name}")),
@@ -87,15 +92,12 @@ impl KubeCluster {
                     }
                 }
             }
-            let api: Api<Namespace> = Api::all(self.client.clone());
-            let list = api
-                .list(&ListParams::default().labels(selector))
-                .await
-                .map_err(|e| other("listing namespaces", e))?;
-            let names: Vec<String> = list.items.iter().map(|n| n.name_any()).collect();
+            let namespaces = self.labelled_namespaces(selector).await?;
+            let names: Vec<String> = namespaces.iter().map(|n| n.name_any()).collect();
             if wait {
                 self.delete_and_wait_namespaces(&names).await?;
             } else {
+                let api: Api<Namespace> = Api::all(self.client.clone());
                 for name in &names {
                     match api.delete(name, &DeleteParams::default()).await {
                         Ok(_) => {}
@@ -111,4 +113,9 @@ impl KubeCluster {
         }
         Ok(removed)
     }
+}
+
+/// The run an object of the suite's belongs to: its run label.
+fn run_of(object: &impl ResourceExt) -> Option<String> {
+    object.labels().get(LABEL_RUN).cloned()
 }

@@ -7,7 +7,17 @@ use kube::Client;
 
 use super::other;
 use crate::backend::BackendError;
-use crate::target::KubeConfigSource;
+
+/// Where the kube client's configuration comes from, in kubectl's order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KubeConfigSource {
+    /// `--kubeconfig FILE` (or `NETPOL_KUBECONFIG`).
+    File(PathBuf),
+    /// `$KUBECONFIG` (one or more files) or `~/.kube/config`, read as kubectl reads them.
+    Default,
+    /// The pod's service account (plugin mode, `--in-cluster`).
+    InCluster,
+}
 
 /// Reads a kubeconfig file into a client.
 pub async fn client_from_kubeconfig(path: Option<&PathBuf>) -> Result<Client, BackendError> {

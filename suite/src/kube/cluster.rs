@@ -1,7 +1,6 @@
 //! [`KubeCluster`] as the suite's [`Cluster`]: worlds (shared, reused or new), policy objects
 //! applied through the dynamic API, label changes, pod faults, the cluster lock and probes.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Namespace, Pod};
@@ -16,7 +15,8 @@ use super::{
     objects, other,
 };
 use crate::backend::{
-    BackendError, Capabilities, Cluster, ProbeJob, RealizedPod, RealizedWorld, TargetInfo,
+    BackendError, Capabilities, Cluster, LabelChange, ProbeJob, RealizedPod, RealizedWorld, Retry,
+    Settling, TargetInfo, Wanted,
 };
 use crate::case::ObjectRef;
 use crate::reachability::Outcome;
@@ -42,6 +42,7 @@ impl Cluster for KubeCluster {
         TargetInfo {
             prober: self.prober.used(),
             execs: self.prober.execs(),
+            connect_p999: self.connect_quantile(0.999),
             ..self.info.clone()
         }
     }
@@ -182,29 +183,19 @@ impl Cluster for KubeCluster {
         })
     }
 
-    fn label_namespace(
-        &self,
-        namespace: &str,
-        set: &BTreeMap<String, String>,
-        remove: &[String],
-    ) -> Result<(), BackendError> {
-        let patch = objects::label_patch(set, remove);
+    fn label_namespace(&self, ns: &str, change: LabelChange<'_>) -> Result<(), BackendError> {
+        let patch = objects::label_patch(change.set, change.remove);
         self.rt.block_on(async {
             let api: Api<Namespace> = Api::all(self.client.clone());
-            api.patch(namespace, &PatchParams::default(), &Patch::Merge(&patch))
+            api.patch(ns, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
-                .map_err(|e| api_err("label", "Namespace", namespace, e))?;
+                .map_err(|e| api_err("label", "Namespace", ns, e))?;
             Ok(())
         })
     }
 
-    fn label_pod(
-        &self,
-        pod: &RealizedPod,
-        set: &BTreeMap<String, String>,
-        remove: &[String],
-    ) -> Result<(), BackendError> {
-        let patch = objects::label_patch(set, remove);
+    fn label_pod(&self, pod: &RealizedPod, change: LabelChange<'_>) -> Result<(), BackendError> {
+        let patch = objects::label_patch(change.set, change.remove);
         let name = format!("{}/{}", pod.namespace, pod.name);
         self.rt.block_on(async {
             let api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.namespace);
@@ -220,8 +211,8 @@ impl Cluster for KubeCluster {
                     .await
                     .map_err(|e| api_err("get", "Pod", &name, e))?;
                 let labels = now.labels();
-                let done = set.iter().all(|(k, v)| labels.get(k) == Some(v))
-                    && remove.iter().all(|k| !labels.contains_key(k));
+                let done = change.set.iter().all(|(k, v)| labels.get(k) == Some(v))
+                    && change.remove.iter().all(|k| !labels.contains_key(k));
                 if done {
                     return Ok(());
                 }
@@ -255,9 +246,14 @@ impl Cluster for KubeCluster {
                     .ok_or_else(|| other(format!("recreating {model}"), "not realized"))?;
                 let api: Api<Pod> = Api::namespaced(self.client.clone(), &old.namespace);
                 self.delete_pod_and_wait(old).await?;
+                // Back on the node it left, so the world keeps its placement.
+                let node = match &old.node {
+                    Some(n) if !self.nodes.is_empty() => objects::NodeChoice::Node(n.clone()),
+                    _ => objects::NodeChoice::Any,
+                };
                 api.create(
                     &PostParams::default(),
-                    &objects::pod(spec, &self.opts.image, sctp, &self.opts.run_id),
+                    &objects::pod(spec, &self.opts.image, sctp, &self.opts.run_id, &node),
                 )
                 .await
                 .map_err(|e| api_err("create", "Pod", &old.name, e))?;
@@ -275,6 +271,7 @@ impl Cluster for KubeCluster {
                 out.push(RealizedPod {
                     ip,
                     netns: pod.annotations().get(NETNS_ANNOTATION).cloned(),
+                    node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
                     ..old.clone()
                 });
             }
@@ -348,9 +345,12 @@ impl Cluster for KubeCluster {
                 eprintln!(
                     "netpol-conformance: waiting for the cluster lock, held by {who} \
                      (trials with cluster-scoped policies take turns across runs)"
-                )
+                );
             };
-            self.leases.lock(self.opts.wait_for_lock, &waiting).await?;
+            if !self.leases.lock(self.opts.wait_for_lock, &waiting).await? {
+                // This run held the lock already, and cleaned up when it took it.
+                return Ok(());
+            }
             // A run killed mid-trial leaves cluster-scoped policies that select every npa
             // world by its labels: remove what runs that are gone left behind.
             match self.remove_runs(Leftovers::Dead, false).await {
@@ -380,6 +380,18 @@ impl Cluster for KubeCluster {
 
     fn probe_calls(&self, jobs: &[ProbeJob]) -> usize {
         self.prober.calls(jobs)
+    }
+
+    fn probe_until(&self, jobs: &[ProbeJob], wanted: &Wanted<'_>, retry: &Retry) -> Settling {
+        self.prober.probe_until(jobs, wanted, retry)
+    }
+
+    fn connect_quantile(&self, q: f64) -> Option<(std::time::Duration, usize)> {
+        match self.prober.connect_times() {
+            Some(times) => times.quantile(q),
+            None if self.opts.measure_path => self.path.times.quantile(q),
+            None => None,
+        }
     }
 
     fn delete_shared_worlds(&self) -> Result<(), BackendError> {

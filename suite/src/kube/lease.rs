@@ -74,6 +74,10 @@ pub struct Leases {
     run_id: String,
     identity: String,
     renewer: Mutex<Option<JoinHandle<()>>>,
+    /// When this run last took or found it holds the cluster lock (cleared when it lets go):
+    /// trials that take turns one after another do not ask the API server again within
+    /// [`RENEW_EVERY`], well inside the lease's life.
+    held_at: Mutex<Option<std::time::Instant>>,
 }
 
 impl Leases {
@@ -87,6 +91,7 @@ impl Leases {
             run_id: run_id.to_string(),
             identity: format!("run {run_id} (pid {} on {host})", std::process::id()),
             renewer: Mutex::new(None),
+            held_at: Mutex::new(None),
         }
     }
 
@@ -141,8 +146,21 @@ impl Leases {
 
     /// Takes the cluster lock (at once when this run already holds it). A held lock is waited
     /// for (`on_wait` is told who holds it, once per holder), or with `wait == false` is an
-    /// error naming the holder. An expired lock is taken over.
-    pub async fn lock(&self, wait: bool, on_wait: &dyn Fn(&str)) -> Result<(), BackendError> {
+    /// error naming the holder. An expired lock is taken over. `true` when the lock is newly
+    /// this run's (the moment to clean up after runs that are gone), `false` when it held it.
+    pub async fn lock(&self, wait: bool, on_wait: &dyn Fn(&str)) -> Result<bool, BackendError> {
+        let held = |at: &Option<std::time::Instant>| at.is_some_and(|t| t.elapsed() < RENEW_EVERY);
+        if held(&self.held_at.lock().expect("lease lock")) {
+            return Ok(false);
+        }
+        let taken = self.take_lock(wait, on_wait).await?;
+        *self.held_at.lock().expect("lease lock") = Some(std::time::Instant::now());
+        Ok(taken)
+    }
+
+    /// [`Leases::lock`] through the API server: `true` when the lock was free (or expired)
+    /// and is now this run's, `false` when this run held it already.
+    async fn take_lock(&self, wait: bool, on_wait: &dyn Fn(&str)) -> Result<bool, BackendError> {
         let mut told = String::new();
         loop {
             match self
@@ -150,7 +168,7 @@ impl Leases {
                 .create(&PostParams::default(), &self.lease(CLUSTER_LOCK))
                 .await
             {
-                Ok(_) => return Ok(()),
+                Ok(_) => return Ok(true),
                 Err(kube::Error::Api(e)) if e.code == 409 => {}
                 Err(e) => return Err(lease_error("taking the cluster lock", e)),
             }
@@ -160,7 +178,7 @@ impl Leases {
                 Err(e) => return Err(lease_error("reading the cluster lock", e)),
             };
             if current.labels().get(LABEL_RUN) == Some(&self.run_id) {
-                return Ok(());
+                return Ok(false);
             }
             if expired(&current, Timestamp::now()) {
                 // The holder stopped renewing (killed): take the lock over.
@@ -194,6 +212,7 @@ impl Leases {
 
     /// Releases the cluster lock, if this run holds it.
     pub async fn unlock(&self) -> Result<(), BackendError> {
+        *self.held_at.lock().expect("lease lock") = None;
         let current = match self.api.get_opt(CLUSTER_LOCK).await {
             Ok(Some(l)) => l,
             Ok(None) => return Ok(()),

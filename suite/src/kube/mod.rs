@@ -29,6 +29,7 @@ use tokio::runtime::Handle;
 use crate::backend::{BackendError, Capabilities, Cause, RealizedWorld, TargetInfo};
 use crate::probe::Prober;
 
+pub use client::KubeConfigSource;
 pub use objects::{LABEL_RUN, LABEL_TRIAL, NETNS_ANNOTATION};
 
 /// Named waits of the backend.
@@ -72,6 +73,11 @@ pub struct KubeOptions {
     /// Where the bundled enforcer runs, when the caller knows (the local cluster); `None`
     /// looks for its DaemonSet on the cluster.
     pub enforcer: Option<String>,
+    /// Where the worlds' pods go.
+    pub placement: crate::backend::Placement,
+    /// Time connections between a new world's pods from inside their network namespaces on
+    /// this machine (the local cluster's real nodes): the path the connect timeout follows.
+    pub measure_path: bool,
 }
 
 /// A cluster reached through the Kubernetes API.
@@ -82,6 +88,10 @@ pub struct KubeCluster {
     opts: KubeOptions,
     info: TargetInfo,
     caps: Capabilities,
+    /// The nodes pods may be placed on (Ready, schedulable, Linux, untainted), by name.
+    nodes: Vec<String>,
+    /// Times the path between pods where [`KubeOptions::measure_path`] asks for it.
+    path: crate::probe::netns::NetnsProber,
     /// Worlds with upstream namespace names are created once per run and shared by its trials.
     shared: Mutex<BTreeMap<String, RealizedWorld>>,
     /// Worlds a trial released as it found them, by world definition, for the next trial of the
@@ -174,6 +184,15 @@ impl KubeCluster {
         }
         caps.kinds.insert("NetworkPolicy".into());
         let (runtime, container_runtime) = rt.block_on(node_runtime(&client));
+        let nodes = rt.block_on(schedulable_nodes(&client));
+        let placement = match (nodes.len(), opts.placement) {
+            (0 | 1, _) => format!(
+                "{} ({} schedulable node: every pair is same-node)",
+                opts.placement.as_str(),
+                nodes.len()
+            ),
+            (n, p) => format!("{} over {n} nodes", p.as_str()),
+        };
         let enforcer = match opts.enforcer.clone() {
             Some(e) => e,
             None => rt.block_on(enforcer_daemonset(&client)),
@@ -194,6 +213,8 @@ impl KubeCluster {
                 container_runtime,
                 enforcer,
                 execs: 0,
+                connect_p999: None,
+                placement,
             },
             leases: lease::Leases::new(client.clone(), &opts.run_id),
             rt,
@@ -201,6 +222,8 @@ impl KubeCluster {
             prober,
             opts,
             caps,
+            nodes,
+            path: crate::probe::netns::NetnsProber::new(32),
             shared: Mutex::new(BTreeMap::new()),
             idle: Mutex::new(Vec::new()),
         })
@@ -244,6 +267,43 @@ impl KubeCluster {
             (false, _) => Api::all_with(self.client.clone(), &ar),
         })
     }
+}
+
+/// The nodes pods may be placed on: Ready, not cordoned, Linux, without NoSchedule or
+/// NoExecute taints; by name. A cluster that will not list its Nodes gives none, and the
+/// scheduler places the pods.
+async fn schedulable_nodes(client: &Client) -> Vec<String> {
+    let api: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    let Ok(list) = api.list(&ListParams::default()).await else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = list
+        .items
+        .into_iter()
+        .filter(|n| {
+            let spec = n.spec.clone().unwrap_or_default();
+            let linux = n
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("kubernetes.io/os"))
+                .is_none_or(|os| os == "linux");
+            let ready = n
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            let tainted = spec
+                .taints
+                .iter()
+                .flatten()
+                .any(|t| t.effect == "NoSchedule" || t.effect == "NoExecute");
+            linux && ready && !spec.unschedulable.unwrap_or(false) && !tainted
+        })
+        .filter_map(|n| n.metadata.name)
+        .collect();
+    names.sort();
+    names
 }
 
 /// The local cluster's emulated nodes report this container runtime.

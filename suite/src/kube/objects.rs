@@ -15,7 +15,7 @@ pub const LABEL_RUN: &str = "netpol-conformance.io/run";
 /// Label on everything a trial creates: the trial's suffix.
 pub const LABEL_TRIAL: &str = "netpol-conformance.io/trial";
 /// Annotation the local cluster's node agent puts on pods: their network namespace.
-pub const NETNS_ANNOTATION: &str = "local.netpol-conformance.io/netns";
+pub use netpol_local::agent::pods::NETNS_ANNOTATION;
 
 /// The Service of an upstream-world pod: `s-<namespace>-<pod>`.
 pub fn service_name(namespace: &str, pod: &str) -> String {
@@ -108,9 +108,48 @@ pub fn probe_container(pod: &ModelPod) -> String {
     }
 }
 
+/// Where a pod (or a StatefulSet's pods) may run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeChoice {
+    /// Wherever the scheduler puts it.
+    Any,
+    /// On this node.
+    Node(String),
+    /// Spread over these nodes, one replica per node as far as they go.
+    Spread(Vec<String>),
+}
+
+impl NodeChoice {
+    /// The pod spec fields that say it: a required node affinity on the node names (what
+    /// DaemonSets use; no label needed) and, to spread, a topology spread over hostnames.
+    fn apply(&self, spec: &mut Value, labels: &BTreeMap<String, String>) {
+        let names = match self {
+            NodeChoice::Any => return,
+            NodeChoice::Node(n) => vec![n.clone()],
+            NodeChoice::Spread(nodes) => nodes.clone(),
+        };
+        // A field selector takes one node name; terms are ORed, so one term per node.
+        let terms: Vec<Value> = names
+            .iter()
+            .map(|n| json!({"matchFields": [{"key": "metadata.name", "operator": "In", "values": [n]}]}))
+            .collect();
+        spec["affinity"] = json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": terms
+        }}});
+        if let NodeChoice::Spread(_) = self {
+            spec["topologySpreadConstraints"] = json!([{
+                "maxSkew": 1,
+                "topologyKey": "kubernetes.io/hostname",
+                "whenUnsatisfiable": "DoNotSchedule",
+                "labelSelector": {"matchLabels": labels},
+            }]);
+        }
+    }
+}
+
 /// A standalone dummy pod: one container per served port (`cont-<port>-<proto>`), or a single
 /// `client` container when it serves nothing. SCTP servers only where SCTP works.
-pub fn pod(model: &ModelPod, image: &str, sctp: bool, run_id: &str) -> Pod {
+pub fn pod(model: &ModelPod, image: &str, sctp: bool, run_id: &str, node: &NodeChoice) -> Pod {
     let mut containers: Vec<Value> = served(model, sctp)
         .map(|p| {
             serve_container(
@@ -126,13 +165,15 @@ pub fn pod(model: &ModelPod, image: &str, sctp: bool, run_id: &str) -> Pod {
     }
     let mut labels = model.labels.clone();
     labels.insert(LABEL_RUN.into(), run_id.into());
+    let mut spec = json!({
+        "terminationGracePeriodSeconds": 0,
+        "containers": containers,
+        "nodeSelector": {"kubernetes.io/os": "linux"},
+    });
+    node.apply(&mut spec, &model.labels);
     serde_json::from_value(json!({
         "metadata": {"name": model.pod_name, "labels": labels},
-        "spec": {
-            "terminationGracePeriodSeconds": 0,
-            "containers": containers,
-            "nodeSelector": {"kubernetes.io/os": "linux"},
-        }
+        "spec": spec,
     }))
     .expect("pod literal")
 }
@@ -167,6 +208,7 @@ pub fn statefulset(
     image: &str,
     sctp: bool,
     run_id: &str,
+    node: &NodeChoice,
 ) -> StatefulSet {
     let mut containers = vec![client_container(&format!("{name}-client"), image)];
     for p in served(model, sctp) {
@@ -179,6 +221,13 @@ pub fn statefulset(
     }
     let mut labels = model.labels.clone();
     labels.insert(LABEL_RUN.into(), run_id.into());
+    let mut spec = json!({
+        "terminationGracePeriodSeconds": 0,
+        "hostNetwork": model.host_network,
+        "containers": containers,
+        "nodeSelector": {"kubernetes.io/os": "linux"},
+    });
+    node.apply(&mut spec, &model.labels);
     serde_json::from_value(json!({
         "metadata": {"name": name, "labels": {LABEL_RUN: run_id}},
         "spec": {
@@ -188,12 +237,7 @@ pub fn statefulset(
             "selector": {"matchLabels": model.labels},
             "template": {
                 "metadata": {"labels": labels},
-                "spec": {
-                    "terminationGracePeriodSeconds": 0,
-                    "hostNetwork": model.host_network,
-                    "containers": containers,
-                    "nodeSelector": {"kubernetes.io/os": "linux"},
-                }
+                "spec": spec,
             }
         }
     }))
@@ -285,7 +329,7 @@ mod tests {
     fn upstream_pod_has_a_container_per_port_and_protocol() {
         let world = WorldKind::Upstream.model();
         let a = world.pod("x/a").unwrap();
-        let pod = pod(a, "agnhost:test", false, "r1");
+        let pod = pod(a, "agnhost:test", false, "r1", &NodeChoice::Any);
         let containers = &pod.spec.as_ref().unwrap().containers;
         let names: Vec<_> = containers.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(
@@ -297,7 +341,7 @@ mod tests {
         assert_eq!(port.protocol.as_deref(), Some("UDP"));
         assert_eq!(pod.metadata.labels.as_ref().unwrap()["pod"], "a");
         assert_eq!(probe_container(a), "cont-80-tcp");
-        let with_sctp = super::pod(a, "agnhost:test", true, "r1");
+        let with_sctp = super::pod(a, "agnhost:test", true, "r1", &NodeChoice::Any);
         assert_eq!(with_sctp.spec.unwrap().containers.len(), 6);
     }
 
@@ -305,14 +349,14 @@ mod tests {
     fn npa_statefulsets_follow_the_base_manifests() {
         let world = WorldKind::Npa.model();
         let g = world.pod("gryffindor/0").unwrap();
-        let ss = statefulset("harry-potter", g, 2, "img", false, "r1");
+        let ss = statefulset("harry-potter", g, 2, "img", false, "r1", &NodeChoice::Any);
         let spec = ss.spec;
         let containers = spec.template.spec.unwrap().containers;
         assert_eq!(containers[0].name, "harry-potter-client");
         assert!(containers.iter().any(|c| c.name == "harry-potter-53"
             && c.ports.as_ref().unwrap()[0].name.as_deref() == Some("dns")));
         let f = world.pod("forbidden-forrest/0").unwrap();
-        let ss = statefulset("centaur", f, 2, "img", false, "r1");
+        let ss = statefulset("centaur", f, 2, "img", false, "r1", &NodeChoice::Any);
         let tmpl = ss.spec.template.spec.unwrap();
         assert_eq!(tmpl.host_network, Some(true));
         let udp = tmpl
@@ -336,5 +380,33 @@ mod tests {
             patch,
             json!({"metadata": {"labels": {"ns2": "updated", "old": null}}})
         );
+    }
+
+    #[test]
+    fn placement_pins_a_pod_to_its_node_and_spreads_replicas() {
+        let world = WorldKind::Upstream.model();
+        let a = world.pod("x/a").unwrap();
+        let pinned = pod(a, "img", false, "r1", &NodeChoice::Node("n1".into()));
+        let spec = serde_json::to_value(pinned.spec.unwrap()).unwrap();
+        assert_eq!(
+            spec.pointer("/affinity/nodeAffinity/requiredDuringSchedulingIgnoredDuringExecution/nodeSelectorTerms/0/matchFields/0"),
+            Some(&json!({"key": "metadata.name", "operator": "In", "values": ["n1"]}))
+        );
+        assert!(spec.get("topologySpreadConstraints").is_none());
+        let npa = WorldKind::Npa.model();
+        let g = npa.pod("gryffindor/0").unwrap();
+        let spread = NodeChoice::Spread(vec!["n0".into(), "n1".into()]);
+        let ss = statefulset("harry-potter", g, 2, "img", false, "r1", &spread);
+        let tmpl = serde_json::to_value(ss.spec.template.spec.unwrap()).unwrap();
+        assert_eq!(
+            tmpl.pointer("/topologySpreadConstraints/0/labelSelector/matchLabels"),
+            Some(&json!({"conformance-house": "gryffindor"}))
+        );
+        assert_eq!(
+            tmpl.pointer("/topologySpreadConstraints/0/whenUnsatisfiable"),
+            Some(&json!("DoNotSchedule"))
+        );
+        let any = pod(a, "img", false, "r1", &NodeChoice::Any);
+        assert!(any.spec.unwrap().affinity.is_none());
     }
 }

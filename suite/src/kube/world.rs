@@ -12,12 +12,13 @@ use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serde_json::json;
 
+use super::objects::NodeChoice;
 use super::{
     KubeCluster, LABEL_RUN, LABEL_TRIAL, NETNS_ANNOTATION, api_err, is_not_found, objects, other,
 };
-use crate::backend::{BackendError, Cluster, ProbeJob, RealizedPod, RealizedWorld};
+use crate::backend::{BackendError, Cluster, Placement, ProbeJob, RealizedPod, RealizedWorld};
 use crate::reachability::Outcome;
-use crate::world::{ModelPod, World};
+use crate::world::{ModelPod, Protocol, World};
 
 impl KubeCluster {
     /// Creates a world; when that fails half-way, removes what was created, so a later trial
@@ -200,6 +201,9 @@ impl KubeCluster {
         let expected = self.create_workloads(world, &realized, sctp).await?;
         let pods = self.wait_pods_ready(&namespaces, expected).await?;
         self.realize_pods(world, &pods, &mut realized).await?;
+        if self.opts.measure_path {
+            self.measure_path(world, &pods, &realized).await;
+        }
         Ok(realized)
     }
 
@@ -270,6 +274,7 @@ impl KubeCluster {
         let image = &self.opts.image;
         let mut statefulsets: BTreeMap<String, (String, &ModelPod)> = BTreeMap::new();
         let mut expected = 0;
+        let mut standalone = 0;
         for pod in world.pods.iter().filter(|p| !p.external) {
             let ns = &realized.namespaces[&pod.namespace];
             expected += 1;
@@ -278,7 +283,9 @@ impl KubeCluster {
                     statefulsets.entry(ss.clone()).or_insert((ns.clone(), pod));
                 }
                 None => {
-                    let obj = objects::pod(pod, image, sctp, &self.opts.run_id);
+                    let node = self.node_for(standalone);
+                    standalone += 1;
+                    let obj = objects::pod(pod, image, sctp, &self.opts.run_id, &node);
                     let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
                     api.create(&PostParams::default(), &obj)
                         .await
@@ -308,14 +315,88 @@ impl KubeCluster {
                 .iter()
                 .filter(|p| p.statefulset.as_deref() == Some(name))
                 .count();
-            let obj =
-                objects::statefulset(name, pod, replicas as i32, image, sctp, &self.opts.run_id);
+            let node = self.nodes_for_statefulset(pod.host_network);
+            let obj = objects::statefulset(
+                name,
+                pod,
+                replicas as i32,
+                image,
+                sctp,
+                &self.opts.run_id,
+                &node,
+            );
             let api: Api<StatefulSet> = Api::namespaced(self.client.clone(), ns);
             api.create(&PostParams::default(), &obj)
                 .await
                 .map_err(|e| api_err("create", "StatefulSet", &format!("{ns}/{name}"), e))?;
         }
         Ok(expected)
+    }
+
+    /// Where the `i`th standalone pod of a world goes: alternating over the schedulable nodes
+    /// (spread, cross-node), all on the first (same-node), or the scheduler's choice where
+    /// there are fewer than two.
+    fn node_for(&self, i: usize) -> NodeChoice {
+        match (self.nodes.len(), self.opts.placement) {
+            (0 | 1, _) => NodeChoice::Any,
+            (_, Placement::SameNode) => NodeChoice::Node(self.nodes[0].clone()),
+            (n, _) => NodeChoice::Node(self.nodes[i % n].clone()),
+        }
+    }
+
+    /// Where a StatefulSet's replicas go: spread over the schedulable nodes, or all on the
+    /// first (same-node) unless they share their node's network (they serve fixed host ports,
+    /// so two cannot share a node).
+    fn nodes_for_statefulset(&self, host_network: bool) -> NodeChoice {
+        match (self.nodes.len(), self.opts.placement) {
+            (0 | 1, _) => NodeChoice::Any,
+            (_, Placement::SameNode) if !host_network => NodeChoice::Node(self.nodes[0].clone()),
+            _ => NodeChoice::Spread(self.nodes.clone()),
+        }
+    }
+
+    /// Times a connection from every pod of a new world to every other one's first TCP port,
+    /// from inside the source pod's network namespace on this machine (the local cluster's real
+    /// nodes): samples of the path the connect timeout follows, never a verdict.
+    async fn measure_path(&self, world: &World, pods: &[Pod], realized: &RealizedWorld) {
+        let netns = |model: &ModelPod| -> Option<String> {
+            let ns = realized.namespaces.get(&model.namespace)?;
+            let pod = pods
+                .iter()
+                .find(|p| p.namespace().as_deref() == Some(ns) && p.name_any() == model.pod_name)?;
+            let node = pod.spec.as_ref()?.node_name.as_deref()?;
+            let uid = pod.metadata.uid.as_deref()?;
+            netpol_local::kubelet::host::pod_netns(node, uid).map(|p| p.display().to_string())
+        };
+        let mut jobs = Vec::new();
+        for from in world.pods.iter().filter(|p| !p.external && !p.host_network) {
+            let (Some(path), Some(src)) = (netns(from), realized.pods.get(&from.model_name()))
+            else {
+                continue;
+            };
+            for to in world
+                .pods
+                .iter()
+                .filter(|p| p.model_name() != from.model_name())
+            {
+                let port = to.ports.iter().find(|p| p.protocol == Protocol::Tcp);
+                let (Some(port), Some(dst)) = (port, realized.pods.get(&to.model_name())) else {
+                    continue;
+                };
+                jobs.push(ProbeJob {
+                    from: RealizedPod {
+                        netns: Some(path.clone()),
+                        ..src.clone()
+                    },
+                    to_model: to.model_name(),
+                    to_ip: dst.ip,
+                    port: port.port,
+                    protocol: Protocol::Tcp,
+                    timeout: Duration::from_secs(1),
+                });
+            }
+        }
+        self.path.measure(&jobs).await;
     }
 
     /// Records every model pod's realized pod (IP, Service IP, probe container, netns) from
@@ -326,7 +407,7 @@ impl KubeCluster {
         pods: &[Pod],
         realized: &mut RealizedWorld,
     ) -> Result<(), BackendError> {
-        for model in world.pods.iter() {
+        for model in &world.pods {
             if model.external {
                 if let Some(ip) = self.opts.external_ip {
                     realized.pods.insert(
@@ -339,6 +420,7 @@ impl KubeCluster {
                             service_ip: None,
                             container: String::new(),
                             netns: None,
+                            node: None,
                         },
                     );
                 }
@@ -383,6 +465,7 @@ impl KubeCluster {
                     service_ip,
                     container: objects::probe_container(model),
                     netns: pod.annotations().get(NETNS_ANNOTATION).cloned(),
+                    node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
                 },
             );
         }
@@ -407,7 +490,7 @@ impl KubeCluster {
                 match api.get_opt(name).await {
                     Ok(None) => break,
                     Ok(Some(_)) if Instant::now() < deadline => {
-                        tokio::time::sleep(Duration::from_millis(300)).await
+                        tokio::time::sleep(Duration::from_millis(300)).await;
                     }
                     Ok(Some(_)) => {
                         return Err(BackendError::Other {

@@ -4,6 +4,7 @@
 //! The JSON form of plans (`plan --json`) is in `json.rs`.
 
 mod json;
+pub mod scope;
 #[cfg(test)]
 mod tests;
 
@@ -13,14 +14,15 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::case::{
-    Case, CaseName, ExpectOp, Feature, ObjectRef, PatchStep, PortRef, ProbeStep, Source, Step,
-    parse_pair, parse_pair_probe,
+    Case, CaseName, ExpectOp, Feature, ObjectRef, PairProbe, PatchStep, PortRef, ProbeStep, Source,
+    Step,
 };
 use crate::reachability::{BlockRule, Expected};
 use crate::translate::{self, ApiVersion, TranslateError};
 use crate::world::{Protocol, World};
 
 pub use json::{plan_json, plans_json};
+pub use scope::{Scope, scopes};
 
 /// One planned step.
 #[derive(Debug, Clone, PartialEq)]
@@ -152,6 +154,13 @@ impl Plan {
 
     /// Policy kinds the plan creates (each needs its API on the target).
     pub fn kinds(&self) -> BTreeSet<String> {
+        self.objects()
+            .filter_map(|o| o.get("kind").and_then(Value::as_str).map(str::to_string))
+            .collect()
+    }
+
+    /// Every object the plan creates or replaces, in step order.
+    pub fn objects(&self) -> impl Iterator<Item = &Value> {
         self.steps
             .iter()
             .filter_map(|s| match &s.action {
@@ -159,8 +168,6 @@ impl Plan {
                 _ => None,
             })
             .flatten()
-            .filter_map(|o| o.get("kind").and_then(Value::as_str).map(str::to_string))
-            .collect()
     }
 
     /// The probe steps, in order.
@@ -446,8 +453,8 @@ pub fn matrix(world: &World, ops: &[ExpectOp]) -> Expected {
             }
             ExpectOp::Blocked(pairs) | ExpectOp::Allowed(pairs) => {
                 let allowed = matches!(op, ExpectOp::Allowed(_));
-                for (from, to) in pairs.iter().filter_map(|p| parse_pair(p)) {
-                    t.set(from, to, allowed);
+                for p in pairs {
+                    t.set(&p.from, &p.to, allowed);
                 }
             }
         }
@@ -458,10 +465,10 @@ pub fn matrix(world: &World, ops: &[ExpectOp]) -> Expected {
     t
 }
 
-fn pair_probes(world: &World, name: Option<String>, lines: &[String]) -> Vec<ProbePlan> {
+fn pair_probes(world: &World, name: Option<String>, lines: &[PairProbe]) -> Vec<ProbePlan> {
     let names = world.pod_names();
     let mut groups: Vec<ProbePlan> = Vec::new();
-    for probe in lines.iter().filter_map(|l| parse_pair_probe(l).ok()) {
+    for probe in lines {
         let group = match groups
             .iter_mut()
             .position(|g| g.protocol == probe.protocol && g.port == probe.port)

@@ -123,3 +123,63 @@ fn json_lists_every_pair() {
     assert_eq!(step["pairs"].as_array().unwrap().len(), 72);
     assert_eq!(v["cases"][0]["features"], json!(["UDP"]));
 }
+
+#[test]
+fn every_table_trial_runs_beside_others_or_takes_turns() {
+    let plans = table();
+    let scopes = super::scopes(&plans);
+    for (plan, scope) in plans.iter().zip(&scopes) {
+        let expected = if plan.world.is_shared() {
+            Scope::Turns
+        } else {
+            Scope::Own
+        };
+        assert_eq!(*scope, expected, "{}", plan.trial);
+    }
+}
+
+#[test]
+fn a_cluster_scoped_subject_that_can_reach_other_worlds_runs_alone() {
+    let mut plans = table();
+    let npa = plans
+        .iter()
+        .position(|p| p.trial.starts_with("npa::") && p.trial.ends_with("v1alpha1"))
+        .unwrap();
+    // Any namespace at all: the upstream worlds' too.
+    let everything = serde_json::json!({"namespaces": {}});
+    // A label an upstream trial gives a namespace of its world.
+    let upstream_label = serde_json::json!({"namespaces": {"matchLabels": {"ns2": "updated"}}});
+    // Another world's namespace by name.
+    let by_name = serde_json::json!({"namespaces": {"matchLabels": {"kubernetes.io/metadata.name": "${ns:x}"}}});
+    // Confined by a label only the npa world has, even beside a broad pod selector.
+    let house = serde_json::json!({"pods": {
+        "namespaceSelector": {"matchExpressions": [{"key": "conformance-house", "operator": "Exists"}]},
+        "podSelector": {}
+    }});
+    for (subject, alone) in [
+        (everything, true),
+        (upstream_label, true),
+        (by_name, true),
+        (house, false),
+    ] {
+        let step = plans[npa]
+            .steps
+            .iter_mut()
+            .find_map(|s| match &mut s.action {
+                Action::Create(objects) => Some(objects),
+                _ => None,
+            })
+            .unwrap();
+        step[0]["spec"]["subject"] = subject.clone();
+        let scope = super::scopes(&plans).swap_remove(npa);
+        assert_eq!(
+            matches!(scope, Scope::Alone { .. }),
+            alone,
+            "{subject}: {scope:?}"
+        );
+    }
+}
+
+fn table() -> Vec<Plan> {
+    plan_all(&crate::case::load_embedded().unwrap()).unwrap()
+}

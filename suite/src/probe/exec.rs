@@ -1,5 +1,6 @@
-//! The exec prober: `/agnhost connect <ip>:<port> --timeout=<t>s --protocol=<p>` run through the
-//! API server's exec endpoint in the source pod, and the decoding of what comes back.
+//! The exec prober: `/agnhost connect <ip>:<port> --timeout=<t>ms --protocol=<p>` run through
+//! the API server's exec endpoint in the source pod (through a shell kept open there, see
+//! [`super::session`]), and the decoding of what comes back.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -11,83 +12,62 @@ use kube::api::{Api, AttachParams};
 use tokio::io::AsyncReadExt;
 use tokio::runtime::Handle;
 
-use crate::backend::ProbeJob;
+use super::session::{SessionError, Sessions};
+use crate::backend::{ProbeJob, Retry, Settling, Wanted};
 use crate::reachability::{BlockKind, Outcome};
 
 use super::Prober;
 
+/// Probes in flight through the shells at once. A blocked probe only waits out its timeout (an
+/// agnhost process asleep on a socket), so many may wait side by side; the bound keeps a burst
+/// of process starts within what a node takes.
+pub const SHELL_IN_FLIGHT: usize = 32;
+
+/// How long past its timeout a probe through a shell may take to answer before the shell is
+/// given up and the probe counts as an error (to be probed again through a new shell). The
+/// answer only waits for a process to start and print a line, so this is far shorter than the
+/// slack of opening an exec.
+pub const SHELL_SLACK: Duration = Duration::from_secs(10);
+
 /// Probes by exec into the source pod's container.
 ///
-/// In batch mode (the default) one exec per source pod runs a shell loop over all of that
-/// pod's destinations, so a 9-pod matrix takes 9 execs per pass instead of 72. Where the image
-/// has no shell the prober notices once and falls back to one exec per probe.
+/// By default every source container gets one shell kept open ([`super::session`]): probes are
+/// lines written to it and run side by side, so a run opens about one exec per pod instead of
+/// one per probe. Where the image has no shell the prober notices once and falls back to one
+/// exec per probe (`NETPOL_EXEC_BATCH=0` asks for that from the start).
 pub struct ExecProber {
     /// Runtime for the exec streams.
     pub rt: Handle,
     /// API client.
     pub client: Client,
-    /// Execs at once.
+    /// Execs at once in the one-exec-per-probe mode.
     pub parallelism: usize,
     /// Extra time an exec may take beyond the probe's own timeout before it counts as an error.
     pub exec_slack: Duration,
-    /// Probe a whole row with one exec.
+    /// Probe through a shell kept open per source container.
     pub batch: bool,
     /// Cleared when an image turns out to have no shell.
     pub batch_works: AtomicBool,
-    /// Execs opened so far, counted as they are opened (what reports call `execs`).
+    /// Execs opened so far for single probes, counted as they are opened.
     pub execs: AtomicUsize,
+    /// The shells kept open.
+    pub sessions: Sessions,
 }
 
-/// The shell loop of batch mode: `sh -c SCRIPT sh <protocol> <timeout> <target>…` prints one
-/// `@@<target> <exit code> <agnhost output on one line>` line per target.
-pub const BATCH_SCRIPT: &str = r#"p=$1; to=$2; shift 2
-for t in "$@"; do
-  out=$(/agnhost connect "$t" --timeout="$to" --protocol="$p" 2>&1)
-  echo "@@$t $? $(echo $out)"
-done"#;
-
-/// The command of one batch: every job must share source, protocol and timeout.
-pub fn batch_command(jobs: &[ProbeJob]) -> Vec<String> {
-    let first = &jobs[0];
-    let mut cmd = vec![
-        "sh".to_string(),
-        "-c".into(),
-        BATCH_SCRIPT.into(),
-        "sh".into(),
-        first.protocol.lower().into(),
-        format!("{}s", first.timeout.as_secs().max(1)),
-    ];
-    cmd.extend(
-        jobs.iter()
-            .map(|j| std::net::SocketAddr::new(j.to_ip, j.port).to_string()),
-    );
-    cmd
-}
-
-/// Decodes a batch's stdout into one outcome per job; a target with no line is an error.
-pub fn decode_batch(jobs: &[ProbeJob], stdout: &str) -> Vec<Outcome> {
-    let mut lines = std::collections::HashMap::new();
-    for line in stdout.lines() {
-        let Some(rest) = line.strip_prefix("@@") else {
-            continue;
-        };
-        let Some((target, rest)) = rest.split_once(' ') else {
-            continue;
-        };
-        let (code, output) = rest.split_once(' ').unwrap_or((rest, ""));
-        if let Ok(code) = code.trim().parse::<i32>() {
-            lines.insert(target.to_string(), (code, output.trim().to_string()));
+impl ExecProber {
+    /// A prober through `client` on `rt`; `shell` keeps a shell open per source container.
+    pub fn new(rt: Handle, client: Client, parallelism: usize, shell: bool) -> ExecProber {
+        ExecProber {
+            rt,
+            sessions: Sessions::new(client.clone(), SHELL_IN_FLIGHT),
+            client,
+            parallelism,
+            exec_slack: Duration::from_secs(30),
+            batch: shell,
+            batch_works: AtomicBool::new(true),
+            execs: AtomicUsize::new(0),
         }
     }
-    jobs.iter()
-        .map(|j| {
-            let target = std::net::SocketAddr::new(j.to_ip, j.port).to_string();
-            match lines.get(&target) {
-                Some((code, output)) => decode_exit(*code, "", output),
-                None => Outcome::Error(format!("the batch exec printed no result for {target}")),
-            }
-        })
-        .collect()
 }
 
 /// The command of one probe.
@@ -97,7 +77,7 @@ pub fn connect_command(job: &ProbeJob) -> Vec<String> {
         "/agnhost".into(),
         "connect".into(),
         target.to_string(),
-        format!("--timeout={}s", job.timeout.as_secs().max(1)),
+        format!("--timeout={}ms", job.timeout.as_millis().max(1)),
         format!("--protocol={}", job.protocol.lower()),
     ]
 }
@@ -186,41 +166,29 @@ impl ExecProber {
         Ok(decode(r.status.as_ref(), &r.stdout, &r.stderr))
     }
 
-    /// One exec for a group of jobs sharing source, protocol and timeout; `None` when the
-    /// image has no shell (the caller falls back to one exec per probe).
-    fn run_batch(&self, jobs: &[ProbeJob]) -> Option<Vec<Outcome>> {
-        let first = &jobs[0];
-        let limit = (first.timeout + Duration::from_secs(1)) * jobs.len() as u32 + self.exec_slack;
-        let result = self.rt.block_on(async {
-            tokio::time::timeout(limit, self.exec(first, batch_command(jobs))).await
-        });
-        let failed = |why: String| Some(vec![Outcome::Error(why); jobs.len()]);
-        match result {
-            Err(_) => failed(format!("batch exec did not finish within {limit:?}")),
-            Ok(Err(e)) if no_shell(&e) => None,
-            Ok(Err(e)) => failed(e),
-            Ok(Ok(r)) => match exit_code(r.status.as_ref()) {
-                Some(0) => Some(decode_batch(jobs, &r.stdout)),
-                Some(126 | 127) => None,
-                _ if no_shell(&r.stderr) => None,
-                code => failed(format!("batch exec exited {code:?}: {}", r.stderr.trim())),
-            },
-        }
-    }
-
-    fn groups(jobs: &[ProbeJob]) -> Vec<Vec<usize>> {
-        let mut groups: Vec<Vec<usize>> = Vec::new();
-        for (i, j) in jobs.iter().enumerate() {
-            let same = |k: &usize| {
-                let o = &jobs[*k];
-                o.from == j.from && o.protocol == j.protocol && o.timeout == j.timeout
-            };
-            match groups.iter_mut().find(|g| same(&g[0])) {
-                Some(g) => g.push(i),
-                None => groups.push(vec![i]),
+    /// One probe, through the source container's shell where that works, else by an exec of
+    /// its own.
+    async fn probe_async(&self, job: &ProbeJob) -> Outcome {
+        if self.batching() {
+            match self
+                .sessions
+                .probe(job, SHELL_SLACK.min(self.exec_slack))
+                .await
+            {
+                Ok(outcome) => return outcome,
+                Err(SessionError::Failed(e)) => return Outcome::Error(e),
+                Err(SessionError::NoShell(e)) => {
+                    tracing::info!("no shell in the probe container, one exec per probe: {e}");
+                    self.batch_works.store(false, Ordering::SeqCst);
+                }
             }
         }
-        groups
+        let limit = job.timeout + self.exec_slack;
+        match tokio::time::timeout(limit, self.run(job)).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(e)) => Outcome::Error(e),
+            Err(_) => Outcome::Error(format!("exec did not finish within {limit:?}")),
+        }
     }
 
     fn batching(&self) -> bool {
@@ -229,7 +197,7 @@ impl ExecProber {
 }
 
 /// Whether an exec failure says the container has no shell.
-fn no_shell(message: &str) -> bool {
+pub(super) fn no_shell(message: &str) -> bool {
     let m = message.to_ascii_lowercase();
     (m.contains("sh") && (m.contains("not found") || m.contains("no such file")))
         || m.contains("executable file not found")
@@ -237,14 +205,7 @@ fn no_shell(message: &str) -> bool {
 
 impl Prober for ExecProber {
     fn probe(&self, job: &ProbeJob) -> Outcome {
-        let limit = job.timeout + self.exec_slack;
-        self.rt.block_on(async {
-            match tokio::time::timeout(limit, self.run(job)).await {
-                Ok(Ok(outcome)) => outcome,
-                Ok(Err(e)) => Outcome::Error(e),
-                Err(_) => Outcome::Error(format!("exec did not finish within {limit:?}")),
-            }
-        })
+        self.rt.block_on(self.probe_async(job))
     }
     fn parallelism(&self) -> usize {
         self.parallelism
@@ -253,53 +214,27 @@ impl Prober for ExecProber {
         "exec"
     }
     fn probe_all(&self, jobs: &[ProbeJob]) -> Vec<Outcome> {
-        if !self.batching() || jobs.is_empty() {
+        if !self.batching() {
             return super::run_pool(self, jobs);
         }
-        let groups = Self::groups(jobs);
-        let mut out: Vec<Option<Outcome>> = vec![None; jobs.len()];
-        let results = std::sync::Mutex::new(Vec::new());
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        std::thread::scope(|scope| {
-            for _ in 0..self.parallelism.clamp(1, groups.len()) {
-                scope.spawn(|| {
-                    loop {
-                        let g = next.fetch_add(1, Ordering::SeqCst);
-                        let Some(idx) = groups.get(g) else { break };
-                        let group: Vec<ProbeJob> = idx.iter().map(|i| jobs[*i].clone()).collect();
-                        let outcomes = match self.run_batch(&group) {
-                            Some(o) => o,
-                            None => {
-                                self.batch_works.store(false, Ordering::SeqCst);
-                                super::run_pool(self, &group)
-                            }
-                        };
-                        results
-                            .lock()
-                            .expect("results")
-                            .push((idx.clone(), outcomes));
-                    }
-                });
-            }
-        });
-        for (idx, outcomes) in results.into_inner().expect("results") {
-            for (i, o) in idx.into_iter().zip(outcomes) {
-                out[i] = Some(o);
-            }
+        self.rt.block_on(futures::future::join_all(
+            jobs.iter().map(|j| self.probe_async(j)),
+        ))
+    }
+    fn probe_until(&self, jobs: &[ProbeJob], wanted: &Wanted<'_>, retry: &Retry) -> Settling {
+        if !self.batching() {
+            return super::in_passes(self, jobs, wanted, retry);
         }
-        out.into_iter()
-            .map(|o| o.unwrap_or_else(|| Outcome::Error("not probed".into())))
-            .collect()
+        // Probes through the shells are cheap: each is retried on its own.
+        self.rt.block_on(super::settle_each(
+            jobs,
+            wanted,
+            retry,
+            |job, _| async move { self.probe_async(&job).await },
+        ))
     }
     fn execs(&self) -> usize {
-        self.execs.load(Ordering::SeqCst)
-    }
-    fn calls(&self, jobs: &[ProbeJob]) -> usize {
-        if self.batching() {
-            Self::groups(jobs).len()
-        } else {
-            jobs.len()
-        }
+        self.execs.load(Ordering::SeqCst) + self.sessions.opened.load(Ordering::SeqCst)
     }
 }
 

@@ -1,7 +1,7 @@
 //! The hybrid prober: from a network namespace on this machine where the source pod has one
 //! (the local cluster reached through its kubeconfig), through exec everywhere else.
 
-use crate::backend::ProbeJob;
+use crate::backend::{ProbeJob, Retry, Settling, Wanted};
 use crate::reachability::Outcome;
 
 use super::Prober;
@@ -37,6 +37,12 @@ impl Prober for HybridProber {
     fn name(&self) -> &'static str {
         "exec or netns"
     }
+    fn connect_times(&self) -> Option<&super::ConnectTimes> {
+        // Exec probes cannot be timed alone; only a run that never exec'd has a measured path.
+        (!self.used_exec.load(std::sync::atomic::Ordering::SeqCst))
+            .then(|| self.netns.connect_times())
+            .flatten()
+    }
     fn probe_all(&self, jobs: &[ProbeJob]) -> Vec<Outcome> {
         let (local, remote): (Vec<usize>, Vec<usize>) =
             (0..jobs.len()).partition(|i| Self::is_local(&jobs[*i]));
@@ -68,6 +74,17 @@ impl Prober for HybridProber {
     }
     fn execs(&self) -> usize {
         self.exec.execs()
+    }
+    fn probe_until(&self, jobs: &[ProbeJob], wanted: &Wanted<'_>, retry: &Retry) -> Settling {
+        if !jobs.is_empty() && jobs.iter().all(Self::is_local) {
+            self.mark(true);
+            return self.netns.probe_until(jobs, wanted, retry);
+        }
+        if !jobs.is_empty() && !jobs.iter().any(Self::is_local) {
+            self.mark(false);
+            return self.exec.probe_until(jobs, wanted, retry);
+        }
+        super::in_passes(self, jobs, wanted, retry)
     }
     fn used(&self) -> String {
         let exec = self.used_exec.load(std::sync::atomic::Ordering::SeqCst);

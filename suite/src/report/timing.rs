@@ -14,6 +14,9 @@ use super::{RunReport, TrialReport};
 /// gaps between them (bookkeeping, microseconds) they add up to the trial's duration.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct TrialTiming {
+    /// How the trial was scheduled beside others: `own` (its own namespaces), `turns` (took
+    /// turns with the other cluster-scoped trials) or `alone`; empty where not known.
+    pub scope: &'static str,
     /// Creating (or taking over) the world: namespaces, pods, Services, up to their IPs.
     pub world_setup: Duration,
     /// Carrying out the steps that change the cluster (the API calls, until they return).
@@ -34,13 +37,18 @@ pub struct TrialTiming {
     /// Of those, the steps whose expectation has at least one blocked pair: each waits out at
     /// least one connect timeout.
     pub deny_steps: usize,
+    /// Groups of probe steps probed side by side (steps with nothing changed between them).
+    pub probe_groups: usize,
+    /// Of those, the groups with a blocked pair: each waits out at least one connect timeout.
+    pub deny_groups: usize,
     /// Probes the probe steps made (one per pair and pass, witness probes included; the
     /// pre-flight's are not counted).
     pub probes: usize,
-    /// Enforcement latency of each probe step that followed a policy change, by step index:
-    /// from the change's API call returning to the end of the first probe pass whose observed
-    /// table matched the expectation. Recorded only for steps that passed; the resolution is
-    /// one probe pass, and a pass with a blocked pair lasts at least the connect timeout.
+    /// Enforcement latency of each policy change, by the index of the first probe step after
+    /// it: from the change's API call returning to the start of the probe pass after which
+    /// every step of that group matched its expectation. Recorded only for groups that passed;
+    /// the resolution is the pause between retries (milliseconds at first), since a pass
+    /// whose probes were all sent after the change took effect matches.
     pub latencies: Vec<(usize, Duration)>,
 }
 
@@ -134,6 +142,9 @@ pub fn case_properties(t: &TrialReport) -> Vec<(&'static str, String)> {
     let Some(timing) = &t.timing else {
         return props;
     };
+    if !timing.scope.is_empty() {
+        props.push(("scope", timing.scope.to_string()));
+    }
     props.extend([
         ("world-setup-seconds", secs(timing.world_setup)),
         ("apply-seconds", secs(timing.apply)),
@@ -143,6 +154,8 @@ pub fn case_properties(t: &TrialReport) -> Vec<(&'static str, String)> {
         ("probe-connect-seconds", secs(timing.probe_connect)),
         ("probe-steps", timing.probe_steps.to_string()),
         ("deny-steps", timing.deny_steps.to_string()),
+        ("probe-groups", timing.probe_groups.to_string()),
+        ("deny-groups", timing.deny_groups.to_string()),
         ("probes", timing.probes.to_string()),
     ]);
     if !timing.latencies.is_empty() {
@@ -163,6 +176,18 @@ pub fn suite_properties(report: &RunReport) -> Vec<(&'static str, String)> {
     if report.concurrency > 0 {
         props.push(("trial-concurrency", report.concurrency.to_string()));
     }
+    if let Some(setup) = report.target_setup {
+        props.push(("target-setup-seconds", secs(setup)));
+    }
+    if let Some((p999, samples)) = report.target.connect_p999 {
+        props.extend([
+            (
+                "path-connect-p999-seconds",
+                format!("{:.4}", p999.as_secs_f64()),
+            ),
+            ("path-connect-samples", samples.to_string()),
+        ]);
+    }
     if let Some(s) = LatencySummary::of_run(report) {
         props.extend([
             ("enforcement-latency-samples", s.samples.to_string()),
@@ -181,7 +206,7 @@ pub fn html_section(report: &RunReport) -> String {
     };
     let mut out = String::from(
         "<section id=\"latency\"><h2>Enforcement latency</h2><p>From a policy change's API \
-         call returning to the end of the first probe pass that matched, over the probe steps \
+         call returning to the start of the first probe pass that matched, over the probe steps \
          that followed a change and passed.</p><dl class=\"latency\">",
     );
     for (id, label, d) in [

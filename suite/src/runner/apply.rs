@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use crate::backend::{BackendError, Cluster, RealizedWorld};
+use crate::backend::{BackendError, Cluster, LabelChange, RealizedWorld};
 use crate::case::ObjectRef;
 use crate::plan::{Action, Plan};
 use crate::report::TrialReport;
@@ -120,7 +120,7 @@ pub(super) fn apply(
             log(format!(
                 "label namespace {real}: set {set:?}, remove {remove:?}"
             ));
-            cluster.label_namespace(&real, set, remove)?;
+            cluster.label_namespace(&real, LabelChange { set, remove })?;
         }
         Action::LabelPod { pod, set, remove } => {
             let real = realized.pods.get(pod).ok_or_else(|| BackendError::Other {
@@ -131,7 +131,7 @@ pub(super) fn apply(
                 "label pod {}/{}: set {set:?}, remove {remove:?}",
                 real.namespace, real.name
             ));
-            cluster.label_pod(real, set, remove)?;
+            cluster.label_pod(real, LabelChange { set, remove })?;
         }
         Action::DeletePods(pods) => {
             log(format!("delete pods {}", pods.join(", ")));

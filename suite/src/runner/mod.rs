@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::backend::{BackendError, Capabilities, Cluster, RealizedWorld};
+use crate::backend::{BackendError, Capabilities, Cluster, LabelChange, RealizedWorld};
 use crate::features::{self, Selection};
-use crate::plan::{Action, Plan, ProbePlan};
+use crate::plan::{Action, Plan, PlannedStep, ProbePlan};
 use crate::report::timing::TrialTiming;
 use crate::report::{SkippedStep, StepReport, StepResult, TrialOutcome, TrialReport};
 
@@ -21,39 +21,13 @@ mod preflight;
 mod probe;
 #[cfg(test)]
 mod tests;
+mod timeouts;
+mod witness;
 
 use apply::apply;
 use preflight::preflight;
-use probe::{StepClock, probe_label, probe_step};
-
-/// Every wait the runner makes, named.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Timeouts {
-    /// One probe's connect timeout.
-    pub probe_connect: Duration,
-    /// How long probes that disagree with their expectation are retried.
-    pub probe_settle: Duration,
-    /// Pause between retries of disagreeing probes.
-    pub probe_retry_interval: Duration,
-    /// How long the pre-flight waits for every pair of a trial to connect with no policy.
-    pub preflight: Duration,
-}
-
-impl Timeouts {
-    /// Defaults for a target: the local cluster answers fast; real clusters get upstream's 3 s.
-    pub fn for_target(local: bool) -> Timeouts {
-        Timeouts {
-            probe_connect: if local {
-                Duration::from_secs(1)
-            } else {
-                Duration::from_secs(3)
-            },
-            probe_settle: Duration::from_secs(10),
-            probe_retry_interval: Duration::from_millis(500),
-            preflight: Duration::from_secs(30),
-        }
-    }
-}
+use probe::{GroupClock, StepClock, probe_group, probe_label};
+pub use timeouts::{DeriveConnect, Timeouts};
 
 /// Where probes of upstream worlds go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -79,6 +53,8 @@ pub struct RunOptions {
     pub fresh_worlds: bool,
     /// The features the run judges.
     pub features: Arc<Selection>,
+    /// Where the worlds' pods go; `cross-node` judges only the pairs that cross nodes.
+    pub placement: crate::backend::Placement,
 }
 
 /// The report of a trial of `plan` that has not run anything yet: `outcome`, started now, no
@@ -202,60 +178,52 @@ fn run_steps(
         }
         Err(message) => return TrialOutcome::Error { message },
     }
-    // When the last policy change's API call returned, until a probe step measures it.
+    let derived = derive_timeouts(cluster, opts, report);
+    let opts = derived.as_ref().unwrap_or(opts);
+    // When the last policy change's API call returned, until a probe group measures it.
     let mut changed: Option<Instant> = None;
-    for step in &plan.steps {
+    let mut steps = plan.steps.iter().peekable();
+    while let Some(step) = steps.next() {
         if cancel.load(Ordering::SeqCst) {
             return TrialOutcome::Error {
                 message: format!("interrupted before step {}", step.index),
             };
         }
-        let result = match &step.action {
-            Action::Probe(probe) => {
-                let began = Instant::now();
-                let (step_report, clock) =
-                    probe_step(cluster, caps, plan, realized, probe, step.index, opts);
-                if let Some(timing) = &mut report.timing {
-                    record_probe_step(timing, probe, &step_report, &clock, began, &mut changed);
-                }
-                let result = step_report.result.clone();
-                report.steps.push(step_report);
-                match result {
-                    StepResult::Failed => {
-                        return TrialOutcome::Failed {
-                            message: format!(
-                                "step {} ({}) had wrong results",
-                                step.index,
-                                probe_label(probe)
-                            ),
-                        };
-                    }
-                    StepResult::Error { message } => {
-                        return TrialOutcome::Error {
-                            message: format!(
-                                "step {} ({}): {message}",
-                                step.index,
-                                probe_label(probe)
-                            ),
-                        };
-                    }
-                    StepResult::Passed | StepResult::Skipped { .. } => Ok(()),
-                }
+        let Action::Probe(first) = &step.action else {
+            let began = Instant::now();
+            let result = apply(cluster, plan, realized, &step.action, report);
+            changed = changes_policy(&step.action).then(Instant::now);
+            if let Some(timing) = &mut report.timing {
+                timing.apply += began.elapsed();
             }
-            action => {
-                let began = Instant::now();
-                let result = apply(cluster, plan, realized, action, report);
-                changed = changes_policy(action).then(Instant::now);
-                if let Some(timing) = &mut report.timing {
-                    timing.apply += began.elapsed();
-                }
-                result
+            if let Err(e) = result {
+                return TrialOutcome::Error {
+                    message: format!("step {} ({}): {e}", step.index, step.action.name()),
+                };
             }
+            continue;
         };
-        if let Err(e) = result {
-            return TrialOutcome::Error {
-                message: format!("step {} ({}): {e}", step.index, step.action.name()),
-            };
+        // Probe steps with nothing changed between them are probed side by side.
+        let mut group = vec![(step.index, first)];
+        while let Some(PlannedStep {
+            index,
+            action: Action::Probe(next),
+        }) = steps.peek()
+        {
+            group.push((*index, next));
+            steps.next();
+        }
+        let (judged, clock) = probe_group(cluster, caps, plan, realized, &group, opts);
+        if let Some(timing) = &mut report.timing {
+            record_probe_group(timing, &group, &judged, &clock, &mut changed);
+        }
+        let mut verdict = None;
+        for ((_, probe), (step_report, _)) in group.iter().zip(judged) {
+            verdict = verdict.or(step_verdict(probe, &step_report));
+            report.steps.push(step_report);
+        }
+        if let Some(outcome) = verdict {
+            return outcome;
         }
     }
     let skipped: Vec<SkippedStep> = report
@@ -281,6 +249,59 @@ fn run_steps(
     }
 }
 
+/// The probe steps' timeouts where the run derives them from the path measured so far (this
+/// pre-flight's connections included): `None` where they stay as they are. Records the
+/// connect timeout in the trial's timing, and a derived one in its log.
+fn derive_timeouts(
+    cluster: &dyn Cluster,
+    opts: &RunOptions,
+    report: &mut TrialReport,
+) -> Option<RunOptions> {
+    let measured = cluster.connect_quantile(0.999);
+    let connect = opts.timeouts.step_connect(measured);
+    let reach = opts.timeouts.reach_connect(measured);
+    if let Some(timing) = &mut report.timing {
+        timing.probe_connect = connect;
+    }
+    if connect == opts.timeouts.probe_connect && reach.is_none() {
+        return None;
+    }
+    report.log.push_str(&format!(
+        "connect timeout {connect:?} (retries waiting for a connection: {reach:?}), \
+         derived from the measured path\n"
+    ));
+    Some(RunOptions {
+        timeouts: Timeouts {
+            probe_connect: connect,
+            probe_reach: reach,
+            ..opts.timeouts.clone()
+        },
+        ..opts.clone()
+    })
+}
+
+/// How a trial ends because of a step that failed or could not be judged; `None` for one that
+/// passed or was skipped. A failure says where its wrong pairs ran.
+fn step_verdict(probe: &ProbePlan, step: &StepReport) -> Option<TrialOutcome> {
+    let (index, label) = (step.index, probe_label(probe));
+    match &step.result {
+        StepResult::Failed => {
+            let placement = step
+                .placement
+                .as_ref()
+                .map(|p| format!(" ({p})"))
+                .unwrap_or_default();
+            Some(TrialOutcome::Failed {
+                message: format!("step {index} ({label}) had wrong results{placement}"),
+            })
+        }
+        StepResult::Error { message } => Some(TrialOutcome::Error {
+            message: format!("step {index} ({label}): {message}"),
+        }),
+        StepResult::Passed | StepResult::Skipped { .. } => None,
+    }
+}
+
 /// Whether an action can change what policy allows: policy objects and labels (which select
 /// pods and namespaces) do; deleting or recreating pods does not, and a probe after it
 /// measures the pods' return, not enforcement.
@@ -291,36 +312,57 @@ fn changes_policy(action: &Action) -> bool {
     )
 }
 
-/// Adds a probe step to the trial's timing: its settle and probing time, its counts and, for
-/// the first step that probed after a policy change and passed, the enforcement latency from
-/// `changed` (taken: later steps after the same change do not measure it again) to its first
-/// matching pass.
-fn record_probe_step(
+/// Adds a group of probe steps to the trial's timing: its settle and probing time, its
+/// counts and, for the first group that probed after a policy change with every step passing,
+/// the enforcement latency from `changed` (taken: later groups after the same change do not
+/// measure it again) to the start of the pass after which its last step matched. The latency
+/// is recorded under the group's first step.
+fn record_probe_group(
     timing: &mut TrialTiming,
-    probe: &ProbePlan,
-    step: &StepReport,
-    clock: &StepClock,
-    began: Instant,
+    group: &[(usize, &ProbePlan)],
+    judged: &[(StepReport, StepClock)],
+    clock: &GroupClock,
     changed: &mut Option<Instant>,
 ) {
-    let took = began.elapsed();
     timing.settle += clock.settle;
-    timing.probing += took.saturating_sub(clock.settle);
-    if !clock.probed {
+    timing.probing += clock.probing;
+    let probed: Vec<(&ProbePlan, &StepReport, &StepClock)> = group
+        .iter()
+        .zip(judged)
+        .filter(|(_, (_, c))| c.probed)
+        .map(|((_, p), (r, c))| (*p, r, c))
+        .collect();
+    if probed.is_empty() {
         return;
     }
-    timing.probe_steps += 1;
-    if probe.expected.entries().any(|(_, _, allowed)| !*allowed) {
-        timing.deny_steps += 1;
+    timing.probe_groups += 1;
+    if probed
+        .iter()
+        .any(|(p, _, _)| p.expected.entries().any(|(_, _, allowed)| !*allowed))
+    {
+        timing.deny_groups += 1;
     }
-    timing.probes += clock.probes;
+    for (probe, _, c) in &probed {
+        timing.probe_steps += 1;
+        if probe.expected.entries().any(|(_, _, allowed)| !*allowed) {
+            timing.deny_steps += 1;
+        }
+        timing.probes += c.probes;
+    }
+    let matched: Option<Vec<Instant>> = probed
+        .iter()
+        .map(|(_, r, c)| {
+            (r.result == StepResult::Passed)
+                .then_some(c.matched_at)
+                .flatten()
+        })
+        .collect();
     if let Some(at) = changed.take()
-        && step.result == StepResult::Passed
-        && let Some(matched) = clock.matched_at
+        && let Some(last) = matched.and_then(|m| m.into_iter().max())
     {
         timing
             .latencies
-            .push((step.index, matched.saturating_duration_since(at)));
+            .push((probed[0].1.index, last.saturating_duration_since(at)));
     }
 }
 
@@ -392,7 +434,13 @@ fn restore_labels(
                     continue;
                 };
                 let (put, drop) = restore(&model.labels, set, remove);
-                cluster.label_namespace(real, &put, &drop)?;
+                cluster.label_namespace(
+                    real,
+                    LabelChange {
+                        set: &put,
+                        remove: &drop,
+                    },
+                )?;
             }
             Action::LabelPod { pod, set, remove } => {
                 let (Some(model), Some(real)) = (plan.world.pod(pod), realized.pods.get(pod))
@@ -400,7 +448,13 @@ fn restore_labels(
                     continue;
                 };
                 let (put, drop) = restore(&model.labels, set, remove);
-                cluster.label_pod(real, &put, &drop)?;
+                cluster.label_pod(
+                    real,
+                    LabelChange {
+                        set: &put,
+                        remove: &drop,
+                    },
+                )?;
             }
             _ => {}
         }

@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use super::RunOptions;
 use super::probe::{describe, job, step_gate};
+use crate::backend::Retry;
 use crate::backend::{Capabilities, Cluster, ProbeJob, RealizedWorld};
 use crate::plan::Plan;
 use crate::reachability::Outcome;
@@ -44,54 +45,61 @@ pub(super) fn preflight(
     if jobs.is_empty() {
         return Ok("pre-flight: nothing to probe".into());
     }
-    let started = Instant::now();
-    let deadline = started + opts.timeouts.preflight;
-    let mut outcomes = cluster.probe(&jobs);
-    let mut calls = cluster.probe_calls(&jobs);
-    loop {
-        let failing: Vec<usize> = (0..jobs.len())
-            .filter(|i| outcomes[*i] != Outcome::Connected)
-            .collect();
-        if failing.is_empty() {
-            return Ok(format!(
-                "pre-flight: {} pairs connected with no policy in {:.1?} ({calls} probe calls)",
-                jobs.len(),
-                started.elapsed()
-            ));
-        }
-        if Instant::now() >= deadline {
-            let listed: Vec<String> = failing
-                .iter()
-                .take(8)
-                .map(|i| {
-                    let j = &jobs[*i];
-                    format!(
-                        "{} → {} {}/{} {}",
-                        j.from.model,
-                        j.to_model,
-                        j.protocol,
-                        j.port,
-                        describe(&outcomes[*i])
-                    )
-                })
-                .collect();
-            let more = failing.len().saturating_sub(listed.len());
-            return Err(format!(
-                "world not ready: {}{} after {:.0?} with no policy in place",
-                listed.join(", "),
-                if more > 0 {
-                    format!(" and {more} more pairs")
-                } else {
-                    String::new()
-                },
-                opts.timeouts.preflight
-            ));
-        }
-        std::thread::sleep(opts.timeouts.probe_retry_interval);
-        let retry: Vec<ProbeJob> = failing.iter().map(|i| jobs[*i].clone()).collect();
-        calls += cluster.probe_calls(&retry);
-        for (i, o) in failing.iter().zip(cluster.probe(&retry)) {
-            outcomes[*i] = o;
-        }
+    // The connect timeout the steps would get from the path measured so far (the target's own
+    // before there is enough of it): a pair the trial before blocked costs no more here.
+    let measured = cluster.connect_quantile(0.999);
+    let connect = opts.timeouts.step_connect(measured);
+    for job in &mut jobs {
+        job.timeout = connect;
     }
+    let started = Instant::now();
+    // Each pair is retried on its own until it connects: a world handed on by the trial
+    // before is clean as soon as the deletion of its policies is enforced.
+    let retry = Retry {
+        deadline: started + opts.timeouts.preflight,
+        first: opts.timeouts.probe_retry_first,
+        max: opts.timeouts.probe_retry_max,
+        reach_timeout: opts.timeouts.reach_connect(measured),
+        sample: true,
+    };
+    let settling = cluster.probe_until(&jobs, &|_, o| *o == Outcome::Connected, &retry);
+    let failing: Vec<(&ProbeJob, &Outcome)> = jobs
+        .iter()
+        .zip(&settling.jobs)
+        .filter(|(_, s)| s.last != Outcome::Connected)
+        .map(|(j, s)| (j, &s.last))
+        .collect();
+    if failing.is_empty() {
+        return Ok(format!(
+            "pre-flight: {} pairs connected with no policy in {:.1?} ({} probe calls)",
+            jobs.len(),
+            started.elapsed(),
+            settling.calls
+        ));
+    }
+    let listed: Vec<String> = failing
+        .iter()
+        .take(8)
+        .map(|(j, o)| {
+            format!(
+                "{} → {} {}/{} {}",
+                j.from.model,
+                j.to_model,
+                j.protocol,
+                j.port,
+                describe(o)
+            )
+        })
+        .collect();
+    let more = failing.len().saturating_sub(listed.len());
+    Err(format!(
+        "world not ready: {}{} after {:.0?} with no policy in place",
+        listed.join(", "),
+        if more > 0 {
+            format!(" and {more} more pairs")
+        } else {
+            String::new()
+        },
+        opts.timeouts.preflight
+    ))
 }

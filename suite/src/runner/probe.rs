@@ -1,14 +1,18 @@
 //! Probe steps: the jobs of a step, probed with retries until they settle, destinations
 //! witnessed alive, and the step's verdict, tables and rerun commands.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::borrow::Cow;
 use std::time::{Duration, Instant};
 
+use super::witness::witness_destinations;
 use super::{ProbeTarget, RunOptions};
-use crate::backend::{Capabilities, Cluster, ProbeJob, RealizedWorld};
+use crate::backend::{Capabilities, Cluster, Placement, ProbeJob, RealizedWorld, Retry};
 use crate::features;
 use crate::plan::{Plan, ProbePlan};
-use crate::reachability::{Comparison, Observed, Outcome, TruthTables, Verdict};
+use crate::reachability::{
+    Comparison, CrossNode, Observed, Outcome, TruthTables, Verdict, placement_mark, verdict,
+    wrong_placement,
+};
 use crate::report::{StepReport, StepResult};
 use crate::world::Protocol;
 
@@ -99,152 +103,143 @@ fn jobs_for(
         .collect()
 }
 
-/// A blocked observation counts only when its destination is shown alive in the same step:
-/// some source reached it on this port and protocol, or it answers a probe of its own address
-/// from inside its own network namespace (traffic that never leaves the pod, so no policy
-/// applies). Blocked cells of a destination that is not alive become errors.
-/// Returns the probe calls made.
-fn witness_destinations(
-    cluster: &dyn Cluster,
-    realized: &RealizedWorld,
-    probe: &ProbePlan,
-    observed: &mut Observed,
-    opts: &RunOptions,
-    clock: &mut StepClock,
-) -> usize {
-    let mut suspects: BTreeSet<String> = BTreeSet::new();
-    let mut alive: BTreeSet<String> = BTreeSet::new();
-    for (_, to, o) in observed.entries() {
-        match o {
-            Outcome::Connected => {
-                alive.insert(to.to_string());
-            }
-            Outcome::Blocked(_) => {
-                suspects.insert(to.to_string());
-            }
-            Outcome::Error(_) => {}
-        }
-    }
-    let mut jobs = Vec::new();
-    let mut dead: BTreeMap<String, String> = BTreeMap::new();
-    for to in suspects.difference(&alive) {
-        match realized.pods.get(to) {
-            Some(pod) if !pod.container.is_empty() || pod.netns.is_some() => jobs.push(ProbeJob {
-                from: pod.clone(),
-                to_model: to.clone(),
-                to_ip: pod.ip,
-                port: probe.port,
-                protocol: probe.protocol,
-                timeout: opts.timeouts.probe_connect,
-            }),
-            Some(_) => {
-                // The external host: nothing to exec into. Its liveness was shown by the
-                // pre-flight, and it runs no policy.
-            }
-            None => {
-                dead.insert(to.clone(), "the pod was not realized".into());
-            }
-        }
-    }
-    let calls = cluster.probe_calls(&jobs);
-    clock.probes += jobs.len();
-    for (job, outcome) in jobs.iter().zip(cluster.probe(&jobs)) {
-        if outcome != Outcome::Connected {
-            dead.insert(
-                job.to_model.clone(),
-                format!(
-                    "its own probe of {}:{} {}",
-                    job.to_ip,
-                    job.port,
-                    describe(&outcome)
-                ),
-            );
-        }
-    }
-    if dead.is_empty() {
-        return calls;
-    }
-    let pods = observed.pods().to_vec();
-    for from in &pods {
-        for (to, why) in &dead {
-            if matches!(observed.get(from, to), Some(Outcome::Blocked(_))) {
-                observed.set(
-                    from,
-                    to,
-                    Outcome::Error(format!(
-                        "blocked, but destination {to} is not alive on {}/{}: {why}",
-                        probe.protocol, probe.port
-                    )),
-                );
-            }
-        }
-    }
-    calls
-}
-
-/// What a probe step's clock saw: how long it settled, when it first matched, how many probes
-/// it made. A step that did not probe (gated, or its jobs could not be made) leaves it empty.
+/// What a probe step's clock saw: when it matched and how many probes it made. A step
+/// that did not probe (gated, or its jobs could not be made) leaves it empty.
 #[derive(Debug, Clone, Copy, Default)]
 pub(super) struct StepClock {
     /// Whether the step probed at all.
     pub probed: bool,
-    /// Time spent after the first pass re-probing until the table matched or settling gave up.
-    pub settle: Duration,
-    /// The end of the first probe pass whose observed table matched the expectation.
+    /// When the probe was sent after which the step's observed table matched its expectation
+    /// (the latest of its pairs' first matching probes).
     pub matched_at: Option<Instant>,
     /// Probes made, one per pair and pass, witness probes included.
     pub probes: usize,
 }
 
-/// Probes one step, retrying disagreeing probes until they settle, and judges it.
-pub(super) fn probe_step(
+/// Where a group of probe steps spent its time.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct GroupClock {
+    /// The first pass over every pair of every step, and the witness probes.
+    pub probing: Duration,
+    /// Re-probing pairs that disagreed after the first pass, until every step matched or
+    /// settling gave up (the whole-matrix second try included).
+    pub settle: Duration,
+}
+
+/// One step of a group while it is probed.
+pub(super) struct Member<'a> {
+    /// The step's pairs (only the cross-node ones under `--placement cross-node`).
+    pub(super) probe: Cow<'a, ProbePlan>,
+    jobs: Vec<ProbeJob>,
+    /// What each pair did, as last probed.
+    pub(super) observed: Observed,
+    comparison: Option<Comparison>,
+    first_wrong: Vec<(String, String)>,
+    /// The step's clock.
+    pub(super) clock: StepClock,
+    report: StepReport,
+}
+
+impl Member<'_> {
+    fn passed(&self) -> bool {
+        self.comparison.as_ref().is_some_and(Comparison::passed)
+    }
+}
+
+/// Probe steps that follow each other with nothing changed between them are one group: their
+/// pairs are probed side by side, so the group waits out one connect timeout where its steps
+/// one after another would wait out one each. Each step keeps its own
+/// expectation, retries, witnesses and verdict. Returns each step's report and clock, in
+/// order, and the group's clock.
+pub(super) fn probe_group(
     cluster: &dyn Cluster,
     caps: &Capabilities,
     plan: &Plan,
     realized: &RealizedWorld,
-    probe: &ProbePlan,
-    index: usize,
+    steps: &[(usize, &ProbePlan)],
     opts: &RunOptions,
-) -> (StepReport, StepClock) {
-    let mut step = StepReport {
-        index,
-        name: probe.name.clone(),
-        probe: probe_label(probe),
-        result: StepResult::Passed,
-        correct: 0,
-        wrong: 0,
-        errors: 0,
-        flaky: Vec::new(),
-        calls: 0,
-        tables: None,
-        rerun: Vec::new(),
-        grids: None,
-    };
-    let mut clock = StepClock::default();
-    if let Some(result) = step_gate(probe, caps, opts) {
-        step.result = result;
-        return (step, clock);
-    }
-    let jobs = match jobs_for(plan, realized, probe, opts) {
-        Ok(jobs) => jobs,
-        Err(message) => {
-            step.result = StepResult::Error { message };
-            return (step, clock);
+) -> (Vec<(StepReport, StepClock)>, GroupClock) {
+    let mut done: Vec<Option<(StepReport, StepClock)>> = vec![None; steps.len()];
+    let mut slots = Vec::new();
+    let mut group: Vec<Member<'_>> = Vec::new();
+    for (slot, (index, probe)) in steps.iter().enumerate() {
+        let mut report = StepReport {
+            index: *index,
+            name: probe.name.clone(),
+            probe: probe_label(probe),
+            result: StepResult::Passed,
+            correct: 0,
+            wrong: 0,
+            errors: 0,
+            flaky: Vec::new(),
+            calls: 0,
+            tables: None,
+            rerun: Vec::new(),
+            grids: None,
+            placement: None,
+        };
+        if let Some(result) = step_gate(probe, caps, opts) {
+            report.result = result;
+            done[slot] = Some((report, StepClock::default()));
+            continue;
         }
-    };
-    clock.probed = true;
-    let (mut observed, first_wrong) = settle(
-        cluster,
-        plan,
-        probe,
-        &jobs,
-        opts,
-        &mut step.calls,
-        &mut clock,
-    );
-    step.calls += witness_destinations(cluster, realized, probe, &mut observed, opts, &mut clock);
-    let comparison = Comparison::new(&probe.expected, &observed, plan.block_rule);
-    step.flaky = first_wrong
+        let probe = judged_pairs(probe, realized, opts);
+        let pods = probe.expected.pods().to_vec();
+        match jobs_for(plan, realized, &probe, opts) {
+            Ok(jobs) => {
+                slots.push(slot);
+                group.push(Member {
+                    probe,
+                    jobs,
+                    observed: Observed::new(pods),
+                    comparison: None,
+                    first_wrong: Vec::new(),
+                    clock: StepClock {
+                        probed: true,
+                        ..StepClock::default()
+                    },
+                    report,
+                });
+            }
+            Err(message) => {
+                report.result = StepResult::Error { message };
+                done[slot] = Some((report, StepClock::default()));
+            }
+        }
+    }
+    let mut clock = GroupClock::default();
+    if !group.is_empty() {
+        let started = Instant::now();
+        let calls = settle(cluster, plan, &mut group, opts, &mut clock);
+        let witness_calls = witness_destinations(cluster, realized, &mut group, opts);
+        clock.probing = started.elapsed().saturating_sub(clock.settle);
+        for (n, (slot, member)) in slots.into_iter().zip(group).enumerate() {
+            // The group's probe calls are counted once, on its first step that probed.
+            let calls = if n == 0 { calls + witness_calls } else { 0 };
+            done[slot] = Some(judge(member, plan, realized, opts, calls));
+        }
+    }
+    let judged = done
+        .into_iter()
+        .map(|d| d.expect("every step of the group is judged"))
+        .collect();
+    (judged, clock)
+}
+
+/// A step's verdict from what it observed last.
+fn judge(
+    mut member: Member<'_>,
+    plan: &Plan,
+    realized: &RealizedWorld,
+    opts: &RunOptions,
+    calls: usize,
+) -> (StepReport, StepClock) {
+    let probe = member.probe.as_ref();
+    let comparison = Comparison::new(&probe.expected, &member.observed, plan.block_rule);
+    let step = &mut member.report;
+    step.calls = calls;
+    step.flaky = member
+        .first_wrong
         .iter()
         .filter(|(f, t)| comparison.table.get(f, t) == Some(&Verdict::Match))
         .map(|(f, t)| format!("{f} -> {t}"))
@@ -252,99 +247,196 @@ pub(super) fn probe_step(
     step.correct = comparison.correct;
     step.wrong = comparison.wrong;
     step.errors = comparison.errors;
-    step.result = if comparison.passed() {
-        StepResult::Passed
-    } else if comparison.wrong > 0 {
-        StepResult::Failed
-    } else {
-        StepResult::Error {
-            message: format!("{} probes could not be judged", comparison.errors),
-        }
-    };
-    step.grids = Some(grids(probe, &observed, &comparison, &jobs));
+    step.result = StepResult::judged(&comparison);
+    let cross_node = cross_node(probe, realized);
+    step.placement = wrong_placement(&comparison, &cross_node);
+    step.grids = Some(grids(
+        probe,
+        &member.observed,
+        &comparison,
+        cross_node,
+        &member.jobs,
+    ));
     if !comparison.passed() {
-        explain_failure(&mut step, probe, &observed, &comparison, &jobs, opts);
+        explain_failure(
+            step,
+            probe,
+            &member.observed,
+            &comparison,
+            &member.jobs,
+            opts,
+        );
     }
-    (step, clock)
+    (member.report, member.clock)
 }
 
-/// Records each job's outcome in `observed`.
-fn observe(observed: &mut Observed, jobs: &[ProbeJob], outcomes: Vec<Outcome>) {
-    for (job, outcome) in jobs.iter().zip(outcomes) {
-        observed.set(&job.from.model, &job.to_model, outcome);
+/// Probes `jobs` (each tagged with the member it belongs to) once each, in one call, and
+/// records the outcomes in their members; returns the calls made.
+fn pass(
+    cluster: &dyn Cluster,
+    plan: &Plan,
+    members: &mut [Member<'_>],
+    jobs: Vec<(usize, ProbeJob)>,
+) -> usize {
+    let (owners, batch): (Vec<usize>, Vec<ProbeJob>) = jobs.into_iter().unzip();
+    let calls = cluster.probe_calls(&batch);
+    let outcomes = cluster.probe(&batch);
+    for ((m, job), outcome) in owners.iter().zip(&batch).zip(outcomes) {
+        let member = &mut members[*m];
+        member.observed.set(&job.from.model, &job.to_model, outcome);
+        member.clock.probes += 1;
     }
+    for member in members.iter_mut() {
+        member.comparison = Some(Comparison::new(
+            &member.probe.expected,
+            &member.observed,
+            plan.block_rule,
+        ));
+    }
+    calls
 }
 
-/// The pairs a comparison does not find as expected.
-fn disagreeing(c: &Comparison) -> Vec<(String, String)> {
-    c.table
-        .entries()
-        .filter(|(_, _, v)| **v != Verdict::Match)
-        .map(|(f, t, _)| (f.to_string(), t.to_string()))
-        .collect()
-}
-
-/// Probes every job, then retries only the disagreeing ones until they agree or the settle
-/// deadline passes; still wrong, the whole matrix is probed once more. Returns what was
-/// observed last and the pairs that disagreed at first; adds the probe calls made to `calls`,
-/// and to `clock` the probes made, the time settling took and when a pass first matched.
+/// Probes every job of every member and probes again each one whose outcome disagrees with its
+/// expectation, on its own and after a pause that starts short and doubles, until it agrees or
+/// the settle deadline passes (enforcement usually takes milliseconds; the moment the probe
+/// that first agreed was sent is the pair's enforcement time). A step still wrong then has its
+/// whole matrix probed once more, afresh, as upstream's second try does. Returns the probe
+/// calls made; records in `clock` how long settling took after the first probes.
 fn settle(
     cluster: &dyn Cluster,
     plan: &Plan,
-    probe: &ProbePlan,
-    jobs: &[ProbeJob],
+    members: &mut [Member<'_>],
     opts: &RunOptions,
-    calls: &mut usize,
-    clock: &mut StepClock,
-) -> (Observed, Vec<(String, String)>) {
-    let mut observed = Observed::new(probe.expected.pods().to_vec());
-    *calls += cluster.probe_calls(jobs);
-    clock.probes += jobs.len();
-    observe(&mut observed, jobs, cluster.probe(jobs));
-    let first = Comparison::new(&probe.expected, &observed, plan.block_rule);
-    let first_wrong = disagreeing(&first);
-    let settling = Instant::now();
-    let matched = |c: &Comparison, clock: &mut StepClock| {
-        if c.passed() && clock.matched_at.is_none() {
-            clock.matched_at = Some(Instant::now());
-        }
+    clock: &mut GroupClock,
+) -> usize {
+    let tagged: Vec<(usize, ProbeJob)> = members
+        .iter()
+        .enumerate()
+        .flat_map(|(m, member)| member.jobs.iter().map(move |j| (m, j.clone())))
+        .collect();
+    let expected: Vec<Option<bool>> = tagged
+        .iter()
+        .map(|(m, j)| {
+            members[*m]
+                .probe
+                .expected
+                .get(&j.from.model, &j.to_model)
+                .copied()
+        })
+        .collect();
+    let rule = plan.block_rule;
+    let wanted = |i: usize, o: &Outcome| {
+        expected[i].is_some_and(|allowed| verdict(allowed, Some(o), rule) == Verdict::Match)
     };
-    matched(&first, clock);
-    // Retry only the disagreeing probes until they agree or the deadline passes.
-    let deadline = Instant::now() + opts.timeouts.probe_settle;
-    let mut comparison = first;
-    while !comparison.passed() && Instant::now() < deadline {
-        std::thread::sleep(opts.timeouts.probe_retry_interval);
-        let wrong = disagreeing(&comparison);
-        let retry: Vec<ProbeJob> = jobs
+    // A pair that should connect waits no longer than a retry would for its first probe too: a
+    // connection is one whatever the timeout, and one the change has not let through yet costs
+    // the short wait, not the full timeout. (Pairs still wrong when settling ends are probed
+    // again with the full timeout below.)
+    let batch: Vec<ProbeJob> = tagged
+        .iter()
+        .zip(&expected)
+        .map(
+            |((_, j), allowed)| match (allowed, opts.timeouts.probe_reach) {
+                (Some(true), Some(reach)) => ProbeJob {
+                    timeout: j.timeout.min(reach),
+                    ..j.clone()
+                },
+                _ => j.clone(),
+            },
+        )
+        .collect();
+    let started = Instant::now();
+    let retry = Retry {
+        deadline: started + opts.timeouts.probe_settle,
+        first: opts.timeouts.probe_retry_first,
+        max: opts.timeouts.probe_retry_max,
+        reach_timeout: opts.timeouts.probe_reach,
+        sample: false,
+    };
+    let settling = cluster.probe_until(&batch, &wanted, &retry);
+    let mut calls = settling.calls;
+    let mut first_done = started;
+    let mut matched: Vec<Option<Instant>> = vec![Some(started); members.len()];
+    for (i, ((m, job), settled)) in tagged.iter().zip(settling.jobs).enumerate() {
+        let member = &mut members[*m];
+        member
+            .observed
+            .set(&job.from.model, &job.to_model, settled.last);
+        member.clock.probes += settled.probes;
+        if !wanted(i, &settled.first) {
+            member
+                .first_wrong
+                .push((job.from.model.clone(), job.to_model.clone()));
+        }
+        first_done = first_done.max(started + settled.first_took);
+        matched[*m] = match (matched[*m], settled.matched_at) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            _ => None,
+        };
+    }
+    for (member, at) in members.iter_mut().zip(matched) {
+        member.comparison = Some(Comparison::new(
+            &member.probe.expected,
+            &member.observed,
+            rule,
+        ));
+        if member.passed() {
+            member.clock.matched_at = at;
+        }
+    }
+    // Still wrong: probe the whole matrix of those steps once more, afresh.
+    let wrong: Vec<usize> = (0..members.len())
+        .filter(|m| !members[*m].passed())
+        .collect();
+    if !wrong.is_empty() {
+        let again: Vec<(usize, ProbeJob)> = wrong
             .iter()
-            .filter(|j| {
-                wrong
-                    .iter()
-                    .any(|(f, t)| *f == j.from.model && *t == j.to_model)
-            })
-            .cloned()
+            .flat_map(|m| members[*m].jobs.iter().map(move |j| (*m, j.clone())))
             .collect();
-        *calls += cluster.probe_calls(&retry);
-        clock.probes += retry.len();
-        observe(&mut observed, &retry, cluster.probe(&retry));
-        comparison = Comparison::new(&probe.expected, &observed, plan.block_rule);
-        matched(&comparison, clock);
+        for m in &wrong {
+            let pods = members[*m].probe.expected.pods().to_vec();
+            members[*m].observed = Observed::new(pods);
+        }
+        let sent = Instant::now();
+        calls += pass(cluster, plan, members, again);
+        for m in &wrong {
+            if members[*m].passed() {
+                members[*m].clock.matched_at = Some(sent);
+            }
+        }
     }
-    // Still wrong: probe the whole matrix once more, as upstream's second try does.
-    if !comparison.passed() {
-        let mut second = Observed::new(probe.expected.pods().to_vec());
-        *calls += cluster.probe_calls(jobs);
-        clock.probes += jobs.len();
-        observe(&mut second, jobs, cluster.probe(jobs));
-        matched(
-            &Comparison::new(&probe.expected, &second, plan.block_rule),
-            clock,
-        );
-        observed = second;
+    clock.settle = first_done.elapsed();
+    calls
+}
+
+/// Which of a step's pairs cross nodes.
+fn cross_node(probe: &ProbePlan, realized: &RealizedWorld) -> CrossNode {
+    let mut table = CrossNode::new(probe.expected.pods().to_vec());
+    for (from, to, _) in probe.expected.entries() {
+        if let Some(cross) = realized.cross_node(from, to) {
+            table.set(from, to, cross);
+        }
     }
-    clock.settle = settling.elapsed();
-    (observed, first_wrong)
+    table
+}
+
+/// The pairs of a step the run judges: all of them, or with `--placement cross-node` only
+/// those whose pods run on different nodes (a pair whose placement is not known stays).
+fn judged_pairs<'a>(
+    probe: &'a ProbePlan,
+    realized: &RealizedWorld,
+    opts: &RunOptions,
+) -> Cow<'a, ProbePlan> {
+    if opts.placement != Placement::CrossNode {
+        return Cow::Borrowed(probe);
+    }
+    let mut only = probe.clone();
+    for (from, to, _) in probe.expected.entries() {
+        if realized.cross_node(from, to) == Some(false) {
+            only.expected.clear(from, to);
+        }
+    }
+    Cow::Owned(only)
 }
 
 /// The step's grids for the reports; every pair's rerun command when the step did not pass.
@@ -352,12 +444,14 @@ fn grids(
     probe: &ProbePlan,
     observed: &Observed,
     comparison: &Comparison,
+    cross_node: CrossNode,
     jobs: &[ProbeJob],
 ) -> crate::report::StepGrids {
     crate::report::StepGrids {
         expected: probe.expected.clone(),
         observed: observed.clone(),
         comparison: comparison.table.clone(),
+        cross_node,
         rerun: if comparison.passed() {
             Vec::new()
         } else {
@@ -399,6 +493,15 @@ fn explain_failure(
     if !errors.is_empty() {
         tables.push_str("\nprobe errors:\n");
         tables.push_str(&errors.join("\n"));
+    }
+    if let Some(grids) = &step.grids
+        && !grids.cross_node.is_empty()
+    {
+        tables.push_str("\nplacement (S same node, C cross-node):\n");
+        tables.push_str(&grids.cross_node.render(placement_mark));
+    }
+    if let Some(placement) = &step.placement {
+        tables.push_str(&format!("\n{placement}\n"));
     }
     step.tables = Some(tables);
     step.rerun = jobs
