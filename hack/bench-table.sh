@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Benchmarks the whole table on the local cluster (issue 15): runs it N times, each with
-# --junit, and prints per run the wall time, the floor (the deny steps' connect timeouts over
-# the trial concurrency, plus the measured world set-up), wall/floor, probes per second and
-# where the time went (world set-up, pre-flight, apply, settle, probing, teardown), then the
-# median over runs (hack/bench/junit-breakdown.py reads the JUnit files).
+# Benchmarks the whole table on the local cluster: runs it N times, each with --junit, and
+# prints per run the wall time, the floor (the cluster's bring-up plus the larger of the chain
+# of trials that take turns and the whole table over the concurrency, each trial counting its
+# world set-up and one connect timeout per deny group; hack/bench/junit-breakdown.py says it
+# in full), wall/floor, probes per second, where the time went (world set-up, pre-flight,
+# apply, settle, probing, teardown) and the enforcement latency, then the median over runs.
 #
 #   sudo hack/bench-table.sh [--runs N] [--runtime emulated|kubelet] [run args]
 #
@@ -16,23 +17,13 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 log() { printf 'bench-table: %s\n' "$*" >&2; }
 
+# shellcheck source=hack/lib/table-runs.sh
+source hack/lib/table-runs.sh
+
 runs=5
 runtime=emulated
-args=()
-while [[ $# -gt 0 ]]; do
-  case "$1" in
-    --runs) runs=${2:?--runs needs a number}; shift 2 ;;
-    --runs=*) runs=${1#--runs=}; shift ;;
-    --runtime) runtime=${2:?--runtime needs kubelet or emulated}; shift 2 ;;
-    --runtime=*) runtime=${1#--runtime=}; shift ;;
-    *) args+=("$1"); shift ;;
-  esac
-done
-[[ $runs =~ ^[1-9][0-9]*$ ]] || { log "error: --runs wants a positive number, not $runs"; exit 2; }
-case "$runtime" in
-  emulated | kubelet) ;;
-  *) log "error: unknown runtime $runtime (kubelet, emulated)"; exit 2 ;;
-esac
+no_other_flag() { took=0; }
+parse_table_args no_other_flag "$@"
 
 if [[ -n ${NETPOL_BENCH_DIR:-} ]]; then
   out=$NETPOL_BENCH_DIR
@@ -40,41 +31,16 @@ if [[ -n ${NETPOL_BENCH_DIR:-} ]]; then
 else
   out="$(mktemp -d)"
 fi
-bin_dir="${CARGO_TARGET_DIR:-$PWD/target}/release"
-child=""
 cleanup() {
   local status=$?
-  if [[ -n $child ]] && kill -0 "$child" 2>/dev/null; then
-    # The suite tears its own local cluster down on a signal.
-    kill -INT "$child" 2>/dev/null || true
-    wait "$child" 2>/dev/null || true
-  fi
-  if [[ -x $bin_dir/netpol-conformance ]]; then
-    "$bin_dir/netpol-conformance" local down >/dev/null 2>&1 || true
-  fi
+  stop_table_run
   [[ -n ${NETPOL_BENCH_DIR:-} ]] || rm -rf "$out"
   exit "$status"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-if [[ $runtime == kubelet ]]; then
-  NETPOL_SETUP_NODES=1 bash hack/setup.sh
-else
-  bash hack/setup.sh
-fi
-if [[ -z ${NETPOL_CONTROL_PLANE_DIR:-} ]]; then
-  NETPOL_CONTROL_PLANE_DIR="$(hack/control-plane.sh)"
-fi
-export NETPOL_CONTROL_PLANE_DIR
-nice cargo build --release --locked --bin netpol-conformance --bin netpol-enforcer
-if [[ $runtime == kubelet ]]; then
-  NETPOL_RELEASE_DIR="$bin_dir" bash hack/node-images.sh >/dev/null
-fi
-# shellcheck source=hack/kernel-features.sh
-source hack/kernel-features.sh
-NETPOL_EXEMPT_FEATURES="${NETPOL_EXEMPT_FEATURES:-$(kernel_exemptions)}"
-export NETPOL_EXEMPT_FEATURES
+table_setup "$runtime"
 
 results=()
 failed=0

@@ -4,7 +4,10 @@
 #
 #   hack/bench/junit-breakdown-test.sh
 #
-# The fixture's floor: (3 + 1) deny steps × 1 s ÷ 2 + 2 s of world set-up = 4 s.
+# The fixture's floor: 1 s of target set-up + max(turns chain, all ÷ concurrency), where a
+# trial's least time is its deny groups × its connect timeout + its world set-up: trial a
+# (own) 2 × 1 s + 2 s = 4 s, trial b (turns) 1 × 1 s + 0 s = 1 s; chain 1 s, all ÷ 2 = 2.5 s;
+# floor 3.5 s.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -19,10 +22,10 @@ fail() { printf 'junit-breakdown-test: FAIL: %s\n' "$*" >&2; failed=1; }
 # Two runs of the fixture, 8 s and 12 s of wall: per-run rows, then the median.
 out="$(python3 "$tool" "$fixture=8" "$fixture=12")" || fail "two runs: exit $?"
 want_rows=(
-  "     1      8.00      4.00      2.00     18.75      2.00      1.50      0.20      0.50      6.00      0.70      1.10      1.90      1.90"
-  "     2     12.00      4.00      3.00     12.50      2.00      1.50      0.20      0.50      6.00      0.70      1.10      1.90      1.90"
-  "median     10.00      4.00      2.50     15.62      2.00      1.50      0.20      0.50      6.00      0.70      1.10      1.90      1.90"
-  "run 1: 2 timed trials, 4 deny steps, 150 probes, concurrency 2"
+  "     1      8.00      3.50      2.29     18.75      2.00      1.50      0.20      0.50      6.00      0.70      1.10      1.90      1.90"
+  "     2     12.00      3.50      3.43     12.50      2.00      1.50      0.20      0.50      6.00      0.70      1.10      1.90      1.90"
+  "median     10.00      3.50      2.86     15.62      2.00      1.50      0.20      0.50      6.00      0.70      1.10      1.90      1.90"
+  "run 1: 2 timed trials, 4 deny steps in 3 deny groups, 150 probes, concurrency 2; floor = set-up 1.00 + max(turns chain 1.00, all / concurrency 2.50)"
 )
 for row in "${want_rows[@]}"; do
   grep -qxF -- "$row" <<<"$out" || fail "missing row: $row"$'\n'"got:"$'\n'"$out"
@@ -30,7 +33,7 @@ done
 
 # No wall given: the suite's own time (9.5 s).
 out="$(python3 "$tool" "$fixture")" || fail "suite time: exit $?"
-grep -qE '^ +1 +9\.50 +4\.00 +2\.38 ' <<<"$out" || fail "suite time not used as the wall: $out"
+grep -qE '^ +1 +9\.50 +3\.50 +2\.71 ' <<<"$out" || fail "suite time not used as the wall: $out"
 
 # expect_error DESCRIPTION FILE: the tool must refuse FILE with exit 1 and say why.
 expect_error() {

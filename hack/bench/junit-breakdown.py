@@ -6,10 +6,14 @@
 Prints one row per run and, for several runs, their median:
 
 - wall: WALL_SECONDS when given (measured around the run), else the suite's own `time`;
-- floor: the sum over deny steps (probe steps expecting at least one blocked pair, each waits
-  out one connect timeout) of the trial's connect timeout, divided by the trial concurrency,
-  plus the world set-up measured over all trials (shared worlds are set up once, so it is not
-  divided);
+- floor: the least time the run could take with its connect timeout and concurrency. Every
+  trial sets up (or takes over) its world and waits out one connect timeout per deny group
+  (probe steps with nothing changed between them are probed side by side; a group expecting
+  at least one blocked pair lasts at least one timeout). Trials that take turns (scope
+  `turns`: cluster-scoped policies, the shared world) do that one after another; at most
+  `trial-concurrency` trials run at once. So the floor is the target's set-up (the local
+  cluster's bring-up, when the run brought it up) plus the larger of the turns chain and the
+  whole table's sum divided by the concurrency;
 - wall/floor, probes per second of wall time;
 - the breakdown, in trial-seconds summed over trials (concurrent trials overlap, so the sum can
   exceed the wall): world set-up, pre-flight, apply, settle, probing, teardown;
@@ -64,13 +68,14 @@ def run_row(path, wall=None):
     if not suites:
         raise BadJUnit(f"{path}: no <testsuite>")
     row = {p: 0.0 for p, _ in PHASES}
-    deny_timeout = probes = deny_steps = timed = 0.0
+    chain = spread = probes = deny_steps = deny_groups = timed = 0.0
     concurrency = 0.0
     suite_time = 0.0
     latency = {}
     for suite in suites:
         sprops = properties(suite)
         concurrency = max(concurrency, number(sprops, "trial-concurrency", path, default=0.0))
+        target_setup = number(sprops, "target-setup-seconds", path, default=0.0)
         suite_time = max(suite_time, float(suite.get("time") or 0))
         for key in ("p50", "p99", "max"):
             name = f"enforcement-latency-{key}-seconds"
@@ -83,9 +88,13 @@ def run_row(path, wall=None):
             where = f"{path}: {case.get('name')}"
             timed += 1
             connect = number(props, "probe-connect-seconds", where)
-            deny = number(props, "deny-steps", where)
-            deny_steps += deny
-            deny_timeout += deny * connect
+            deny_steps += number(props, "deny-steps", where)
+            groups = number(props, "deny-groups", where)
+            deny_groups += groups
+            least = groups * connect + number(props, "world-setup-seconds", where)
+            spread += least
+            if props.get("scope") in ("turns", "alone"):
+                chain += least
             probes += number(props, "probes", where)
             for phase, name in PHASES:
                 row[phase] += number(props, name, where, default=0.0)
@@ -94,12 +103,13 @@ def run_row(path, wall=None):
     if concurrency <= 0:
         raise BadJUnit(f"{path}: no trial-concurrency suite property")
     row["wall"] = wall if wall is not None else suite_time
-    row["floor"] = deny_timeout / concurrency + row["setup"]
+    row["floor"] = target_setup + max(chain, spread / concurrency)
     row["ratio"] = row["wall"] / row["floor"] if row["floor"] > 0 else float("nan")
     row["probes/s"] = probes / row["wall"] if row["wall"] > 0 else float("nan")
     for key in ("lat-p50", "lat-p99", "lat-max"):
         row[key] = latency.get(key, float("nan"))
-    row["_counts"] = (int(timed), int(deny_steps), int(probes), int(concurrency))
+    row["_counts"] = (int(timed), int(deny_steps), int(deny_groups), int(probes), int(concurrency))
+    row["_floor"] = (target_setup, chain, spread / concurrency)
     return row
 
 
@@ -113,8 +123,13 @@ def render(rows):
         med = {c: statistics.median(r[c] for _, r in rows) for c in COLUMNS}
         out.append(f"{'median':>6} " + " ".join(f"{med[c]:9.2f}" for c in COLUMNS))
     for name, row in rows:
-        trials, deny, probes, conc = row["_counts"]
-        out.append(f"run {name}: {trials} timed trials, {deny} deny steps, {probes} probes, concurrency {conc}")
+        trials, deny, groups, probes, conc = row["_counts"]
+        setup, chain, spread = row["_floor"]
+        out.append(
+            f"run {name}: {trials} timed trials, {deny} deny steps in {groups} deny groups, "
+            f"{probes} probes, concurrency {conc}; floor = set-up {setup:.2f} + "
+            f"max(turns chain {chain:.2f}, all / concurrency {spread:.2f})"
+        )
     return "\n".join(out)
 
 
