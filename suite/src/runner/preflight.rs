@@ -5,7 +5,6 @@ use std::time::Instant;
 
 use super::RunOptions;
 use super::probe::{describe, job, step_gate};
-use crate::backend::Retry;
 use crate::backend::{Capabilities, Cluster, ProbeJob, RealizedWorld};
 use crate::plan::Plan;
 use crate::reachability::Outcome;
@@ -55,13 +54,11 @@ pub(super) fn preflight(
     let started = Instant::now();
     // Each pair is retried on its own until it connects: a world handed on by the trial
     // before is clean as soon as the deletion of its policies is enforced.
-    let retry = Retry {
-        deadline: started + opts.timeouts.preflight,
-        first: opts.timeouts.probe_retry_first,
-        max: opts.timeouts.probe_retry_max,
-        reach_timeout: opts.timeouts.reach_connect(measured),
-        sample: true,
-    };
+    let retry = opts.timeouts.retry(
+        started + opts.timeouts.preflight,
+        opts.timeouts.reach_connect(measured),
+        true,
+    );
     let settling = cluster.probe_until(&jobs, &|_, o| *o == Outcome::Connected, &retry);
     let failing: Vec<(&ProbeJob, &Outcome)> = jobs
         .iter()

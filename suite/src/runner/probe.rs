@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::witness::witness_destinations;
 use super::{ProbeTarget, RunOptions};
-use crate::backend::{Capabilities, Cluster, Placement, ProbeJob, RealizedWorld, Retry};
+use crate::backend::{Capabilities, Cluster, Placement, ProbeJob, RealizedWorld};
 use crate::features;
 use crate::plan::{Plan, ProbePlan};
 use crate::reachability::{
@@ -332,27 +332,17 @@ fn settle(
     // connection is one whatever the timeout, and one the change has not let through yet costs
     // the short wait, not the full timeout. (Pairs still wrong when settling ends are probed
     // again with the full timeout below.)
+    let started = Instant::now();
+    let retry = opts.timeouts.retry(
+        started + opts.timeouts.probe_settle,
+        opts.timeouts.probe_reach,
+        false,
+    );
     let batch: Vec<ProbeJob> = tagged
         .iter()
-        .zip(&expected)
-        .map(
-            |((_, j), allowed)| match (allowed, opts.timeouts.probe_reach) {
-                (Some(true), Some(reach)) => ProbeJob {
-                    timeout: j.timeout.min(reach),
-                    ..j.clone()
-                },
-                _ => j.clone(),
-            },
-        )
+        .enumerate()
+        .map(|(i, (_, j))| retry.again(i, j, &wanted))
         .collect();
-    let started = Instant::now();
-    let retry = Retry {
-        deadline: started + opts.timeouts.probe_settle,
-        first: opts.timeouts.probe_retry_first,
-        max: opts.timeouts.probe_retry_max,
-        reach_timeout: opts.timeouts.probe_reach,
-        sample: false,
-    };
     let settling = cluster.probe_until(&batch, &wanted, &retry);
     let mut calls = settling.calls;
     let mut first_done = started;

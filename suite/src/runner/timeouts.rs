@@ -1,7 +1,9 @@
 //! Every wait the runner makes, named, and how the local cluster's connect timeout follows the
 //! measured path.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use crate::backend::Retry;
 
 /// Every wait the runner makes, named.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,6 +83,18 @@ impl Timeouts {
 }
 
 impl Timeouts {
+    /// How probes are retried until `deadline`: the run's pauses, with `reach_timeout` for
+    /// retries that wait for a connection and `sample` where the first probes measure the path.
+    pub fn retry(&self, deadline: Instant, reach_timeout: Option<Duration>, sample: bool) -> Retry {
+        Retry {
+            deadline,
+            first: self.probe_retry_first,
+            max: self.probe_retry_max,
+            reach_timeout,
+            sample,
+        }
+    }
+
     /// Defaults for a target: the local cluster answers fast; real clusters get upstream's 3 s.
     pub fn for_target(local: bool) -> Timeouts {
         Timeouts {

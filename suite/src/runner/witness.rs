@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use super::RunOptions;
 use super::probe::{Member, describe};
-use crate::backend::{Cluster, ProbeJob, RealizedWorld, Retry};
+use crate::backend::{Cluster, ProbeJob, RealizedWorld};
 use crate::reachability::Outcome;
 
 /// A blocked observation counts only when its destination is shown alive in the same step:
@@ -64,13 +64,9 @@ pub(super) fn witness_destinations(
     // A witness that does not connect at once (a probe that failed on its way, a pod busy
     // starting its probe) is tried again within the settle time before its destination is
     // called not alive.
-    let retry = Retry {
-        deadline: Instant::now() + opts.timeouts.probe_settle,
-        first: opts.timeouts.probe_retry_first,
-        max: opts.timeouts.probe_retry_max,
-        reach_timeout: None,
-        sample: false,
-    };
+    let retry = opts
+        .timeouts
+        .retry(Instant::now() + opts.timeouts.probe_settle, None, false);
     let settling = cluster.probe_until(&batch, &|_, o| *o == Outcome::Connected, &retry);
     let calls = settling.calls;
     for ((m, job), settled) in jobs.iter().zip(settling.jobs) {
